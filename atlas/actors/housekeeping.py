@@ -1,0 +1,59 @@
+"""Housekeeping: keep the runtime's own tables from growing without bound.
+
+``CrashReportPruner`` deletes crash reports older than the retention, in bounded batches, yielding
+and beating its heart between batches, with a time budget per tick (contract 3: every batch is
+bounded, a tick has a time budget).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+
+import trio
+
+from atlas.actors.base import Actor
+from atlas.clock import Clock
+from atlas.storage import Database
+from atlas.storage.crash_reports import prune_crash_reports
+
+_log = logging.getLogger("atlas.actors.housekeeping")
+
+
+class CrashReportPruner(Actor):
+    """Deletes crash reports older than ``retention``, ``batch`` rows at a time, every ``period``."""
+
+    def __init__(
+        self,
+        *,
+        db: Callable[[], Database],
+        clock: Clock,
+        rng: random.Random,
+        retention: dt.timedelta = dt.timedelta(days=30),
+        period: float = 3600.0,
+        batch: int = 500,
+        tick_budget: float = 10.0,
+    ) -> None:
+        super().__init__("crash_report_pruner", period=period, first_tick=(5.0, 60.0), rng=rng)
+        self._db = db
+        self._clock = clock
+        self._retention = retention
+        self._batch = batch
+        self._tick_budget = tick_budget
+        self.pruned = 0
+
+    async def tick(self) -> None:
+        """Delete old reports until none are left or the tick's time budget is spent."""
+        before = self._clock.now() - self._retention
+        deadline = trio.current_time() + self._tick_budget
+        while trio.current_time() < deadline:
+            deleted = await self._db().run(prune_crash_reports, before=before, limit=self._batch)
+            self.pruned += deleted
+            self.heartbeat()
+            if deleted < self._batch:
+                break
+            await trio.sleep(0)
+        if self.pruned:
+            _log.info("crash reports pruned so far: %d", self.pruned)

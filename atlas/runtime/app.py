@@ -1,0 +1,328 @@
+"""The application tree: what ``atlas run`` starts, in what order, under which policy.
+
+::
+
+    process: logging → asyncio bridge → database server (embedded or external) → instruments
+    root (rest_for_one)
+    ├── storage    the pool and the budget; runs pending migrations; up when the pool is open
+    ├── web        Hypercorn + Starlette: /healthz /readyz /status /metrics (+ feature routes)
+    └── workers    one_for_one: one actor per job
+
+``rest_for_one`` at the root because everything after storage uses the database: if storage
+restarts (its pool was lost), web and workers restart after it and pick up the new pool; a web crash
+restarts web and workers but leaves the pool alone. The bridge and the database *server* sit outside
+the tree: they are process resources, opened once, and restarting them would take every actor down.
+
+Crash reports go to the JSON log, an in-memory ring (for ``/status``), and the ``crash_reports``
+table (``atlas crashes``) whenever storage is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from atlas.actors.housekeeping import CrashReportPruner
+from atlas.clock import Clock, seeded_random
+from atlas.runtime.bridge import open_bridge
+from atlas.runtime.database import database_server, database_settings
+from atlas.runtime.logs import DroppingQueueHandler
+from atlas.runtime.metrics import MetricSources, build_registry, render
+from atlas.runtime.settings import Settings
+from atlas.storage import Database, Tx, migrate
+from atlas.storage.crash_reports import record_crash_report
+from atlas.supervision import (
+    Backoff,
+    ChildContext,
+    ChildSpec,
+    CrashReport,
+    CrashReporter,
+    LogSink,
+    RingSink,
+    SchedulerWatchdog,
+    SlowStepInstrument,
+    Strategy,
+    Supervisor,
+    run_root,
+)
+from atlas.web.app import WebProbes, create_web_app
+from atlas.web.server import serve_asgi
+
+_log = logging.getLogger("atlas.app")
+
+
+@dataclass
+class Services:
+    """The shared, restart-aware handles the tree's children read (never mutable business state).
+
+    ``db`` is set by the storage child while it is up and cleared when it stops; children started
+    after storage (rest_for_one) can rely on it being set.
+    """
+
+    settings: Settings
+    clock: Clock
+    reporter: CrashReporter
+    ring: RingSink
+    instrument: SlowStepInstrument
+    started_at: float
+    db: Database | None = None
+    web_url: str | None = None
+    crash_counts: dict[str, int] = field(default_factory=dict)
+    supervisors: list[Supervisor] = field(default_factory=list)
+
+    def require_db(self) -> Database:
+        """The open database; raises if storage is not up (a bug in the tree's order)."""
+        if self.db is None:
+            raise RuntimeError("storage is not up; children that use the database must start after it")
+        return self.db
+
+
+# ----------------------------------------------------------------------------- crash report sinks
+
+
+def _db_sink(services: Services) -> Any:
+    async def sink(report: CrashReport) -> None:
+        db = services.db
+        if db is None:
+            _log.warning("crash report %s %s not stored: storage is down", report.kind, report.path)
+            return
+        await db.run(record_crash_report, report=report.to_json_dict())
+
+    return sink
+
+
+def _counting_sink(services: Services) -> Any:
+    async def sink(report: CrashReport) -> None:
+        kind = str(report.kind)
+        services.crash_counts[kind] = services.crash_counts.get(kind, 0) + 1
+
+    return sink
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def storage_child(services: Services, dsn: str) -> ChildSpec:
+    """The pool owner: opens the pool, migrates, publishes ``services.db`` until stopped."""
+
+    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        db = await Database.open(database_settings(services.settings, dsn))
+        try:
+            applied = await migrate(db, now=services.clock.now())
+            if applied:
+                _log.info("applied migrations: %s", ", ".join(applied))
+            services.db = db
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            services.db = None
+            with trio.CancelScope(shield=True):
+                await db.close()
+
+    return ChildSpec(name="storage", start=start, shutdown_timeout=15.0)
+
+
+def web_child(services: Services) -> ChildSpec:
+    """The HTTP server; up once its socket is bound."""
+    registry = build_registry(
+        MetricSources(
+            db=lambda: services.db,
+            supervisors=lambda: services.supervisors,
+            instrument=services.instrument,
+            crash_counts=lambda: dict(services.crash_counts),
+            log_drops=_log_drops,
+        )
+    )
+
+    async def ready() -> tuple[bool, list[str]]:
+        reasons: list[str] = []
+        db = services.db
+        if db is None:
+            reasons.append("storage is down")
+        else:
+            with trio.move_on_after(2.0) as probe:
+                await db.run(_select_one)
+            if probe.cancelled_caught:
+                reasons.append("database did not answer within 2 s")
+        for supervisor in services.supervisors:
+            for child in supervisor.statistics().children:
+                if child.state.value != "running":
+                    reasons.append(f"{child.path} is {child.state.value}")
+        return (not reasons, reasons)
+
+    async def status() -> dict[str, Any]:
+        return status_snapshot(services)
+
+    app = create_web_app(WebProbes(ready=ready, status=status, metrics=lambda: render(registry)))
+
+    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(serve_asgi, app, services.settings.http_host, services.settings.http_port)
+            services.web_url = url
+            _log.info("web server listening on %s", url)
+            task_status.started()
+
+    return ChildSpec(name="web", start=start, shutdown_timeout=5.0)
+
+
+async def _select_one(tx: Tx) -> int:
+    return int(await tx.fetchval("SELECT 1"))
+
+
+def _log_drops() -> int:
+    return sum(h.dropped for h in logging.getLogger().handlers if isinstance(h, DroppingQueueHandler))
+
+
+def status_snapshot(services: Services) -> dict[str, Any]:
+    """The JSON document served at ``/status``."""
+    db = services.db
+    budget = db.budget_statistics() if db is not None else None
+    return {
+        "time": services.clock.now().isoformat(),
+        "pid": os.getpid(),
+        "uptime_seconds": round(trio.current_time() - services.started_at, 3),
+        "database": None
+        if db is None or budget is None
+        else {
+            "budget": {"in_use": budget.in_use, "total": budget.total, "waiting": budget.waiting,
+                       "borrows": budget.borrows, "exhausted": budget.exhausted,
+                       "max_wait_seconds": round(budget.max_wait, 6)},
+            "pool": db.pool_statistics(),
+            "units_run": db.units_run,
+            "units_failed": db.units_failed,
+        },
+        "supervisors": [
+            {
+                "path": child.path,
+                "state": child.state.value,
+                "restarts": child.restarts,
+                "busy_with": child.busy_with,
+                "heartbeat_age": child.heartbeat_age,
+            }
+            for supervisor in services.supervisors
+            for child in supervisor.statistics().children
+        ],
+        "scheduler": {
+            "slow_steps": services.instrument.count,
+            "longest_step_seconds": round(services.instrument.longest, 6),
+            "longest_step_task": services.instrument.longest_task,
+        },
+        "crash_reports": [report.to_json_dict() for report in services.ring.latest(20)],
+        "log_records_dropped": _log_drops(),
+    }
+
+
+# ----------------------------------------------------------------------------- the tree
+
+
+def build_tree(
+    services: Services, dsn: str, extra_workers: Sequence[ChildSpec] = ()
+) -> tuple[Supervisor, Supervisor]:
+    """The root supervisor and its workers supervisor (returned for tests and metrics)."""
+    settings = services.settings
+    rng = seeded_random(settings.seed, "supervision")
+    pruner = CrashReportPruner(
+        db=services.require_db, clock=services.clock, rng=seeded_random(settings.seed, "crash_report_pruner")
+    )
+    workers = Supervisor(
+        "workers",
+        Strategy.ONE_FOR_ONE,
+        [pruner.child_spec(stall_after=120.0), *extra_workers],
+        max_restarts=settings.max_restarts,
+        period=settings.restart_period,
+        backoff=Backoff(initial=0.5, maximum=30.0),
+        reporter=services.reporter,
+        rng=rng,
+    )
+    root = Supervisor(
+        "root",
+        Strategy.REST_FOR_ONE,
+        [
+            storage_child(services, dsn),
+            web_child(services),
+            workers.as_child(shutdown_timeout=settings.shutdown_timeout),
+        ],
+        max_restarts=settings.max_restarts,
+        period=settings.restart_period,
+        backoff=Backoff(initial=0.5, maximum=30.0),
+        reporter=services.reporter,
+        rng=rng,
+    )
+    services.supervisors = [root, workers]
+    return root, workers
+
+
+def make_services(settings: Settings, clock: Clock | None = None) -> Services:
+    """Services with the log, ring, counting and database crash-report sinks wired."""
+    clock = clock if clock is not None else Clock()
+    ring = RingSink(maxlen=200)
+    reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        reporter=reporter,
+        ring=ring,
+        instrument=SlowStepInstrument(settings.slow_step_threshold, logging.getLogger("atlas.scheduler")),
+        started_at=trio.current_time(),
+    )
+    reporter.add_sink(ring)
+    reporter.add_sink(_counting_sink(services))
+    reporter.add_sink(_db_sink(services))
+    reporter.set_budget_probe(lambda: services.require_db().budget_statistics().as_tuple())
+    return services
+
+
+async def serve_tree(
+    services: Services,
+    dsn: str,
+    *,
+    stop: trio.Event,
+    extra_workers: Sequence[ChildSpec] = (),
+    task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run the tree until ``stop`` is set or the root gives up; return the exit code.
+
+    Must run inside the asyncio bridge. ``task_status.started`` gets the root once every child is
+    up (tests and the demo wait for that).
+    """
+    root, _ = build_tree(services, dsn, extra_workers)
+    async with trio.open_nursery() as nursery:
+        code_box: list[int] = []
+
+        async def _root(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            code_box.append(await run_root(root, stop=stop, task_status=task_status))
+
+        await nursery.start(_root)
+        task_status.started(root)
+    return code_box[0] if code_box else 1
+
+
+async def _stop_on_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            _log.info("received %s; stopping", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+async def run_app(settings: Settings) -> int:
+    """``atlas run``: the whole process. Returns the exit code (1 when the root gave up)."""
+    services = make_services(settings)
+    trio.lowlevel.add_instrument(services.instrument)
+    watchdog = SchedulerWatchdog(timeout=settings.scheduler_watchdog_timeout)
+    stop = trio.Event()
+    async with open_bridge(), database_server(settings) as dsn, trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog.run)
+        nursery.start_soon(_stop_on_signals, stop)
+        code = await serve_tree(services, dsn, stop=stop)
+        nursery.cancel_scope.cancel()
+    _log.info("atlas stopped with exit code %d", code)
+    return code
+
+

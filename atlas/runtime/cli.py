@@ -1,0 +1,134 @@
+"""The ``atlas`` command line.
+
+::
+
+    atlas run        the whole process: storage, web, telegram, workers, under the root supervisor
+    atlas migrate    apply pending database migrations and exit
+    atlas check      validate settings and reach the database; exit non-zero with the reason if not
+    atlas crashes    print the latest crash reports, newest first
+    atlas node       the VPN node agent that runs beside Xray/V2Ray on each server
+
+Exit codes: 0 success, 1 the root supervisor gave up or a check failed, 2 bad settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from atlas.clock import Clock
+from atlas.runtime.bridge import open_bridge
+from atlas.runtime.database import open_database
+from atlas.runtime.logs import configure_logging
+from atlas.runtime.settings import Settings, SettingsError, load_settings
+from atlas.storage import StorageError, Tx, migrate
+from atlas.storage.crash_reports import latest_crash_reports
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_log = logging.getLogger("atlas.cli")
+
+
+async def _migrate(settings: Settings) -> int:
+    async with open_bridge(), open_database(settings) as db:
+        applied = await migrate(db, now=Clock().now())
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return EXIT_OK
+
+
+async def _check(settings: Settings) -> int:
+    async def probe(tx: Tx) -> str:
+        return str(await tx.fetchval("SELECT version()"))
+
+    async with open_bridge(), open_database(settings) as db:
+        version = await db.run(probe)
+    print(f"settings ok; database reachable: {version}")
+    return EXIT_OK
+
+
+async def _crashes(settings: Settings, limit: int, as_json: bool) -> int:
+    async with open_bridge(), open_database(settings) as db:
+        reports = await db.run(latest_crash_reports, limit=limit)
+    if as_json:
+        for report in reports:
+            print(json.dumps(report.report, default=str))
+        return EXIT_OK
+    if not reports:
+        print("no crash reports")
+    for report in reports:
+        print(
+            f"#{report.id} {report.occurred_at.isoformat()} {report.kind:<14} {report.path} "
+            f"{report.exc_type or ''}: {report.message or ''}".rstrip()
+        )
+        decision = report.report.get("decision")
+        if decision:
+            print(f"    decision: {decision}")
+    return EXIT_OK
+
+
+async def _run(settings: Settings) -> int:
+    from atlas.runtime.app import run_app
+
+    return await run_app(settings)
+
+
+def _node() -> int:
+    from atlas.vpn.agent import main as agent_main
+
+    return int(agent_main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and shell completion)."""
+    parser = argparse.ArgumentParser(prog="atlas", description="Sell and run VPN access through Telegram.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="run the bot process under its supervisor")
+    commands.add_parser("migrate", help="apply pending database migrations")
+    commands.add_parser("check", help="validate settings and reach the database")
+    crashes = commands.add_parser("crashes", help="show the latest crash reports, newest first")
+    crashes.add_argument("--limit", type=int, default=20, help="how many (default 20, at most 1000)")
+    crashes.add_argument("--json", action="store_true", help="one JSON report per line")
+    commands.add_parser("node", help="run the VPN node agent (settings: ATLAS_NODE_*)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``atlas`` script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        return _node()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"atlas: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    pipeline = configure_logging(settings.log_level, settings.log_format)
+    command: Callable[[], Awaitable[int]]
+    if args.command == "run":
+        command = lambda: _run(settings)  # noqa: E731
+    elif args.command == "migrate":
+        command = lambda: _migrate(settings)  # noqa: E731
+    elif args.command == "check":
+        command = lambda: _check(settings)  # noqa: E731
+    else:
+        command = lambda: _crashes(settings, args.limit, args.json)  # noqa: E731
+    try:
+        return trio.run(command)
+    except (StorageError, OSError) as exc:
+        print(f"atlas {args.command}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        pipeline.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Settings: environment variables with the ``ATLAS_`` prefix, or a ``.env`` file.
+
+Every setting is validated when the process starts; a bad one stops it with a :class:`SettingsError`
+that names the variable and the value, never a traceback from deep inside pydantic. Secrets are
+``SecretStr`` so that they cannot end up in a log line or a crash report by accident.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "ATLAS_"
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message lists each variable, value and reason."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Defaults run a local development instance."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # Database: unset means an embedded PostgreSQL under data_dir.
+    database_url: SecretStr | None = None
+    data_dir: Path = Path(".atlas")
+    db_pool_size: int = Field(10, ge=1, le=200)
+    db_acquire_timeout: float = Field(10.0, gt=0)
+    db_unit_timeout: float = Field(30.0, gt=0)
+    db_statement_timeout: float = Field(30.0, gt=0)
+
+    # Web server: health, readiness, status, metrics, webhooks, subscription URLs.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+
+    # Logging.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # Supervision.
+    max_restarts: int = Field(5, ge=0)
+    restart_period: float = Field(30.0, gt=0)
+    slow_step_threshold: float = Field(0.1, gt=0)
+    scheduler_watchdog_timeout: float = Field(60.0, gt=0)
+    shutdown_timeout: float = Field(10.0, gt=0)
+    seed: int | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// (or postgres://)")
+        return value
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = PREFIX + "_".join(str(part) for part in item["loc"]).upper()
+        value = item.get("input")
+        shown = "<secret>" if "url" in name.lower() or "token" in name.lower() else repr(value)
+        lines.append(f"{name}={shown}: {item['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (and ``.env``); raise :class:`SettingsError` naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

@@ -1,0 +1,204 @@
+"""``Database``: the pool, the budget, and ``db.run`` — the only way to touch PostgreSQL.
+
+Contract 1 of DESIGN.md, by construction:
+
+* Code outside this package never sees a connection. It calls ``await db.run(unit, **kwargs)``
+  where ``unit`` is ``async def unit(tx, **kwargs)``. The whole unit runs inside one transaction on
+  the asyncio side of the trio-asyncio bridge, in one crossing.
+* Before crossing, ``db.run`` borrows a token from the :class:`ConnectionBudget` under a deadline;
+  the token is returned when the unit has ended *and* its connection is back in the pool.
+* While the unit runs, :func:`atlas.net.holding_connection` marks its context, so every outbound
+  client raises :class:`atlas.net.ConnectionHeldAcrossIO`: a unit of work cannot do I/O.
+* The ``tx`` handle is invalidated when the unit ends (:class:`TxClosed` afterwards).
+
+Cancellation: cancelling the caller cancels the asyncio task running the unit; asyncpg rolls the
+transaction back (or, if the connection is mid-query, the pool terminates and replaces it), and only
+*then* does the trio side resume and return the token. trio-asyncio's future adapter refuses to
+abandon the asyncio task, which is exactly the property this needs.
+
+Conflicts: a unit has no I/O, so re-running it is safe. Serialization failures and deadlocks are
+retried up to ``conflict_retries`` times before :class:`TransactionConflict` is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import asyncpg
+import trio
+import trio_asyncio
+
+from atlas.net.guard import holding_connection
+from atlas.storage.budget import BudgetStatistics, ConnectionBudget
+from atlas.storage.errors import BridgeNotOpen, DatabaseUnavailable, TransactionConflict
+from atlas.storage.tx import Tx
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+UnitOfWork = Callable[Concatenate[Tx, P], Awaitable[T]]
+
+_log = logging.getLogger("atlas.storage")
+
+# Errors that mean "the server or the connection broke", not "your SQL is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+)
+_CONFLICT: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    """How to reach PostgreSQL and how much of it we may use.
+
+    ``pool_size`` is also the budget's size: the budget is never larger than the pool.
+    """
+
+    dsn: str
+    pool_size: int = 10
+    acquire_timeout: float = 10.0
+    unit_timeout: float = 30.0
+    statement_timeout: float = 30.0
+    conflict_retries: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("pool_size", "conflict_retries"):
+            value = getattr(self, name)
+            if value < (1 if name == "pool_size" else 0):
+                raise ValueError(f"DatabaseSettings.{name} out of range: {value!r}")
+        for name in ("acquire_timeout", "unit_timeout", "statement_timeout"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ValueError(f"DatabaseSettings.{name} must be positive, got {value!r}")
+
+
+def _unit_name(unit: Callable[..., Any]) -> str:
+    module = getattr(unit, "__module__", "") or ""
+    qualname = getattr(unit, "__qualname__", None) or repr(unit)
+    return f"{module.rsplit('.', 1)[-1]}.{qualname}" if module else str(qualname)
+
+
+class Database:
+    """The pool owner. Open it with :meth:`open` inside the trio-asyncio loop."""
+
+    def __init__(self, settings: DatabaseSettings, pool: asyncpg.Pool) -> None:
+        self.settings = settings
+        self._pool = pool
+        self.budget = ConnectionBudget(settings.pool_size)
+        self.units_run = 0
+        self.units_failed = 0
+        self.conflicts_retried = 0
+
+    @classmethod
+    async def open(cls, settings: DatabaseSettings) -> Database:
+        """Create the asyncpg pool on the asyncio side and wrap it.
+
+        Raises :class:`DatabaseUnavailable` when the server cannot be reached and
+        :class:`BridgeNotOpen` outside the trio-asyncio loop.
+        """
+
+        async def _create() -> asyncpg.Pool:
+            return await asyncpg.create_pool(
+                settings.dsn,
+                min_size=1,
+                max_size=settings.pool_size,
+                command_timeout=settings.statement_timeout,
+                server_settings={"application_name": "atlas"},
+            )
+
+        try:
+            pool = await _cross(_create)
+        except _UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        return cls(settings, pool)
+
+    async def close(self) -> None:
+        """Close the pool, waiting (bounded) for connections in use to come back."""
+
+        async def _close() -> None:
+            await asyncio.wait_for(self._pool.close(), timeout=10)
+
+        try:
+            await _cross(_close)
+        except TimeoutError:
+            _log.warning("pool did not close within 10 s; terminating its connections")
+            self._pool.terminate()
+
+    async def run(self, unit: UnitOfWork[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``unit(tx, **kwargs)`` whole inside one transaction and return its result.
+
+        Waits at most ``acquire_timeout`` for a connection token (:class:`BudgetExhausted`), and at
+        most ``unit_timeout`` for the unit (``trio.TooSlowError``; the transaction is rolled back).
+        Anything the unit raises is re-raised after rollback; connection failures become
+        :class:`DatabaseUnavailable`.
+        """
+        if args:
+            raise TypeError("db.run passes arguments to a unit by keyword only")
+        name = _unit_name(unit)
+        attempts = self.settings.conflict_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.budget.borrow(self.settings.acquire_timeout, object()):
+                    with trio.fail_after(self.settings.unit_timeout):
+                        result: T = await _cross(self._in_transaction, unit, name, kwargs)
+                self.units_run += 1
+                return result
+            except _CONFLICT as exc:
+                if attempt == attempts:
+                    self.units_failed += 1
+                    raise TransactionConflict(f"unit {name!r} still conflicting after {attempt} tries") from exc
+                self.conflicts_retried += 1
+                _log.info("unit %s conflicted (%s), retrying", name, exc.__class__.__name__)
+            except _UNAVAILABLE as exc:
+                self.units_failed += 1
+                raise DatabaseUnavailable(f"unit {name!r}: {exc.__class__.__name__}: {exc}") from exc
+            except BaseException:
+                self.units_failed += 1
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _in_transaction(self, unit: UnitOfWork[..., T], name: str, kwargs: dict[str, Any]) -> T:
+        # Runs on the asyncio side. The connection and the guard live exactly as long as this.
+        async with self._pool.acquire() as conn:
+            tx = Tx(conn, name)
+            try:
+                with holding_connection(name):
+                    async with conn.transaction():
+                        return await unit(tx, **kwargs)
+            finally:
+                tx.close()
+
+    def budget_statistics(self) -> BudgetStatistics:
+        """Snapshot of the connection budget (for metrics, /status and crash reports)."""
+        return self.budget.statistics()
+
+    def pool_statistics(self) -> dict[str, int]:
+        """The pool's own view: size, idle connections, and the configured maximum."""
+        return {
+            "size": self._pool.get_size(),
+            "idle": self._pool.get_idle_size(),
+            "max": self._pool.get_max_size(),
+        }
+
+
+async def _cross(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """One crossing to the asyncio side; translates a missing loop into :class:`BridgeNotOpen`."""
+    try:
+        loop = trio_asyncio.current_loop.get()
+    except LookupError:
+        loop = None
+    if loop is None:
+        raise BridgeNotOpen("db.run needs the trio-asyncio loop; open it with atlas.runtime.bridge")
+    return await trio_asyncio.aio_as_trio(fn)(*args)  # type: ignore[no-any-return]

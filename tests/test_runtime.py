@@ -1,0 +1,116 @@
+"""The assembled runtime: the tree against a real database, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import asyncpg
+import httpx
+import trio
+import trio_asyncio
+
+from atlas.actors import Actor
+from atlas.runtime.app import make_services, serve_tree
+from atlas.runtime.settings import load_settings
+from atlas.supervision import RestartType
+
+PYTHON = sys.executable
+
+
+class Exploder(Actor):
+    """Crashes on its first tick, then behaves (so the test sees one crash and a restart)."""
+
+    def __init__(self) -> None:
+        super().__init__("exploder", period=1.0, first_tick=(0.0, 0.0))
+        self.exploded = False
+
+    async def tick(self) -> None:
+        if not self.exploded:
+            self.exploded = True
+            raise ValueError("boom: the first row had no telegram_id")
+
+
+async def _run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [PYTHON, "-m", "atlas", *args],
+        env={**os.environ, **env},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+async def test_a_crash_in_a_child_actor_is_readable_with_atlas_crashes(bridge: None, fresh_database: str) -> None:
+    settings = load_settings(database_url=fresh_database, http_port=0, seed=7)
+    services = make_services(settings)
+    stop = trio.Event()
+    exploder = Exploder()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_tree(
+            services, fresh_database, stop=stop,
+            extra_workers=[exploder.child_spec(restart=RestartType.PERMANENT)], task_status=task_status))
+        with trio.fail_after(20):
+            while services.crash_counts.get("crash", 0) < 1 or exploder.statistics().ticks < 2:
+                await trio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=services.web_url or "") as client:
+            ready = await client.get("/readyz")
+            status = (await client.get("/status")).json()
+            metrics = (await client.get("/metrics")).text
+        stop.set()
+
+    assert ready.status_code == 200, ready.text
+    assert status["crash_reports"][0]["path"] == "root/workers/exploder"
+    assert 'atlas_child_restarts_total{path="root/workers/exploder"} 1.0' in metrics
+    assert 'atlas_crash_reports_total{kind="crash"} 1.0' in metrics
+
+    result = await _run_cli("crashes", env={"ATLAS_DATABASE_URL": fresh_database})
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "crash" in out and "root/workers/exploder" in out
+    assert "ValueError: boom: the first row had no telegram_id" in out
+    assert "decision: restart in" in out
+
+    as_json = await _run_cli("crashes", "--json", "--limit", "1", env={"ATLAS_DATABASE_URL": fresh_database})
+    assert b'"budget": [' in as_json.stdout and b'"frames": [' in as_json.stdout
+
+
+async def test_two_processes_migrating_at_once_both_succeed(bridge: None, empty_database: str) -> None:
+    results: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def migrate_once() -> None:
+        results.append(await _run_cli("migrate", env={"ATLAS_DATABASE_URL": empty_database}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(migrate_once)
+        nursery.start_soon(migrate_once)
+
+    assert [r.returncode for r in results] == [0, 0], [r.stderr.decode()[-500:] for r in results]
+    outputs = sorted(r.stdout.decode().split(":")[0].strip() for r in results)
+    assert outputs[0] == "applied 0 migration(s)", outputs
+    assert outputs[1].startswith("applied ") and outputs[1] != "applied 0 migration(s)"
+
+    async def versions() -> list[int]:
+        conn = await asyncpg.connect(empty_database)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+        finally:
+            await conn.close()
+
+    found = await trio_asyncio.aio_as_trio(versions)()
+    assert found == sorted(set(found)) and found
+
+
+async def test_a_bad_setting_is_named_and_nothing_starts() -> None:
+    result = await _run_cli("check", env={"ATLAS_DB_POOL_SIZE": "many", "ATLAS_DATABASE_URL": "mysql://x"})
+    err = result.stderr.decode()
+    assert result.returncode == 2
+    assert "ATLAS_DB_POOL_SIZE='many'" in err
+    assert "ATLAS_DATABASE_URL=<secret>" in err and "mysql" not in err
+
+
+async def test_check_reports_an_unreachable_database() -> None:
+    result = await _run_cli("check", env={"ATLAS_DATABASE_URL": "postgresql://nobody@/nowhere?host=/nonexistent"})
+    assert result.returncode == 1
+    assert "DatabaseUnavailable" in result.stderr.decode()
