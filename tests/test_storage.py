@@ -195,7 +195,9 @@ async def test_migrating_twice_changes_nothing(db: Database) -> None:
 
 
 async def test_an_edited_migration_is_refused(db: Database) -> None:
-    first = bundled_migrations()[0]
+    first, *rest = bundled_migrations()
     edited = Migration(first.version, first.name, first.sql + "\n-- edited")
     with pytest.raises(MigrationError, match="edited after it was applied"):
-        await migrate(db, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), migrations=[edited])
+        await migrate(db, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), migrations=[edited, *rest])
+    with pytest.raises(MigrationError, match="does not know"):
+        await migrate(db, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), migrations=[first])
