@@ -144,7 +144,9 @@ async def _setup(dsn: str) -> None:
 
 def main() -> None:
     """Run the benchmark and print a Markdown table of the results."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=10)
@@ -165,27 +167,43 @@ def main() -> None:
                 atlas_lat.append(lat)
                 atlas_tput.append(tput)
                 atlas_empty.append(empty)
-                print(f"round {round_no + 1}/{args.rounds}: baseline {base_lat[-1] * 1e6:.0f} us, "
-                      f"atlas {atlas_lat[-1] * 1e6:.0f} us", file=sys.stderr)
+                print(
+                    f"round {round_no + 1}/{args.rounds}: baseline {base_lat[-1] * 1e6:.0f} us, "
+                    f"atlas {atlas_lat[-1] * 1e6:.0f} us",
+                    file=sys.stderr,
+                )
         finally:
             trio.run(server.stop)
 
     med = statistics.median
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"PostgreSQL embedded (fsync off), pool {POOL}")
-    print(f"command: .venv/bin/python bench/bench_db_run.py --rounds {args.rounds} --calls {args.calls} "
-          f"--concurrency {args.concurrency}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"PostgreSQL embedded (fsync off), pool {POOL}"
+    )
+    print(
+        f"command: .venv/bin/python bench/bench_db_run.py --rounds {args.rounds} --calls {args.calls} "
+        f"--concurrency {args.concurrency}"
+    )
     print()
     print("| measure | plain asyncio + asyncpg | Atlas db.run (trio) | ratio |")
     print("|---|---|---|---|")
-    print(f"| 3-statement tx, median latency, 1 caller | {med(base_lat) * 1e6:.0f} us | "
-          f"{med(atlas_lat) * 1e6:.0f} us | {med(atlas_lat) / med(base_lat):.2f}x |")
-    print(f"| 3-statement tx, throughput, {args.concurrency} callers | {med(base_tput):.0f} tx/s | "
-          f"{med(atlas_tput):.0f} tx/s | {med(base_tput) / med(atlas_tput):.2f}x |")
-    print(f"| empty transaction, median per call | {med(base_empty) * 1e6:.0f} us | "
-          f"{med(atlas_empty) * 1e6:.0f} us | {med(atlas_empty) / med(base_empty):.2f}x |")
+    print(
+        f"| 3-statement tx, median latency, 1 caller | {med(base_lat) * 1e6:.0f} us | "
+        f"{med(atlas_lat) * 1e6:.0f} us | {med(atlas_lat) / med(base_lat):.2f}x |"
+    )
+    print(
+        f"| 3-statement tx, throughput, {args.concurrency} callers | {med(base_tput):.0f} tx/s | "
+        f"{med(atlas_tput):.0f} tx/s | {med(base_tput) / med(atlas_tput):.2f}x |"
+    )
+    print(
+        f"| empty transaction, median per call | {med(base_empty) * 1e6:.0f} us | "
+        f"{med(atlas_empty) * 1e6:.0f} us | {med(atlas_empty) / med(base_empty):.2f}x |"
+    )
     print()
-    print("per-round latency ratios: " + ", ".join(f"{a / b:.2f}" for a, b in zip(atlas_lat, base_lat, strict=True)))
+    print(
+        "per-round latency ratios: "
+        + ", ".join(f"{a / b:.2f}" for a, b in zip(atlas_lat, base_lat, strict=True))
+    )
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ async def test_unit_cancelled_mid_query_leaves_no_transaction_and_budget_whole(
             await conn.close()
 
     with trio.fail_after(10):
-        while rows := await trio_asyncio.aio_as_trio(server_view)():
+        while rows := await trio_asyncio.aio_as_trio(server_view)():  # noqa: ASYNC110
             # The server notices the cancel request asynchronously; give it a moment.
             await trio.sleep(0.05)
     assert rows == []

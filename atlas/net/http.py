@@ -119,18 +119,19 @@ class OutboundHttp:
         json: Any = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> OutboundResponse:
         """Send one request and read its whole (bounded) answer.
 
         Raises :class:`ConnectionHeldAcrossIO` before any I/O if called inside a unit of work, and
         an :class:`OutboundError` subclass when the remote side fails. HTTP error statuses are
         returned, not raised: the client of a particular API knows what a 4xx means there.
+        ``request_timeout`` overrides the client's timeout for this request (long polls).
         """
         ensure_no_connection_held(f"HTTP {method} {self._client.base_url.join(url)}")
         extra: dict[str, Any] = {}
-        if timeout is not None:
-            extra["timeout"] = httpx.Timeout(timeout)
+        if request_timeout is not None:
+            extra["timeout"] = httpx.Timeout(request_timeout)
         try:
             async with self._client.stream(
                 method, url, params=params, json=json, content=content, headers=headers, **extra

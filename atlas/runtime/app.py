@@ -111,7 +111,9 @@ def _counting_sink(services: Services) -> Any:
 def storage_child(services: Services, dsn: str) -> ChildSpec:
     """The pool owner: opens the pool, migrates, publishes ``services.db`` until stopped."""
 
-    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def start(
+        ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         db = await Database.open(database_settings(services.settings, dsn))
         try:
             applied = await migrate(db, now=services.clock.now())
@@ -161,9 +163,13 @@ def web_child(services: Services) -> ChildSpec:
 
     app = create_web_app(WebProbes(ready=ready, status=status, metrics=lambda: render(registry)))
 
-    async def start(ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def start(
+        ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(serve_asgi, app, services.settings.http_host, services.settings.http_port)
+            url = await nursery.start(
+                serve_asgi, app, services.settings.http_host, services.settings.http_port
+            )
             services.web_url = url
             _log.info("web server listening on %s", url)
             task_status.started()
@@ -190,9 +196,14 @@ def status_snapshot(services: Services) -> dict[str, Any]:
         "database": None
         if db is None or budget is None
         else {
-            "budget": {"in_use": budget.in_use, "total": budget.total, "waiting": budget.waiting,
-                       "borrows": budget.borrows, "exhausted": budget.exhausted,
-                       "max_wait_seconds": round(budget.max_wait, 6)},
+            "budget": {
+                "in_use": budget.in_use,
+                "total": budget.total,
+                "waiting": budget.waiting,
+                "borrows": budget.borrows,
+                "exhausted": budget.exhausted,
+                "max_wait_seconds": round(budget.max_wait, 6),
+            },
             "pool": db.pool_statistics(),
             "units_run": db.units_run,
             "units_failed": db.units_failed,
@@ -324,5 +335,3 @@ async def run_app(settings: Settings) -> int:
         nursery.cancel_scope.cancel()
     _log.info("atlas stopped with exit code %d", code)
     return code
-
-

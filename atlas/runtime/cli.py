@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -80,9 +81,41 @@ async def _run(settings: Settings) -> int:
 
 
 def _node() -> int:
-    from atlas.vpn.agent import main as agent_main
+    from pydantic import ValidationError
 
-    return int(agent_main())
+    from atlas.vpn.agent import run_agent
+    from atlas.vpn.agent_settings import NodeAgentSettings
+
+    try:
+        node_settings = NodeAgentSettings()  # type: ignore[call-arg]  # fields come from the environment
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ATLAS_NODE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"atlas node: invalid settings: {problems}", file=sys.stderr)
+        return EXIT_USAGE
+    pipeline = configure_logging("INFO", "json")
+
+    async def serve() -> int:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_signals, nursery.cancel_scope)
+            await run_agent(node_settings)
+        return EXIT_OK
+
+    try:
+        return trio.run(serve)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        pipeline.stop()
+
+
+async def _cancel_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            _log.info("received %s; stopping", signal.Signals(signum).name)
+            scope.cancel()
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:

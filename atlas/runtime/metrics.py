@@ -55,14 +55,20 @@ class AtlasCollector(Collector):
                 "atlas_db_budget_exhausted", "Borrows that hit the acquire deadline", value=budget.exhausted
             )
             yield CounterMetricFamily(
-                "atlas_db_budget_wait_seconds", "Total time spent waiting for a token", value=budget.total_wait
+                "atlas_db_budget_wait_seconds",
+                "Total time spent waiting for a token",
+                value=budget.total_wait,
             )
             yield GaugeMetricFamily(
                 "atlas_db_budget_max_wait_seconds", "Longest wait for a token", value=budget.max_wait
             )
             yield CounterMetricFamily("atlas_db_units", "Units of work that committed", value=db.units_run)
-            yield CounterMetricFamily("atlas_db_units_failed", "Units of work that failed", value=db.units_failed)
-        restarts = CounterMetricFamily("atlas_child_restarts", "Restarts per supervised child", labels=["path"])
+            yield CounterMetricFamily(
+                "atlas_db_units_failed", "Units of work that failed", value=db.units_failed
+            )
+        restarts = CounterMetricFamily(
+            "atlas_child_restarts", "Restarts per supervised child", labels=["path"]
+        )
         up = GaugeMetricFamily("atlas_child_running", "1 when the child is running", labels=["path"])
         for supervisor in self._sources.supervisors():
             for path, count, state in _walk(supervisor.statistics()):
@@ -81,7 +87,9 @@ class AtlasCollector(Collector):
         for kind, count in sorted(self._sources.crash_counts().items()):
             crashes.add_metric([kind], count)
         yield crashes
-        yield CounterMetricFamily("atlas_log_records_dropped", "Log records dropped", value=self._sources.log_drops())
+        yield CounterMetricFamily(
+            "atlas_log_records_dropped", "Log records dropped", value=self._sources.log_drops()
+        )
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

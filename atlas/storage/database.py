@@ -158,7 +158,9 @@ class Database:
             except _CONFLICT as exc:
                 if attempt == attempts:
                     self.units_failed += 1
-                    raise TransactionConflict(f"unit {name!r} still conflicting after {attempt} tries") from exc
+                    raise TransactionConflict(
+                        f"unit {name!r} still conflicting after {attempt} tries"
+                    ) from exc
                 self.conflicts_retried += 1
                 _log.info("unit %s conflicted (%s), retrying", name, exc.__class__.__name__)
             except _UNAVAILABLE as exc:

@@ -85,11 +85,11 @@ class EmbeddedPostgres:
     def _run_as(self) -> str | None:
         return SERVICE_USER if os.geteuid() == 0 else None
 
-    async def _command(self, *argv: str, timeout: float = 60.0) -> str:
+    async def _command(self, *argv: str, time_limit: float = 60.0) -> str:
         binary = str(postgres_bin_dir() / argv[0])
         user = self._run_as()
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(time_limit):
                 done = await trio.run_process(
                     [binary, *argv[1:]],
                     capture_stdout=True,
@@ -98,7 +98,7 @@ class EmbeddedPostgres:
                     user=user,
                 )
         except trio.TooSlowError:
-            raise EmbeddedPostgresError(f"{argv[0]} did not finish within {timeout}s") from None
+            raise EmbeddedPostgresError(f"{argv[0]} did not finish within {time_limit}s") from None
         if done.returncode != 0:
             output = (done.stdout + done.stderr).decode(errors="replace").strip()
             raise EmbeddedPostgresError(f"{argv[0]} failed (exit {done.returncode}): {output[-2000:]}")
@@ -113,7 +113,7 @@ class EmbeddedPostgres:
         if not (self.pgdata / "postmaster.pid").exists():
             return False
         try:
-            await self._command("pg_ctl", "-D", str(self.pgdata), "status", timeout=10)
+            await self._command("pg_ctl", "-D", str(self.pgdata), "status", time_limit=10)
         except EmbeddedPostgresError:
             return False
         return True
@@ -124,8 +124,16 @@ class EmbeddedPostgres:
         if not (self.pgdata / "PG_VERSION").exists():
             _log.info("initialising embedded PostgreSQL in %s", self.pgdata)
             await self._command(
-                "initdb", "-D", str(self.pgdata), "--auth=trust", "-U", SUPERUSER, "-E", "UTF8",
-                "--locale=C", "--no-instructions",
+                "initdb",
+                "-D",
+                str(self.pgdata),
+                "--auth=trust",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
             )
         if await self.is_running():
             _log.info("embedded PostgreSQL already running in %s; reusing it", self.pgdata)
@@ -137,8 +145,18 @@ class EmbeddedPostgres:
         options += [f"-c {key}={value}" for key, value in settings.items()]
         try:
             await self._command(
-                "pg_ctl", "-D", str(self.pgdata), "-l", str(self.data_dir / "postgres.log"),
-                "-o", " ".join(options), "-w", "-t", "60", "start", timeout=90,
+                "pg_ctl",
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.data_dir / "postgres.log"),
+                "-o",
+                " ".join(options),
+                "-w",
+                "-t",
+                "60",
+                "start",
+                time_limit=90,
             )
         except EmbeddedPostgresError:
             if await self.is_running():  # another process of ours won the race to start it
@@ -152,7 +170,7 @@ class EmbeddedPostgres:
         """Stop the server (fast shutdown: open transactions are rolled back)."""
         if not await self.is_running():
             return
-        await self._command("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", timeout=60)
+        await self._command("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", time_limit=60)
         self.started_here = False
         _log.info("embedded PostgreSQL stopped")
 
@@ -167,7 +185,7 @@ def _prepare_dirs(data_dir: Path, socket_dir: Path, user: str | None) -> None:
         entry = pwd.getpwnam(user)
     except KeyError:
         useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        subprocess.run(  # noqa: S603 - fixed argv, no shell
+        subprocess.run(
             [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
             check=True,
             capture_output=True,

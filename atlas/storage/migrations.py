@@ -92,8 +92,7 @@ async def _apply(tx: Tx, *, migrations: list[Migration], now: dt.datetime) -> li
             continue
         await tx.execute(migration.sql)
         await tx.execute(
-            "INSERT INTO schema_migrations (version, name, checksum, applied_at) "
-            "VALUES ($1, $2, $3, $4)",
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES ($1, $2, $3, $4)",
             migration.version,
             migration.name,
             migration.checksum,

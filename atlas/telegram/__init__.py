@@ -1,0 +1,1 @@
+"""The Telegram side of Atlas: the guarded aiogram session, routers, keyboards, texts, intake, sender."""
