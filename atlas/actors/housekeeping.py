@@ -54,6 +54,6 @@ class CrashReportPruner(Actor):
             self.heartbeat()
             if deleted < self._batch:
                 break
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
         if self.pruned:
             _log.info("crash reports pruned so far: %d", self.pruned)

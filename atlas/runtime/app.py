@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,8 +322,13 @@ async def _stop_on_signals(stop: trio.Event) -> None:
             return
 
 
-async def run_app(settings: Settings) -> int:
-    """``atlas run``: the whole process. Returns the exit code (1 when the root gave up)."""
+async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None = None) -> int:
+    """``atlas run``: the whole process. Returns the exit code (1 when the root gave up).
+
+    A child that ignored cancellation was abandoned by its supervisor but still runs, and trio
+    would wait for it forever on the way out. When that happened, ``hard_exit(code)`` (the CLI
+    flushes the logs and calls ``os._exit``) ends the process instead of hanging it.
+    """
     services = make_services(settings)
     trio.lowlevel.add_instrument(services.instrument)
     watchdog = SchedulerWatchdog(timeout=settings.scheduler_watchdog_timeout)
@@ -333,5 +338,9 @@ async def run_app(settings: Settings) -> int:
         nursery.start_soon(_stop_on_signals, stop)
         code = await serve_tree(services, dsn, stop=stop)
         nursery.cancel_scope.cancel()
+        abandoned = services.crash_counts.get("shutdown_error", 0)
+        if abandoned and hard_exit is not None:
+            _log.critical("%d child(ren) ignored cancellation and were abandoned; exiting hard", abandoned)
+            hard_exit(code or 1)
     _log.info("atlas stopped with exit code %d", code)
     return code

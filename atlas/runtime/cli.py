@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +26,7 @@ import trio
 from atlas.clock import Clock
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import open_database
-from atlas.runtime.logs import configure_logging
+from atlas.runtime.logs import LogPipeline, configure_logging
 from atlas.runtime.settings import Settings, SettingsError, load_settings
 from atlas.storage import StorageError, Tx, migrate
 from atlas.storage.crash_reports import latest_crash_reports
@@ -74,10 +75,14 @@ async def _crashes(settings: Settings, limit: int, as_json: bool) -> int:
     return EXIT_OK
 
 
-async def _run(settings: Settings) -> int:
+async def _run(settings: Settings, pipeline: LogPipeline) -> int:
     from atlas.runtime.app import run_app
 
-    return await run_app(settings)
+    def hard_exit(code: int) -> None:
+        pipeline.stop()
+        os._exit(code)
+
+    return await run_app(settings, hard_exit=hard_exit)
 
 
 def _node() -> int:
@@ -145,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline = configure_logging(settings.log_level, settings.log_format)
     command: Callable[[], Awaitable[int]]
     if args.command == "run":
-        command = lambda: _run(settings)  # noqa: E731
+        command = lambda: _run(settings, pipeline)  # noqa: E731
     elif args.command == "migrate":
         command = lambda: _migrate(settings)  # noqa: E731
     elif args.command == "check":

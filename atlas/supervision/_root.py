@@ -1,0 +1,81 @@
+"""The root of the tree: turning "the root supervisor gave up" into a process exit code.
+
+DESIGN.md: the root giving up ends the process with a non-zero code after a final report, so that
+systemd (or the operator) restarts it. The CLI calls ``sys.exit(await run_root(root, stop=...))``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from atlas.supervision._errors import ChildStartFailed, SupervisorGaveUp
+from atlas.supervision._supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_GAVE_UP = 1
+
+
+class _Relay:
+    """Passes the root's ``started()`` on to run_root's caller and remembers that it did."""
+
+    def __init__(self, outer: trio.TaskStatus[None]) -> None:
+        self._outer = outer
+        self.up = False
+
+    def started(self, value: object = None) -> None:
+        if not self.up:
+            self.up = True
+            self._outer.started()
+
+
+async def run_root(
+    supervisor: Supervisor,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> int:
+    """Run ``supervisor`` as the root; return the process exit code.
+
+    - ``EXIT_GAVE_UP`` (1) when it gives up (its final ``gave_up`` report, whose decision reads
+      ``"exit with code 1"``, is out before this returns) or when its children fail to start (the
+      ``start_error`` report is out).
+    - ``EXIT_OK`` (0) when ``stop`` is set (the CLI's signal handler sets it): the tree is stopped
+      in reverse order first.
+
+    ``task_status.started()`` is called once every child is up, or, when the tree never came up,
+    just before returning, so that ``nursery.start(run_root, ...)`` always ends in an exit code
+    rather than a RuntimeError. Cancelling ``run_root`` itself stops the tree and propagates
+    ``Cancelled`` as usual.
+    """
+    code = EXIT_OK
+    decision = f"exit with code {EXIT_GAVE_UP}"
+    relay = _Relay(task_status)
+
+    async def _supervise(nursery: trio.Nursery) -> None:
+        nonlocal code
+        try:
+            await supervisor._run(supervisor.name, relay, gave_up_decision=decision)
+        except SupervisorGaveUp as exc:
+            logger.critical("root supervisor gave up: %s; exiting with code %d", exc, EXIT_GAVE_UP)
+            code = EXIT_GAVE_UP
+        except ChildStartFailed as exc:
+            logger.critical("root supervisor could not start: %s; exiting with code %d", exc, EXIT_GAVE_UP)
+            code = EXIT_GAVE_UP
+        finally:
+            nursery.cancel_scope.cancel(reason="root supervisor ended")
+
+    async def _wait_for_stop(event: trio.Event, nursery: trio.Nursery) -> None:
+        await event.wait()
+        logger.info("stop requested; stopping the tree")
+        nursery.cancel_scope.cancel(reason="stop requested")
+
+    async with trio.open_nursery() as nursery:
+        if stop is not None:
+            nursery.start_soon(_wait_for_stop, stop, nursery)
+        nursery.start_soon(_supervise, nursery)
+    relay.started()
+    return code
