@@ -1,0 +1,284 @@
+"""Benchmark: ``vpn_controller`` convergence of 10,000 pending keys onto 3 emulated nodes.
+
+Set-up (not timed): an embedded PostgreSQL, migrated; ``--keys`` users, each with an active
+subscription and a key wanted present (bulk SQL); ``--nodes`` node emulators answering after
+``--latency`` seconds each, served by a separate process by default (nodes are other machines;
+``--in-process`` serves them from this process and shares its CPU).
+
+Timed: from the first ``converge()`` (which also plans every key) until the database has no
+pending row and every emulator holds every key. The controller claims ``--batch`` rows per node per
+batch and the node client allows ``--limit`` calls in flight per node.
+
+Units: a *node-op* is one key applied on one node (one PUT); a *key* is one key applied on all
+nodes (``--nodes`` node-ops). Nodes are worked concurrently, so the ceiling is
+``limit / latency`` node-ops/s per node, ``limit / latency × nodes`` node-ops/s in all, which is
+``limit / latency`` keys/s. The ratio (measured / ceiling) is the same in both units.
+
+    .venv/bin/python bench/bench_vpn_convergence.py [--keys 10000] [--nodes 3] [--latency 0.02]
+        [--limit 8] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import trio
+
+from atlas.actors.vpn_controller import VpnController
+from atlas.clock import Clock
+from atlas.runtime.bridge import open_bridge
+from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
+from atlas.testing.node_emulator import NodeEmulator
+from atlas.vpn import Fleet, NodeConfig
+
+TOKEN = "bench-node-token-0123456789"
+NOW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
+
+
+# ---------------------------------------------------------------- the emulators' process
+
+
+async def _serve_emulators(count: int, latency: float) -> None:
+    async with trio.open_nursery() as nursery:
+        urls = []
+        for _ in range(count):
+            emulator = NodeEmulator(TOKEN, latency=latency)
+            urls.append(await nursery.start(emulator.run))
+        print(json.dumps(urls), flush=True)
+        # Until the parent closes our stdin.
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        while await stdin.receive_some():
+            pass
+        nursery.cancel_scope.cancel()
+
+
+def _spawn_emulators(count: int, latency: float) -> tuple[subprocess.Popen[str], list[str]]:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve-emulators", str(count), "--latency", str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    urls = json.loads(child.stdout.readline())
+    return child, urls
+
+
+# ---------------------------------------------------------------- seeding and checks
+
+
+async def _seed(tx: Tx, *, count: int, now: dt.datetime) -> None:
+    await tx.execute(
+        """
+        INSERT INTO users (id, language, referral_code, created_at)
+        SELECT id, 'en', 'ref' || id, $2 FROM generate_series(1, $1::bigint) AS id
+        """,
+        count,
+        now,
+    )
+    await tx.execute(
+        """
+        INSERT INTO subscriptions (user_id, kind, status, starts_at, expires_at, token,
+                                   created_at, updated_at)
+        SELECT id, 'trial', 'active', $2::timestamptz, $2::timestamptz + interval '7 days',
+               md5('token' || id), $2, $2
+        FROM generate_series(1, $1::bigint) AS id
+        """,
+        count,
+        now,
+    )
+    await tx.execute(
+        """
+        INSERT INTO vpn_keys (subscription_id, uuid, desired, created_at, changed_at)
+        SELECT id, gen_random_uuid(), 'present', $1, $1 FROM subscriptions
+        """,
+        now,
+    )
+
+
+async def _pending(tx: Tx) -> int:
+    unplanned = await tx.fetchval("SELECT count(*) FROM vpn_keys WHERE planned_generation <> generation")
+    pending = await tx.fetchval("SELECT count(*) FROM vpn_key_nodes WHERE pending")
+    return int(unplanned) + int(pending)
+
+
+async def _count_node_users(fleet: Fleet) -> dict[str, int]:
+    counts = {}
+    for client in fleet.enabled():
+        total = 0
+        async for page in client.iter_all_users(1000):
+            total += len(page)
+        counts[client.name] = total
+    return counts
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- the run
+
+
+async def _run(
+    dsn: str, args: argparse.Namespace, urls: list[str] | None, emulator_pid: int | None
+) -> dict[str, float]:
+    async with open_bridge(), trio.open_nursery() as nursery:
+        db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=10))
+        try:
+            await migrate(db, now=NOW)
+            await db.run(_seed, count=args.keys, now=NOW)
+            if urls is None:
+                urls = []
+                for _ in range(args.nodes):
+                    emulator = NodeEmulator(TOKEN, latency=args.latency)
+                    urls.append(await nursery.start(emulator.run))
+            nodes = [
+                NodeConfig(
+                    name=f"node{i}",
+                    agent_url=url,
+                    token=TOKEN,
+                    public_host="127.0.0.1",
+                    port=443,
+                    security="none",
+                )
+                for i, url in enumerate(urls)
+            ]
+            async with Fleet(nodes, timeout=10, max_concurrency=args.limit) as fleet:
+                controller = VpnController(
+                    db=lambda: db,
+                    fleet=fleet,
+                    clock=Clock(),
+                    rng=random.Random(0),
+                    batch=args.batch,
+                    reconcile_every=None,
+                    tick_budget=3600,
+                    owner=f"bench-{uuid.uuid4().hex[:8]}",
+                )
+                started = time.perf_counter()
+                cpu_started = time.process_time()
+                emulator_cpu_started = _proc_cpu(emulator_pid)
+                passes = 0
+                while True:
+                    passes += 1
+                    await controller.converge()
+                    if not await db.run(_pending):
+                        break
+                elapsed = time.perf_counter() - started
+                cpu = time.process_time() - cpu_started
+                emulator_cpu = _proc_cpu(emulator_pid) - emulator_cpu_started
+                counts = await _count_node_users(fleet)
+                if set(counts.values()) != {args.keys}:
+                    raise SystemExit(f"not converged: users per node {counts}")
+                counters = controller.counters()
+                if counters.failed:
+                    raise SystemExit(f"{counters.failed} node calls failed during the benchmark")
+                max_in_flight = max(stat.in_flight for stat in fleet.statistics())
+        finally:
+            await db.close()
+        nursery.cancel_scope.cancel()
+    return {
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "emulator_cpu": emulator_cpu,
+        "passes": passes,
+        "converged": counters.converged,
+        "max_in_flight_at_end": max_in_flight,
+    }
+
+
+def main() -> None:
+    """Run the benchmark once and print a Markdown table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=0.02)
+    parser.add_argument("--limit", type=int, default=8, help="calls in flight per node")
+    parser.add_argument("--batch", type=int, default=64, help="rows claimed per node per batch")
+    parser.add_argument("--in-process", action="store_true", help="serve the emulators from this process")
+    parser.add_argument("--serve-emulators", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_emulators:
+        trio.run(_serve_emulators, args.serve_emulators, args.latency)
+        return
+
+    child, urls = (None, None) if args.in_process else _spawn_emulators(args.nodes, args.latency)
+    try:
+        with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
+            server = EmbeddedPostgres(Path(tmp), durable=False)
+            dsn = trio.run(server.start)
+            try:
+                result = trio.run(_run, dsn, args, urls, None if child is None else child.pid)
+            finally:
+                trio.run(server.stop)
+    finally:
+        if child is not None:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=30)
+
+    node_ops = args.keys * args.nodes
+    elapsed = result["elapsed"]
+    ceiling_ops = args.limit / args.latency * args.nodes
+    ceiling_keys = ceiling_ops / args.nodes
+    ops_rate = node_ops / elapsed
+    keys_rate = args.keys / elapsed
+    command = (
+        f".venv/bin/python bench/bench_vpn_convergence.py --keys {args.keys} --nodes {args.nodes} "
+        f"--latency {args.latency:g} --limit {args.limit} --batch {args.batch}"
+        + (" --in-process" if args.in_process else "")
+    )
+    where = "this process" if args.in_process else "a separate process"
+    print(f"command: `{command}`")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"PostgreSQL embedded (fsync off), emulators in {where}, {result['passes']:.0f} converge passes"
+    )
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| keys × nodes | {args.keys:,} × {args.nodes} = {node_ops:,} node-ops |")
+    print(
+        f"| node latency, calls in flight per node, batch | "
+        f"{args.latency * 1000:g} ms, {args.limit}, {args.batch} |"
+    )
+    print(f"| time to converge every key on every node | {elapsed:.2f} s |")
+    print(f"| measured | {keys_rate:,.0f} keys/s = {ops_rate:,.0f} node-ops/s |")
+    print(
+        f"| ceiling (limit / latency × nodes) | {ceiling_keys:,.0f} keys/s = {ceiling_ops:,.0f} node-ops/s |"
+    )
+    print(f"| ratio measured / ceiling | {ops_rate / ceiling_ops:.2f} |")
+    print(
+        f"| CPU of the controller process | {result['cpu']:.1f} s "
+        f"({result['cpu'] / elapsed:.0%} of one core), "
+        f"{result['cpu'] / node_ops * 1000:.2f} ms per node-op |"
+    )
+    if not args.in_process:
+        print(
+            f"| CPU of the emulators' process | {result['emulator_cpu']:.1f} s "
+            f"({result['emulator_cpu'] / elapsed:.0%} of one core), "
+            f"{result['emulator_cpu'] / node_ops * 1000:.2f} ms per node-op |"
+        )
+
+
+if __name__ == "__main__":
+    main()
