@@ -19,17 +19,25 @@ table (``atlas crashes``) whenever storage is up.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import random
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import trio
 
+from atlas.actors.expiry import ExpiryWorker
 from atlas.actors.housekeeping import CrashReportPruner
+from atlas.actors.reminders import ReminderWorker
+from atlas.actors.renewal import RenewalWorker
+from atlas.actors.vpn_controller import VpnController
 from atlas.clock import Clock, seeded_random
+from atlas.domain import PlanCatalog, SubscriptionKind, load_plan_catalog
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.logs import DroppingQueueHandler
@@ -37,6 +45,7 @@ from atlas.runtime.metrics import MetricSources, build_registry, render
 from atlas.runtime.settings import Settings
 from atlas.storage import Database, Tx, migrate
 from atlas.storage.crash_reports import record_crash_report
+from atlas.storage.units.plans import sync_plans
 from atlas.supervision import (
     Backoff,
     ChildContext,
@@ -51,8 +60,10 @@ from atlas.supervision import (
     Supervisor,
     run_root,
 )
+from atlas.vpn import Fleet, NodeConfig, load_nodes_file
 from atlas.web.app import WebProbes, create_web_app
 from atlas.web.server import serve_asgi
+from atlas.web.subscription import subscription_routes
 
 _log = logging.getLogger("atlas.app")
 
@@ -71,6 +82,9 @@ class Services:
     ring: RingSink
     instrument: SlowStepInstrument
     started_at: float
+    catalog: PlanCatalog
+    nodes: tuple[NodeConfig, ...]
+    fleet: Fleet | None = None
     db: Database | None = None
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
@@ -119,6 +133,8 @@ def storage_child(services: Services, dsn: str) -> ChildSpec:
             applied = await migrate(db, now=services.clock.now())
             if applied:
                 _log.info("applied migrations: %s", ", ".join(applied))
+            synced = await db.run(sync_plans, catalog=services.catalog, now=services.clock.now())
+            _log.info("plans synced: %s", synced)
             services.db = db
             task_status.started()
             await trio.sleep_forever()
@@ -161,7 +177,16 @@ def web_child(services: Services) -> ChildSpec:
     async def status() -> dict[str, Any]:
         return status_snapshot(services)
 
-    app = create_web_app(WebProbes(ready=ready, status=status, metrics=lambda: render(registry)))
+    routes = subscription_routes(
+        services.require_db,
+        [node for node in services.nodes if node.enabled],
+        services.settings.public_base_url,
+        services.settings.support_url,
+        clock=services.clock,
+    )
+    app = create_web_app(
+        WebProbes(ready=ready, status=status, metrics=lambda: render(registry)), extra_routes=routes
+    )
 
     async def start(
         ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -232,19 +257,53 @@ def status_snapshot(services: Services) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the tree
 
 
+def worker_specs(services: Services) -> list[ChildSpec]:
+    """One child per background job, in the order they start (each is independent: one_for_one)."""
+    settings = services.settings
+    db, clock = services.require_db, services.clock
+
+    def rng(name: str) -> random.Random:
+        return seeded_random(settings.seed, name)
+
+    specs = [
+        RenewalWorker(
+            db=db,
+            clock=clock,
+            rng=rng("renewal"),
+            catalog=services.catalog,
+            currency=settings.currency,
+            renew_window=dt.timedelta(hours=settings.renew_window_hours),
+            retry_after=dt.timedelta(hours=settings.renew_retry_hours),
+        ).child_spec(stall_after=120.0),
+        ReminderWorker(
+            db=db,
+            clock=clock,
+            rng=rng("trial_notices"),
+            currency=settings.currency,
+            kind=SubscriptionKind.TRIAL,
+        ).child_spec(stall_after=120.0),
+        ExpiryWorker(db=db, clock=clock, rng=rng("expiry")).child_spec(stall_after=120.0),
+        ReminderWorker(
+            db=db, clock=clock, rng=rng("reminders"), currency=settings.currency, kind=SubscriptionKind.PAID
+        ).child_spec(stall_after=120.0),
+        CrashReportPruner(db=db, clock=clock, rng=rng("crash_report_pruner")).child_spec(stall_after=120.0),
+    ]
+    if services.fleet is not None:
+        controller = VpnController(db=db, fleet=services.fleet, clock=clock, rng=rng("vpn_controller"))
+        specs.insert(3, controller.child_spec(stall_after=90.0))
+    return specs
+
+
 def build_tree(
     services: Services, dsn: str, extra_workers: Sequence[ChildSpec] = ()
 ) -> tuple[Supervisor, Supervisor]:
     """The root supervisor and its workers supervisor (returned for tests and metrics)."""
     settings = services.settings
     rng = seeded_random(settings.seed, "supervision")
-    pruner = CrashReportPruner(
-        db=services.require_db, clock=services.clock, rng=seeded_random(settings.seed, "crash_report_pruner")
-    )
     workers = Supervisor(
         "workers",
         Strategy.ONE_FOR_ONE,
-        [pruner.child_spec(stall_after=120.0), *extra_workers],
+        [*worker_specs(services), *extra_workers],
         max_restarts=settings.max_restarts,
         period=settings.restart_period,
         backoff=Backoff(initial=0.5, maximum=30.0),
@@ -269,8 +328,28 @@ def build_tree(
     return root, workers
 
 
+def load_catalog(settings: Settings) -> PlanCatalog:
+    """The plan catalogue from ``ATLAS_PLANS_FILE``, or the example shipped with Atlas."""
+    if settings.plans_file is not None:
+        text = settings.plans_file.read_text(encoding="utf-8")
+    else:
+        text = resources.files("atlas.domain").joinpath("plans.example.toml").read_text(encoding="utf-8")
+    return load_plan_catalog(text, required_currencies=(settings.currency,))
+
+
+def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
+    """The VPN nodes from ``ATLAS_NODES_FILE`` (none when unset)."""
+    if settings.nodes_file is None:
+        return ()
+    return load_nodes_file(settings.nodes_file.read_text(encoding="utf-8"))
+
+
 def make_services(settings: Settings, clock: Clock | None = None) -> Services:
-    """Services with the log, ring, counting and database crash-report sinks wired."""
+    """Services with the log, ring, counting and database crash-report sinks wired.
+
+    Reads the plan and node files: a malformed one fails here, naming the field, before anything
+    starts.
+    """
     clock = clock if clock is not None else Clock()
     ring = RingSink(maxlen=200)
     reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
@@ -281,6 +360,8 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
         ring=ring,
         instrument=SlowStepInstrument(settings.slow_step_threshold, logging.getLogger("atlas.scheduler")),
         started_at=trio.current_time(),
+        catalog=load_catalog(settings),
+        nodes=load_nodes(settings),
     )
     reporter.add_sink(ring)
     reporter.add_sink(_counting_sink(services))
@@ -333,11 +414,16 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None
     trio.lowlevel.add_instrument(services.instrument)
     watchdog = SchedulerWatchdog(timeout=settings.scheduler_watchdog_timeout)
     stop = trio.Event()
+    enabled = [node for node in services.nodes if node.enabled]
     async with open_bridge(), database_server(settings) as dsn, trio.open_nursery() as nursery:
+        if enabled:
+            services.fleet = Fleet(enabled)
         nursery.start_soon(watchdog.run)
         nursery.start_soon(_stop_on_signals, stop)
         code = await serve_tree(services, dsn, stop=stop)
         nursery.cancel_scope.cancel()
+        if services.fleet is not None:
+            await services.fleet.aclose()
         abandoned = services.crash_counts.get("shutdown_error", 0)
         if abandoned and hard_exit is not None:
             _log.critical("%d child(ren) ignored cancellation and were abandoned; exiting hard", abandoned)

@@ -51,6 +51,29 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, gt=0)
     seed: int | None = None
 
+    # The shop: plans (a reviewed TOML file; unset = the example shipped with Atlas), the balance
+    # currency, trial length, renewal policy, referral reward.
+    plans_file: Path | None = None
+    currency: str = Field("RUB", pattern=r"^[A-Z]{3}$")
+    trial_days: int = Field(3, ge=1, le=90)
+    renew_window_hours: float = Field(24.0, gt=0)
+    renew_retry_hours: float = Field(6.0, gt=0)
+    referral_percent: int = Field(10, ge=0, le=100)
+
+    # VPN nodes (a TOML file of [[nodes]]; unset = no nodes, keys stay pending) and the public URL
+    # users import subscriptions from.
+    nodes_file: Path | None = None
+    public_base_url: str = "http://127.0.0.1:8080"
+    support_url: str | None = None
+
+    # Telegram (unset token = no bot) and Crypto Pay (unset token = no crypto payments).
+    bot_token: SecretStr | None = None
+    telegram_api_base: str | None = None
+    admin_ids: list[int] = Field(default_factory=list)
+    cryptopay_token: SecretStr | None = None
+    cryptopay_network: Literal["mainnet", "testnet"] = "mainnet"
+    cryptopay_base_url: str | None = None
+
     @field_validator("database_url")
     @classmethod
     def _database_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
