@@ -205,7 +205,7 @@ async def deliver_webhooks(
         try:
             response = await client.request(
                 "POST", config.url, content=json.dumps(update).encode(), headers=headers,
-                timeout=request_timeout,
+                request_timeout=request_timeout,
             )
             status = response.status_code
         except OutboundError as exc:

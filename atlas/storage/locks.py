@@ -1,0 +1,177 @@
+"""Session-level advisory locks: "only one process does this at a time" (polling Telegram, say).
+
+``pg_try_advisory_lock`` belongs to a *session*, so the lock lives exactly as long as one
+connection: :func:`hold_advisory_lock` takes one connection out of the pool for the lifetime of the
+``async with`` block and gives it back (unlocked) when the block ends.
+
+Why this does not break contract 1 ("a connection never meets I/O"): the bug that contract
+prevents is a connection tied up, unaccounted, while its holder waits for slow I/O, so that units
+starve for the pool. Here the hold is explicit and accounted for:
+
+* the connection is borrowed through the same :class:`~atlas.storage.ConnectionBudget` as every
+  unit of work (one token for the whole block), so the budget never promises a connection the pool
+  does not have, and ``/status`` shows it as in use;
+* nothing but the lock, its probe and the unlock ever runs on it; it is never in a transaction and
+  never handed to a unit, and the context of the code inside the block is *not* marked as holding a
+  connection (its HTTP calls are the point of the lock, and they never touch this connection).
+
+If the server or the connection goes away, the session and with it the lock are gone. The holder
+finds out through :meth:`AdvisoryLock.check`, which raises :class:`AdvisoryLockLost`; callers that
+must not run unlocked call it between steps (the polling intake does before every poll).
+
+Errors (all :class:`~atlas.storage.StorageError`)::
+
+    AdvisoryLockError
+    ├── AdvisoryLockBusy    busy: another session holds the lock
+    └── AdvisoryLockLost    it broke: the connection holding the lock is gone
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import trio
+
+from atlas.storage.database import Database, _cross
+from atlas.storage.errors import StorageError
+
+_log = logging.getLogger("atlas.storage.locks")
+
+_BROKEN: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+)
+
+_BROKEN_OR_SILENT: tuple[type[BaseException], ...] = (trio.TooSlowError, *_BROKEN)
+
+
+class AdvisoryLockError(StorageError):
+    """Base of the advisory lock errors."""
+
+
+class AdvisoryLockBusy(AdvisoryLockError):
+    """Another session holds the lock ``name`` (key ``key``)."""
+
+    def __init__(self, name: str, key: int) -> None:
+        self.name = name
+        self.key = key
+        super().__init__(f"advisory lock {name!r} (key {key}) is held by another session")
+
+
+class AdvisoryLockLost(AdvisoryLockError):
+    """The connection that held the lock ``name`` is gone, and the lock with it."""
+
+    def __init__(self, name: str, why: str) -> None:
+        self.name = name
+        super().__init__(f"advisory lock {name!r} lost: {why}")
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``name`` (the first 8 bytes of its sha256)."""
+    if not name:
+        raise ValueError("an advisory lock needs a non-empty name")
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class AdvisoryLock:
+    """A held lock. Valid inside its ``async with`` block only."""
+
+    def __init__(self, name: str, key: int, conn: Any) -> None:
+        self.name = name
+        self.key = key
+        self._conn = conn
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        """True until the block ends or the lock is found lost."""
+        return self._held
+
+    async def check(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a probe with its own bound
+        """Make sure the session (and so the lock) is still there; :class:`AdvisoryLockLost` if not.
+
+        One round trip on the lock's own connection, bounded by ``timeout`` seconds (a probe that
+        does not answer counts as lost: a half-open TCP connection would otherwise look alive).
+        """
+        if not self._held:
+            raise AdvisoryLockLost(self.name, "the lock was released or already found lost")
+        conn = self._conn
+
+        async def _probe() -> bool:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND pid = pg_backend_pid() AND objid = ($1::bigint & 4294967295)::oid "
+                    "AND classid = (($1::bigint >> 32) & 4294967295)::oid)",
+                    self.key,
+                )
+            )
+
+        try:
+            with trio.fail_after(timeout):
+                still = await _cross(_probe)
+        except _BROKEN_OR_SILENT as exc:
+            self._held = False
+            raise AdvisoryLockLost(self.name, f"{type(exc).__name__}: {exc}") from exc
+        if not still:
+            self._held = False
+            raise AdvisoryLockLost(self.name, "the session no longer holds it")
+
+
+@asynccontextmanager
+async def hold_advisory_lock(db: Database, name: str) -> AsyncIterator[AdvisoryLock]:
+    """Hold the session advisory lock ``name`` for the duration of the block.
+
+    Borrows one connection token from the budget (waiting at most ``acquire_timeout``,
+    :class:`~atlas.storage.BudgetExhausted`) and one pooled connection for the whole block. Raises
+    :class:`AdvisoryLockBusy` at once, holding nothing, when another session has the lock: callers
+    decide whether to stand by and try again. On exit — normal, error or cancellation — the lock is
+    released and the connection goes back to the pool in a shielded, time-boxed step (asyncpg's
+    reset on release also drops session locks, so a failed unlock cannot leak the lock).
+    """
+    key = advisory_key(name)
+    pool = db._pool  # package-private: the one place outside db.run that borrows a connection
+    async with db.budget.borrow(db.settings.acquire_timeout, object()):
+
+        async def _acquire() -> Any:
+            return await pool.acquire()
+
+        conn = await _cross(_acquire)
+        try:
+            got = bool(await _cross(conn.fetchval, "SELECT pg_try_advisory_lock($1)", key))
+            if not got:
+                raise AdvisoryLockBusy(name, key)
+            lock = AdvisoryLock(name, key, conn)
+            _log.info("advisory lock %r taken (key %d)", name, key)
+            try:
+                yield lock
+            finally:
+                await _unlock(lock, conn)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10) as box:
+                await _cross(pool.release, conn)
+            if box.cancelled_caught:
+                _log.error("advisory lock %r: its connection did not go back to the pool in 10 s", name)
+                conn.terminate()
+
+
+async def _unlock(lock: AdvisoryLock, conn: Any) -> None:
+    was_held = lock.held
+    lock._held = False
+    if not was_held:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(5):
+        try:
+            await _cross(conn.fetchval, "SELECT pg_advisory_unlock($1)", lock.key)
+            _log.info("advisory lock %r released", lock.name)
+        except _BROKEN as exc:
+            # The session is gone, so is the lock; nothing to undo.
+            _log.warning("advisory lock %r: unlock failed (%s); the session ended anyway", lock.name, exc)
