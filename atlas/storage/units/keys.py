@@ -18,7 +18,13 @@ import datetime as dt
 import uuid
 
 from atlas.storage.tx import Tx
-from atlas.storage.units._rows import check_now, check_user_id, lock_subscription, lock_user, subscription_state
+from atlas.storage.units._rows import (
+    check_now,
+    check_user_id,
+    lock_subscription,
+    lock_user,
+    subscription_state,
+)
 from atlas.storage.units.errors import NoSubscription, UserBanned
 from atlas.storage.units.outbox import enqueue_message
 from atlas.storage.units.records import KeyReissue

@@ -251,4 +251,3 @@ async def subscription_by_token(tx: Tx, *, token: str, now: dt.datetime) -> Subs
     if row is None:
         return None
     return subscription_view(row, await present_key(tx, row["id"]), now)
-

@@ -15,7 +15,15 @@ import secrets
 
 from atlas.domain import check_referrer, parse_referral_payload
 from atlas.storage.tx import Tx
-from atlas.storage.units._rows import USER_COLUMNS, check_now, check_user_id, lock_user, user_view
+from atlas.storage.units._rows import (
+    USER_COLUMNS,
+    check_now,
+    check_user_id,
+    lock_user,
+    lock_users,
+    user_view,
+)
+from atlas.storage.units.errors import UnknownUser
 from atlas.storage.units.outbox import enqueue_message
 from atlas.storage.units.records import ReferralStats, Registration, UserView
 
@@ -134,9 +142,14 @@ async def set_referrer(tx: Tx, *, user_id: int, referral_code: str, now: dt.date
     """
     check_user_id(user_id)
     check_now(now)
-    user = await lock_user(tx, user_id)
     code = referral_code.strip() if isinstance(referral_code, str) else ""
     found = await tx.fetchval("SELECT id FROM users WHERE referral_code = $1", code) if code else None
+    # Both rows in id order (the package's lock order): the update's foreign-key check on the
+    # referrer's row must not wait on a payment of the referrer that waits on this user.
+    locked = await lock_users(tx, [user_id] if found is None else [user_id, found])
+    if user_id not in locked:
+        raise UnknownUser(user_id)
+    user = locked[user_id]
     if found is None:
         check_referrer(user_id, -1, referrer_exists=False, current_referrer_id=user["referrer_id"])
         return False

@@ -1,0 +1,233 @@
+"""Benchmark: apply-payment and renewal throughput against pgbench's simple-update TPS.
+
+Issue 3 asks for rows per second of (a) ``apply_payment`` and (b) the renewal claim+renew batch on
+100,000 due subscriptions, each as a ratio of pgbench's simple-update TPS (``pgbench -N``) measured
+on the same database server in the same run: the practical ceiling of a write transaction there.
+
+Set-up rows are inserted in bulk with SQL (not timed). Then:
+
+* apply: ``--payments`` pending top-ups applied by ``--concurrency`` concurrent callers, one
+  ``db.run(apply_payment)`` each (a conditional state change + ledger row + balance + outbox row);
+* renewal: ``--subscriptions`` due auto-renew subscriptions renewed by two concurrent claimers
+  (``claim_and_renew`` batches of ``--batch``, ``FOR UPDATE SKIP LOCKED``), as two processes would;
+* pgbench: ``pgbench -N -c <concurrency> -j 2 -T <seconds>`` on its own database, same server.
+
+    .venv/bin/python bench/bench_money.py [--payments 20000] [--subscriptions 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+import trio_asyncio
+
+from atlas.domain import Currency, Plan, PlanCatalog, ReferralPolicy
+from atlas.domain.referral import ReferralTrigger, RewardKind
+from atlas.runtime.bridge import open_bridge
+from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
+from atlas.storage.embedded import SUPERUSER, postgres_bin_dir
+from atlas.storage.units.apply import apply_payment
+from atlas.storage.units.plans import sync_plans
+from atlas.storage.units.renewals import claim_and_renew
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+CATALOG = PlanCatalog([Plan("m1", 30, {Currency("RUB"): 10_000}, 50, {"ru": "месяц", "en": "month"})])
+POLICY = ReferralPolicy(RewardKind.PERCENT, 10, ReferralTrigger.FIRST_PAYMENT)
+
+
+async def _seed_payments(tx: Tx, *, count: int) -> None:
+    await tx.execute(
+        """
+        INSERT INTO users (id, referral_code, balance_minor, created_at)
+        SELECT 10000000 + g, 'pay' || g, 0, $1 FROM generate_series(1, $2) g
+        """,
+        NOW,
+        count,
+    )
+    await tx.execute(
+        """
+        INSERT INTO payments (user_id, provider, external_id, payload, purpose, amount_minor, currency,
+                              credit_minor, status, created_at, expires_at)
+        SELECT 10000000 + g, 'cryptopay', 'inv-' || g, 'payload-' || g, 'topup', 5000, 'RUB', 5000,
+               'pending', $1::timestamptz, $1::timestamptz + interval '1 hour'
+        FROM generate_series(1, $2) g
+        """,
+        NOW,
+        count,
+    )
+
+
+async def _seed_subscriptions(tx: Tx, *, count: int) -> None:
+    await tx.execute(
+        """
+        INSERT INTO users (id, referral_code, balance_minor, created_at)
+        SELECT 20000000 + g, 'ren' || g, 30000, $1 FROM generate_series(1, $2) g
+        """,
+        NOW,
+        count,
+    )
+    await tx.execute(
+        """
+        INSERT INTO ledger (user_id, amount_minor, kind, reference, idempotency_key, created_at)
+        SELECT 20000000 + g, 30000, 'topup', 'seed', 'seed-' || g, $1 FROM generate_series(1, $2) g
+        """,
+        NOW,
+        count,
+    )
+    await tx.execute(
+        """
+        INSERT INTO subscriptions (user_id, kind, status, plan_code, starts_at, expires_at, auto_renew,
+                                   token, created_at, updated_at)
+        SELECT 20000000 + g, 'paid', 'active', 'm1', $1::timestamptz - interval '30 days',
+               $1::timestamptz + interval '1 hour' + (g % 600) * interval '1 second', true,
+               md5(g::text) || md5((g + 1)::text), $1::timestamptz, $1::timestamptz
+        FROM generate_series(1, $2) g
+        """,
+        NOW,
+        count,
+    )
+
+
+async def _bench_apply(db: Database, *, count: int, concurrency: int) -> float:
+    ids = iter(range(1, count + 1))
+
+    async def worker() -> None:
+        for n in ids:
+            await db.run(
+                apply_payment,
+                provider="cryptopay",
+                external_id=f"inv-{n}",
+                paid_amount_minor=5000,
+                paid_currency="RUB",
+                referral_policy=POLICY,
+                balance_currency="RUB",
+                now=NOW,
+            )
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
+async def _bench_renewal(db: Database, *, count: int, batch: int) -> tuple[float, int]:
+    renewed = 0
+
+    async def claimer() -> None:
+        nonlocal renewed
+        while True:
+            counts = await db.run(
+                claim_and_renew,
+                now=NOW,
+                limit=batch,
+                renew_window=dt.timedelta(hours=24),
+                retry_after=dt.timedelta(hours=6),
+                catalog=CATALOG,
+                currency="RUB",
+            )
+            renewed += counts.renewed
+            if counts.claimed == 0:
+                return
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(claimer)
+        nursery.start_soon(claimer)
+    return count / (time.perf_counter() - started), renewed
+
+
+async def _pgbench(server: EmbeddedPostgres, *, clients: int, seconds: int) -> float:
+    binaries = postgres_bin_dir()
+    env = {**os.environ, "PGHOST": str(server.socket_dir), "PGUSER": SUPERUSER}
+    await trio.run_process([str(binaries / "createdb"), "pgbench"], env=env, check=False)
+    await trio.run_process(
+        [str(binaries / "pgbench"), "-i", "-q", "-s", "10", "pgbench"],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    done = await trio.run_process(
+        [str(binaries / "pgbench"), "-N", "-c", str(clients), "-j", "2", "-T", str(seconds), "pgbench"],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+    )
+    match = re.search(rb"tps = ([0-9.]+)", done.stdout)
+    if match is None:
+        raise RuntimeError(f"pgbench printed no tps: {done.stdout!r} {done.stderr!r}")
+    return float(match.group(1))
+
+
+async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str, float]:
+    dsn = await server.start()
+    results: dict[str, float] = {}
+    async with open_bridge():
+        db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=args.concurrency, unit_timeout=120))
+        try:
+            await migrate(db, now=NOW)
+            await db.run(sync_plans, catalog=CATALOG, now=NOW)
+            await db.run(_seed_payments, count=args.payments)
+            await db.run(_seed_subscriptions, count=args.subscriptions)
+            results["pgbench_before"] = await _pgbench(server, clients=args.concurrency, seconds=args.seconds)
+            results["apply"] = await _bench_apply(db, count=args.payments, concurrency=args.concurrency)
+            rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
+            results["renewal"], results["renewed"] = rate, renewed
+            results["pgbench_after"] = await _pgbench(server, clients=args.concurrency, seconds=args.seconds)
+        finally:
+            await db.close()
+    _ = trio_asyncio  # the bridge above is trio-asyncio's loop
+    return results
+
+
+def main() -> None:
+    """Run the benchmark and print a Markdown table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--payments", type=int, default=20_000)
+    parser.add_argument("--subscriptions", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="atlas-bench-money-") as tmp:
+        server = EmbeddedPostgres(Path(tmp), durable=False)
+        try:
+            r = trio.run(_main, args, server)
+        finally:
+            trio.run(server.stop)
+    pgbench = (r["pgbench_before"] + r["pgbench_after"]) / 2
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        "PostgreSQL embedded (fsync off)"
+    )
+    print(
+        f"command: .venv/bin/python bench/bench_money.py --payments {args.payments} "
+        f"--subscriptions {args.subscriptions} --batch {args.batch} --concurrency {args.concurrency}"
+    )
+    print()
+    print("| measure | rows/s | pgbench -N TPS (mean of before/after) | ratio |")
+    print("|---|---|---|---|")
+    print(
+        f"| apply_payment, {args.concurrency} callers, {args.payments} top-ups | {r['apply']:.0f} | "
+        f"{pgbench:.0f} | {r['apply'] / pgbench:.2f} |"
+    )
+    print(
+        f"| claim_and_renew, 2 claimers x {args.batch}, {args.subscriptions} due "
+        f"({int(r['renewed'])} renewed) | {r['renewal']:.0f} | {pgbench:.0f} | {r['renewal'] / pgbench:.2f} |"
+    )
+    print()
+    print(f"pgbench before {r['pgbench_before']:.0f} TPS, after {r['pgbench_after']:.0f} TPS")
+
+
+if __name__ == "__main__":
+    main()
