@@ -221,7 +221,7 @@ async def test_2000_messages_under_429_403_and_5xx_respect_the_limits(bridge: No
         settings = fast_settings()
         sender = sender_for(lambda: db, bot, Clock(), settings, seed=1)
         await nursery.start(sender.run, ChildContext("root/workers/outbox_sender"))
-        await until_no_pending(db, within=25)
+        await until_no_pending(db, within=120)  # a bound against hangs, not a speed test
 
         # Every reachable user got exactly one copy of each message meant for them.
         logs = accepted_texts(emulator, ids)

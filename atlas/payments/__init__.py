@@ -1,10 +1,15 @@
-"""Payments: the Crypto Pay (CryptoBot) client, its webhook check, and the values they share.
+"""Payments: the Crypto Pay (CryptoBot) client, its webhook check, the values they share, and Stars.
 
 ``atlas.payments`` does the talking and the checking; applying a payment (exactly once, contract 6
-in DESIGN.md) belongs to a unit of work in ``atlas.storage`` that the webhook route and the
-``payment_watcher`` actor both call with the parsed :class:`InvoicePaid` / :class:`Invoice`.
+in DESIGN.md) belongs to a unit of work in ``atlas.storage``. :func:`apply_paid_invoice` is the one
+path from a paid invoice to that unit, shared by the webhook route (``atlas.web.cryptopay_webhook``)
+and the ``payment_watcher`` actor. :func:`open_cryptopay_invoice` creates an intent's invoice;
+:mod:`.stars` sends Stars invoices and refunds them (Telegram first, then the ledger).
 """
 
+from atlas.payments.apply_flow import apply_paid_invoice as apply_paid_invoice
+from atlas.payments.apply_flow import invoice_amount_minor as invoice_amount_minor
+from atlas.payments.checkout import open_cryptopay_invoice as open_cryptopay_invoice
 from atlas.payments.cryptopay import BASE_URLS as BASE_URLS
 from atlas.payments.cryptopay import CryptoPayApiError as CryptoPayApiError
 from atlas.payments.cryptopay import CryptoPayAuthError as CryptoPayAuthError
@@ -30,3 +35,8 @@ from atlas.payments.cryptopay_webhook import WebhookSignatureInvalid as WebhookS
 from atlas.payments.cryptopay_webhook import compute_signature as compute_signature
 from atlas.payments.cryptopay_webhook import parse_webhook as parse_webhook
 from atlas.payments.cryptopay_webhook import verify_signature as verify_signature
+from atlas.payments.stars import StarsLedgerNotCorrected as StarsLedgerNotCorrected
+from atlas.payments.stars import StarsRefundError as StarsRefundError
+from atlas.payments.stars import StarsRefundFailed as StarsRefundFailed
+from atlas.payments.stars import refund_stars_payment as refund_stars_payment
+from atlas.payments.stars import send_stars_invoice as send_stars_invoice

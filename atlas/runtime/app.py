@@ -30,19 +30,25 @@ from importlib import resources
 from typing import Any
 
 import trio
+import trio_asyncio
+from aiogram import Bot
 
 from atlas.actors.expiry import ExpiryWorker
 from atlas.actors.housekeeping import CrashReportPruner
+from atlas.actors.outbox_sender import OutboxSender
+from atlas.actors.payment_watcher import PaymentWatcher
 from atlas.actors.reminders import ReminderWorker
 from atlas.actors.renewal import RenewalWorker
 from atlas.actors.vpn_controller import VpnController
 from atlas.clock import Clock, seeded_random
 from atlas.domain import PlanCatalog, SubscriptionKind, load_plan_catalog
+from atlas.payments import CryptoPayClient
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.logs import DroppingQueueHandler
 from atlas.runtime.metrics import MetricSources, build_registry, render
 from atlas.runtime.settings import Settings
+from atlas.runtime.telegram_tree import referral_policy, telegram_child
 from atlas.storage import Database, Tx, migrate
 from atlas.storage.crash_reports import record_crash_report
 from atlas.storage.units.plans import sync_plans
@@ -60,12 +66,17 @@ from atlas.supervision import (
     Supervisor,
     run_root,
 )
+from atlas.telegram.session import make_bot
 from atlas.vpn import Fleet, NodeConfig, load_nodes_file
 from atlas.web.app import WebProbes, create_web_app
+from atlas.web.cryptopay_webhook import cryptopay_webhook_route
 from atlas.web.server import serve_asgi
 from atlas.web.subscription import subscription_routes
 
 _log = logging.getLogger("atlas.app")
+
+# Where Crypto Pay posts paid invoices; set it as the app's webhook URL ({public base}/webhooks/cryptopay).
+CRYPTOPAY_WEBHOOK_PATH = "/webhooks/cryptopay"
 
 
 @dataclass
@@ -85,6 +96,8 @@ class Services:
     catalog: PlanCatalog
     nodes: tuple[NodeConfig, ...]
     fleet: Fleet | None = None
+    bot: Bot | None = None
+    cryptopay: CryptoPayClient | None = None
     db: Database | None = None
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
@@ -184,6 +197,17 @@ def web_child(services: Services) -> ChildSpec:
         services.settings.support_url,
         clock=services.clock,
     )
+    if services.settings.cryptopay_token is not None:
+        routes.append(
+            cryptopay_webhook_route(
+                CRYPTOPAY_WEBHOOK_PATH,
+                token=services.settings.cryptopay_token.get_secret_value(),
+                db_provider=services.require_db,
+                clock=services.clock,
+                referral_policy=referral_policy(services.settings),
+                balance_currency=services.settings.currency,
+            )
+        )
     app = create_web_app(
         WebProbes(ready=ready, status=status, metrics=lambda: render(registry)), extra_routes=routes
     )
@@ -288,10 +312,40 @@ def worker_specs(services: Services) -> list[ChildSpec]:
         ).child_spec(stall_after=120.0),
         CrashReportPruner(db=db, clock=clock, rng=rng("crash_report_pruner")).child_spec(stall_after=120.0),
     ]
+    if services.bot is not None:
+        sender = OutboxSender(db=db, bot=services.bot, clock=clock, rng=rng("outbox_sender"))
+        specs.append(sender.child_spec(stall_after=180.0))
+    if services.cryptopay is not None:
+        watcher = PaymentWatcher(
+            db=db,
+            client=services.cryptopay,
+            clock=clock,
+            rng=rng("payment_watcher"),
+            referral_policy=referral_policy(settings),
+            balance_currency=settings.currency,
+        )
+        specs.append(watcher.child_spec(stall_after=120.0))
     if services.fleet is not None:
         controller = VpnController(db=db, fleet=services.fleet, clock=clock, rng=rng("vpn_controller"))
         specs.insert(3, controller.child_spec(stall_after=90.0))
     return specs
+
+
+def _telegram(services: Services) -> ChildSpec:
+    assert services.bot is not None
+    dependencies: dict[str, Any] = {}
+    if services.cryptopay is not None:
+        dependencies["cryptopay"] = services.cryptopay
+    return telegram_child(
+        settings=services.settings,
+        bot=services.bot,
+        db=services.require_db,
+        clock=services.clock,
+        reporter=services.reporter,
+        nodes=services.nodes,
+        dependencies=dependencies,
+        rng=seeded_random(services.settings.seed, "telegram"),
+    )
 
 
 def build_tree(
@@ -317,6 +371,8 @@ def build_tree(
             storage_child(services, dsn),
             web_child(services),
             workers.as_child(shutdown_timeout=settings.shutdown_timeout),
+            # Last: a Telegram outage restarts only the bot, never storage or the workers.
+            *([_telegram(services)] if services.bot is not None else []),
         ],
         max_restarts=settings.max_restarts,
         period=settings.restart_period,
@@ -403,6 +459,16 @@ async def _stop_on_signals(stop: trio.Event) -> None:
             return
 
 
+async def _close_clients(services: Services) -> None:
+    with trio.CancelScope(shield=True):
+        if services.fleet is not None:
+            await services.fleet.aclose()
+        if services.cryptopay is not None:
+            await services.cryptopay.aclose()
+        if services.bot is not None:
+            await trio_asyncio.aio_as_trio(services.bot.session.close)()
+
+
 async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None = None) -> int:
     """``atlas run``: the whole process. Returns the exit code (1 when the root gave up).
 
@@ -418,12 +484,19 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None
     async with open_bridge(), database_server(settings) as dsn, trio.open_nursery() as nursery:
         if enabled:
             services.fleet = Fleet(enabled)
+        if settings.bot_token is not None:
+            services.bot = make_bot(settings.bot_token.get_secret_value(), settings.telegram_api_base)
+        if settings.cryptopay_token is not None:
+            services.cryptopay = CryptoPayClient(
+                settings.cryptopay_token.get_secret_value(),
+                network=settings.cryptopay_network,
+                base_url=settings.cryptopay_base_url,
+            )
         nursery.start_soon(watchdog.run)
         nursery.start_soon(_stop_on_signals, stop)
         code = await serve_tree(services, dsn, stop=stop)
         nursery.cancel_scope.cancel()
-        if services.fleet is not None:
-            await services.fleet.aclose()
+        await _close_clients(services)
         abandoned = services.crash_counts.get("shutdown_error", 0)
         if abandoned and hard_exit is not None:
             _log.critical("%d child(ren) ignored cancellation and were abandoned; exiting hard", abandoned)

@@ -84,12 +84,23 @@ class RefundTarget:
     status: str
     amount_minor: int
     currency: str
+    credit_minor: int
+    payer_balance_minor: int
+
+    @property
+    def balance_short(self) -> bool:
+        """True when reversing the credit would take the payer's balance below zero (spent money)."""
+        return self.credit_minor > self.payer_balance_minor
 
 
 async def refund_target(tx: Tx, *, payment_id: int) -> RefundTarget:
     """Read the payment ``payment_id`` for a refund; :class:`PaymentNotFound` when there is none."""
     row = await tx.fetchrow(
-        "SELECT id, user_id, provider, external_id, status, amount_minor, currency FROM payments WHERE id = $1",
+        """
+        SELECT p.id, p.user_id, p.provider, p.external_id, p.status, p.amount_minor, p.currency,
+               p.credit_minor, u.balance_minor
+        FROM payments p JOIN users u ON u.id = p.user_id WHERE p.id = $1
+        """,
         payment_id,
     )
     if row is None:
@@ -102,4 +113,6 @@ async def refund_target(tx: Tx, *, payment_id: int) -> RefundTarget:
         status=row["status"],
         amount_minor=row["amount_minor"],
         currency=row["currency"],
+        credit_minor=row["credit_minor"],
+        payer_balance_minor=row["balance_minor"],
     )

@@ -1,0 +1,127 @@
+"""Assembling the bot: the routers in order, the dispatcher, the intake, and the telegram subtree.
+
+::
+
+    root/telegram (rest_for_one)
+    ├── dispatch   per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
+    └── intake     getUpdates long polling, under a PostgreSQL advisory lock (one poller per fleet)
+
+``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
+restart the intake too (it re-polls from the last confirmed offset). The outbox sender and the
+other bot-facing workers live under ``root/workers``. The ``Bot`` object itself is a process
+resource (its aiohttp session belongs to the one asyncio loop), created in ``run_app``.
+
+The subtree is built when it starts, not when the tree is defined, because it needs the bot's
+username (one ``getMe``) and the open database; both are there by then (storage starts first).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import trio
+import trio_asyncio
+from aiogram import Bot, Router
+
+from atlas.domain import ReferralPolicy
+from atlas.domain.referral import ReferralTrigger, RewardKind
+from atlas.runtime.settings import Settings
+from atlas.supervision import Backoff, ChildContext, ChildSpec, CrashReporter, Strategy, Supervisor
+from atlas.telegram.config import BotConfig
+from atlas.telegram.dispatch import UpdateDispatcher
+from atlas.telegram.intake import PollingIntake
+from atlas.telegram.routers import build_user_routers
+from atlas.telegram.wiring import build_dispatcher
+
+_log = logging.getLogger("atlas.telegram.tree")
+
+
+def referral_policy(settings: Settings) -> ReferralPolicy:
+    """The referral reward the operator configured (a percent of the first payment)."""
+    return ReferralPolicy(
+        RewardKind.PERCENT,
+        max(1, settings.referral_percent),
+        ReferralTrigger.FIRST_PAYMENT,
+        enabled=settings.referral_percent > 0,
+    )
+
+
+def _optional_routers(module: str, factory: str) -> list[Router]:
+    # Admin and payment screens are separate features; a deployment without them still runs.
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError:
+        return []
+    built = getattr(found, factory)()
+    return list(built) if isinstance(built, list | tuple) else [built]
+
+
+def build_routers() -> list[Router]:
+    """Every router, in the order aiogram tries them."""
+    return [
+        # Payments first: pre_checkout_query and successful_payment must never fall through to the
+        # user screens' fallback ("I did not understand").
+        *_optional_routers("atlas.telegram.routers.payments", "build_router"),
+        # Admin before the user screens: its filters are narrower (admin ids only), and for anyone
+        # else it matches nothing, so the user screens answer as for an unknown command.
+        *_optional_routers("atlas.telegram.routers.admin", "build_admin_router"),
+        # The user screens last; they end with the fallback that matches everything.
+        *build_user_routers(),
+    ]
+
+
+def telegram_child(
+    *,
+    settings: Settings,
+    bot: Bot,
+    db: Any,
+    clock: Any,
+    reporter: CrashReporter,
+    nodes: tuple[Any, ...],
+    dependencies: dict[str, Any],
+    rng: Any,
+) -> ChildSpec:
+    """The ``telegram`` subtree as a child of the root supervisor."""
+
+    async def start(
+        ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        me = await trio_asyncio.aio_as_trio(bot.get_me)()
+        config = BotConfig(
+            currency=settings.currency,
+            public_base_url=settings.public_base_url,
+            bot_username=me.username or "atlas_bot",
+            nodes=nodes,
+            trial_days=settings.trial_days,
+            support=settings.support_url,
+        )
+        dispatcher = build_dispatcher(
+            build_routers(),
+            db=db(),
+            clock=clock,
+            config=config,
+            admin_ids=frozenset(settings.admin_ids),
+            referral_policy=referral_policy(settings),
+            **dependencies,
+        )
+        parent, _, _ = ctx.path.rpartition("/")
+        updates = UpdateDispatcher(
+            dispatcher=dispatcher, bot=bot, reporter=reporter, path=f"{ctx.path}/dispatch"
+        )
+        intake = PollingIntake(bot=bot, dispatcher=updates, db=db, rng=rng)
+        subtree = Supervisor(
+            "telegram",
+            Strategy.REST_FOR_ONE,
+            [updates.child_spec("dispatch"), intake.child_spec("intake")],
+            max_restarts=settings.max_restarts,
+            period=settings.restart_period,
+            backoff=Backoff(initial=0.5, maximum=30.0),
+            reporter=reporter,
+            rng=rng,
+        )
+        _log.info("bot @%s: polling for updates", config.bot_username)
+        await subtree.run(parent, task_status=task_status)
+
+    return ChildSpec(name="telegram", start=start, shutdown_timeout=20.0)

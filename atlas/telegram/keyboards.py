@@ -1,0 +1,183 @@
+"""Inline keyboards of the user screens, in the user's language.
+
+Builders are pure: they take the language and what to show and return an
+``InlineKeyboardMarkup``; labels come from the locale files (``user.button.*``), callback data
+from :mod:`atlas.telegram.callbacks`. One button per row unless a row reads better paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+
+from atlas.telegram.callbacks import (
+    BuyCb,
+    LangCb,
+    Language,
+    MenuAction,
+    MenuCb,
+    PayMethod,
+    PlanCb,
+    Platform,
+    SubAction,
+    SubCb,
+    TopupCb,
+)
+from atlas.telegram.i18n import bundled
+
+
+def _label(lang: str, name: str, **params: object) -> str:
+    return bundled().t(lang, f"user.button.{name}", **params)
+
+
+def _button(lang: str, name: str, data: str, **params: object) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text=_label(lang, name, **params), callback_data=data)
+
+
+def _menu(lang: str, action: MenuAction, name: str | None = None) -> InlineKeyboardButton:
+    return _button(lang, name or action.name.lower(), MenuCb(action=action).pack())
+
+
+def _markup(*rows: list[InlineKeyboardButton]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(inline_keyboard=[row for row in rows if row])
+
+
+def back_to_menu(lang: str) -> InlineKeyboardMarkup:
+    """One button: back to the main menu."""
+    return _markup([_menu(lang, MenuAction.MENU)])
+
+
+def main_menu(lang: str, *, trial_available: bool) -> InlineKeyboardMarkup:
+    """The main menu; the trial button only while the user may still take it."""
+    return _markup(
+        [_menu(lang, MenuAction.TRIAL)] if trial_available else [],
+        [_menu(lang, MenuAction.SUBSCRIPTION)],
+        [_menu(lang, MenuAction.PLANS), _menu(lang, MenuAction.TOPUP)],
+        [_menu(lang, MenuAction.PROMO), _menu(lang, MenuAction.REFERRAL)],
+        [_menu(lang, MenuAction.LANGUAGE), _menu(lang, MenuAction.HELP)],
+    )
+
+
+def no_subscription(lang: str, *, trial_available: bool) -> InlineKeyboardMarkup:
+    """Under "you have no subscription": take the trial or buy."""
+    return _markup(
+        [_menu(lang, MenuAction.TRIAL)] if trial_available else [],
+        [_menu(lang, MenuAction.PLANS)],
+        [_menu(lang, MenuAction.MENU)],
+    )
+
+
+def subscription(lang: str, *, active: bool, auto_renew: bool) -> InlineKeyboardMarkup:
+    """Under "my subscription": QR, setup guides, reissue, auto-renew, renew, menu."""
+    auto = SubAction.AUTO_OFF if auto_renew else SubAction.AUTO_ON
+    return _markup(
+        [
+            _button(lang, "qr", SubCb(action=SubAction.QR).pack()),
+            _button(lang, "guides", SubCb(action=SubAction.GUIDE).pack()),
+        ]
+        if active
+        else [],
+        [_button(lang, "reissue", SubCb(action=SubAction.REISSUE).pack())] if active else [],
+        [_button(lang, auto.value, SubCb(action=auto).pack())],
+        [_menu(lang, MenuAction.PLANS, "renew")],
+        [_menu(lang, MenuAction.MENU)],
+    )
+
+
+def guides(lang: str) -> InlineKeyboardMarkup:
+    """One button per platform with setup instructions."""
+    platforms = [p for p in Platform if p is not Platform.NONE]
+    return _markup(
+        [
+            _button(lang, f"platform_{p.value}", SubCb(action=SubAction.GUIDE, platform=p).pack())
+            for p in platforms[:2]
+        ],
+        [
+            _button(lang, f"platform_{p.value}", SubCb(action=SubAction.GUIDE, platform=p).pack())
+            for p in platforms[2:]
+        ],
+        [_menu(lang, MenuAction.SUBSCRIPTION, "back")],
+    )
+
+
+def reissue_confirm(lang: str) -> InlineKeyboardMarkup:
+    """Confirm or cancel a key reissue."""
+    return _markup(
+        [_button(lang, "reissue_confirm", SubCb(action=SubAction.REISSUE_CONFIRM).pack())],
+        [_menu(lang, MenuAction.SUBSCRIPTION, "cancel")],
+    )
+
+
+def plans(lang: str, options: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup:
+    """One button per plan: ``(code, label)``."""
+    return _markup(
+        *[
+            [InlineKeyboardButton(text=label, callback_data=PlanCb(plan=code).pack())]
+            for code, label in options
+        ],
+        [_menu(lang, MenuAction.MENU)],
+    )
+
+
+def pay_methods(
+    lang: str, plan: str, *, balance_price: str | None, stars_price: int | None, crypto: bool
+) -> InlineKeyboardMarkup:
+    """The ways to pay for ``plan`` that this deployment and this plan allow."""
+    rows: list[list[InlineKeyboardButton]] = []
+    if balance_price is not None:
+        rows.append(
+            [
+                _button(
+                    lang,
+                    "pay_balance",
+                    BuyCb(plan=plan, method=PayMethod.BALANCE).pack(),
+                    price=balance_price,
+                )
+            ]
+        )
+    if stars_price is not None:
+        rows.append(
+            [_button(lang, "pay_stars", BuyCb(plan=plan, method=PayMethod.STARS).pack(), stars=stars_price)]
+        )
+    if crypto and balance_price is not None:
+        rows.append(
+            [
+                _button(
+                    lang, "pay_crypto", BuyCb(plan=plan, method=PayMethod.CRYPTO).pack(), price=balance_price
+                )
+            ]
+        )
+    return _markup(*rows, [_menu(lang, MenuAction.PLANS, "back")])
+
+
+def topup_amounts(lang: str, options: Sequence[tuple[int, str]]) -> InlineKeyboardMarkup:
+    """One button per top-up amount: ``(amount_minor, label)``."""
+    pairs = [
+        InlineKeyboardButton(text=label, callback_data=TopupCb(amount_minor=amount).pack())
+        for amount, label in options
+    ]
+    return _markup(*[pairs[i : i + 2] for i in range(0, len(pairs), 2)], [_menu(lang, MenuAction.MENU)])
+
+
+def insufficient_balance(lang: str) -> InlineKeyboardMarkup:
+    """Under "not enough money": top up, or back to the plans."""
+    return _markup([_menu(lang, MenuAction.TOPUP)], [_menu(lang, MenuAction.PLANS, "back")])
+
+
+def languages(lang: str) -> InlineKeyboardMarkup:
+    """One button per language, each labelled in its own language."""
+    return _markup(
+        [_button(lang, f"lang_{code.value}", LangCb(lang=code).pack()) for code in Language],
+        [_menu(lang, MenuAction.MENU)],
+    )
+
+
+def url_button(text: str, url: str, lang: str) -> InlineKeyboardMarkup:
+    """A link button (an invoice), then back to the menu."""
+    return _markup([InlineKeyboardButton(text=text, url=url)], [_menu(lang, MenuAction.MENU)])
+
+
+def subscription_entry(lang: str) -> InlineKeyboardMarkup:
+    """After a trial or a purchase: open "my subscription", or the menu."""
+    return _markup([_menu(lang, MenuAction.SUBSCRIPTION)], [_menu(lang, MenuAction.MENU)])

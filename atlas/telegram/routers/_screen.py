@@ -1,0 +1,222 @@
+"""What every user screen shares: :class:`Screen` (the presser, their language, the dependencies)
+and :class:`ScreenMiddleware`, which builds it and turns domain refusals into localized answers.
+
+Why a middleware and not a helper each handler calls: three things must happen around *every*
+user handler and are easy to forget in one of thirty — knowing who the user is (registering them
+if a button of an old chat is their first contact), refusing banned users, and answering a
+:class:`~atlas.domain.DomainError` with its localized text. It is an *inner* middleware (it runs
+only once a handler of its router has matched), so a router that does not handle an update costs
+nothing.
+
+The bridge: aiogram handlers run on the asyncio side of trio-asyncio, units of work run through the
+trio-flavoured ``db.run``; :meth:`Screen.run` is the one crossing (``trio_as_aio``), used for every
+unit and for every trio-flavoured client call (:meth:`Screen.trio`).
+
+Every action is for ``callback.from_user.id`` / ``message.from_user.id`` — Telegram authenticates
+that field; nothing in callback data can redirect an action to someone else (see
+:mod:`atlas.telegram.callbacks`).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio_asyncio
+from aiogram import BaseMiddleware, Bot
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message, TelegramObject
+from aiogram.types import User as TgUser
+
+from atlas.clock import Clock
+from atlas.domain import Currency, DomainError, InsufficientBalance
+from atlas.domain.money import format_amount
+from atlas.payments import CryptoPayClient
+from atlas.storage import Database
+from atlas.storage.units import UserView, get_user, register_user
+from atlas.telegram.config import BotConfig
+from atlas.telegram.i18n import MissingParameter, bundled
+from atlas.telegram.keyboards import back_to_menu
+
+_log = logging.getLogger("atlas.telegram.routers")
+
+T = TypeVar("T")
+
+ERROR_PREFIX = "user.error."
+"""Where the localized text of a domain error's ``code`` lives: ``user.error.<code>``."""
+
+
+@dataclass(slots=True)
+class Screen:
+    """The user an update is from, in their language, with what handlers need to answer them.
+
+    ``callback`` is the button press being handled (None for a message); :meth:`ack` answers it
+    once, and the middleware answers it silently if the handler did not. ``cryptopay`` is the
+    optional dependency of that name (None: Crypto Pay is not configured).
+    """
+
+    db: Database
+    clock: Clock
+    config: BotConfig
+    bot: Bot
+    user: UserView
+    chat_id: int
+    callback: CallbackQuery | None = None
+    cryptopay: CryptoPayClient | None = None
+    acked: bool = False
+
+    @property
+    def lang(self) -> str:
+        """The user's language (``users.language``)."""
+        return self.user.language
+
+    def t(self, key: str, /, **params: object) -> str:
+        """The text ``key`` in the user's language."""
+        return bundled().t(self.lang, key, **params)
+
+    def money(self, amount_minor: int, currency: str | None = None) -> str:
+        """``"100.00 RUB"``: an amount in minor units of ``currency`` (default: the balance's)."""
+        code = currency or self.config.currency
+        return f"{format_amount(amount_minor, exponent=Currency(code).exponent)} {code}"
+
+    async def run(self, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        """Run a unit of work through ``db.run`` (the one bridge crossing); domain errors propagate."""
+        result: T = await trio_asyncio.trio_as_aio(functools.partial(self.db.run, unit, **kwargs))()
+        return result
+
+    async def trio(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+        """Call a trio-flavoured coroutine function (a payments client) from the handler."""
+        result: T = await trio_asyncio.trio_as_aio(functools.partial(fn, **kwargs))()
+        return result
+
+    async def say(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> Message:
+        """Send ``text`` (HTML) to the user's chat as a new message."""
+        return await self.bot.send_message(
+            self.chat_id, text, parse_mode="HTML", reply_markup=keyboard, disable_web_page_preview=True
+        )
+
+    async def ack(self, text: str | None = None, *, alert: bool = False) -> None:
+        """Answer the button press (stop its spinner), at most once; no-op for messages."""
+        if self.callback is None or self.acked:
+            return
+        self.acked = True
+        await self.callback.answer(text, show_alert=alert)
+
+    def refusal(self, error: DomainError) -> str:
+        """The localized text of a domain error (its ``code``), money params formatted."""
+        params: dict[str, object] = dict(error.params)
+        if isinstance(error, InsufficientBalance):
+            for name in ("balance", "required", "shortfall"):
+                params[name] = self.money(int(error.params[name]))
+        translator = bundled()
+        key = ERROR_PREFIX + error.code
+        if not translator.has(key):
+            _log.warning("no text for domain error %s; answering with the generic refusal", error.code)
+            return self.t("errors.generic")
+        try:
+            return translator.t(self.lang, key, **params)
+        except MissingParameter:
+            _log.warning("domain error %s lacks a parameter its text needs", error.code)
+            return self.t("errors.generic")
+
+
+def start_payload(event: TelegramObject) -> str | None:
+    """The deep-link parameter of a ``/start <payload>`` message, else None."""
+    if not isinstance(event, Message) or not event.text:
+        return None
+    command, _, rest = event.text.partition(" ")
+    if command.split("@", 1)[0] != "/start":
+        return None
+    return rest.strip() or None
+
+
+class ScreenMiddleware(BaseMiddleware):
+    """Puts a :class:`Screen` into the handler's data as ``ui``; answers refusals and banned users.
+
+    ``register`` (the ``/start`` router): always run ``register_user`` with the deep-link payload —
+    it is idempotent and refreshes the user's names. Otherwise a user is read, and registered
+    without a referral only when unknown (their first contact is an old button). Unless
+    ``keep_state`` (the promo router, whose prompt *is* a state), an update handled here ends any
+    conversation state: a user who asked for the promo prompt and then went elsewhere should not
+    have their next message taken for a code. A
+    :class:`DomainError` from the handler is answered with its localized text (the unit rolled
+    back: nothing changed); anything else propagates to the dispatcher's error boundary.
+    """
+
+    def __init__(self, *, register: bool = False, keep_state: bool = False) -> None:
+        self._register = register
+        self._keep_state = keep_state
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        sender: TgUser | None = getattr(event, "from_user", None)
+        if sender is None or sender.is_bot:
+            return None  # channel posts and the like: no user to answer
+        callback = event if isinstance(event, CallbackQuery) else None
+        ui = Screen(
+            db=data["db"],
+            clock=data["clock"],
+            config=data["config"],
+            bot=data["bot"],
+            user=await _user(data["db"], data["clock"], sender, start_payload(event), self._register),
+            chat_id=sender.id,  # private chats: the chat is the user
+            callback=callback,
+            cryptopay=data.get("cryptopay"),
+        )
+        if ui.user.banned_at is not None:
+            await ui.ack()
+            await ui.say(ui.t("errors.banned", support=ui.config.support or "—"))
+            return None
+        state = data.get("state")
+        if not self._keep_state and isinstance(state, FSMContext):
+            await state.clear()
+        data["ui"] = ui
+        try:
+            return await handler(event, data)
+        except DomainError as error:
+            await ui.ack()
+            await ui.say(ui.refusal(error), _menu_button(ui))
+            return None
+        finally:
+            if ui.callback is not None and not ui.acked:
+                await ui.ack()
+
+
+async def _user(db: Database, clock: Clock, sender: TgUser, payload: str | None, register: bool) -> UserView:
+    run = trio_asyncio.trio_as_aio
+
+    if not register:
+        found: UserView | None = await run(functools.partial(db.run, get_user, user_id=sender.id))()
+        if found is not None:
+            return found
+    registration = await run(
+        functools.partial(
+            db.run,
+            register_user,
+            user_id=sender.id,
+            username=sender.username,
+            first_name=sender.first_name,
+            language=sender.language_code,
+            start_payload=payload,
+            now=clock.now(),
+        )
+    )()
+    user: UserView = registration.user
+    return user
+
+
+def _menu_button(ui: Screen) -> InlineKeyboardMarkup:
+    return back_to_menu(ui.lang)
+
+
+def code(text: str) -> str:
+    """``text`` as HTML ``<code>`` (escaped): a link or key the user copies with one tap."""
+    return f"<code>{html.escape(text, quote=False)}</code>"

@@ -1,0 +1,103 @@
+"""What every admin router shares: the admin filter, the bridge to units of work, texts, input states.
+
+**Who is an admin.** The dependency ``admin_ids`` (a ``frozenset[int]`` of Telegram user ids, from
+the runtime's settings) is the whole truth; :class:`AdminFilter` checks ``event_from_user.id``
+against it (Telegram authenticates that field; callback data and text are never trusted for it).
+The filter sits on every message and callback observer of every admin router, so a non-admin's
+update is *not handled* there: it falls through to the next routers exactly like an unknown command
+or a stale button, and gets the same answer. No admin text, no "access denied" that would tell a
+prober the command exists.
+
+**Reaching the database.** Handlers run on the asyncio side (inside aiogram); units of work run
+through the trio-flavoured ``db.run``. :func:`run_unit` is the one crossing every admin handler
+uses. A :class:`~atlas.domain.DomainError` a unit raises is an admin's mistake: :func:`refusal`
+turns it into a text and nothing has changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import trio_asyncio
+from aiogram.filters import Filter
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import TelegramObject, User
+
+from atlas.domain import DomainError
+from atlas.storage import Database
+from atlas.telegram.i18n import Translator, bundled
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AdminFilter(Filter):
+    """Passes only updates from a user whose id is in the ``admin_ids`` dependency.
+
+    Without an ``admin_ids`` dependency nobody is an admin (fail closed).
+    """
+
+    async def __call__(
+        self,
+        event: TelegramObject,
+        event_from_user: User | None = None,
+        admin_ids: frozenset[int] | None = None,
+    ) -> bool:
+        """True for an admin's update."""
+        return event_from_user is not None and admin_ids is not None and event_from_user.id in admin_ids
+
+
+def is_admin(user: User | None, admin_ids: frozenset[int] | None) -> bool:
+    """The same check as :class:`AdminFilter`, for code that is not a filter."""
+    return user is not None and admin_ids is not None and user.id in admin_ids
+
+
+class AdminInput(StatesGroup):
+    """FSM states: what the admin's next text message means."""
+
+    broadcast_text = State()
+    lookup = State()
+    grant = State()
+    adjust = State()
+    ban = State()
+    unban = State()
+    promo = State()
+    maintenance = State()
+
+
+async def run_unit(db: Database, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
+    """Run a unit of work from a handler (asyncio side) through ``db.run`` (trio side)."""
+    result: T = await trio_asyncio.trio_as_aio(db.run)(unit, **kwargs)
+    return result
+
+
+async def run_trio(fn: Callable[..., Awaitable[T]], /, *args: Any) -> T:
+    """Run a trio-flavoured coroutine function from a handler (e.g. an export that pages units)."""
+    result: T = await trio_asyncio.trio_as_aio(fn)(*args)
+    return result
+
+
+def language(user: User | None, translator: Translator) -> str:
+    """The admin's language, from their client (admins are few; no query for it)."""
+    return translator.language_for(user.language_code if user is not None else None)
+
+
+def texts(translator: Translator | None) -> Translator:
+    """The translator given as a dependency, else the shipped one."""
+    return translator or bundled()
+
+
+def refusal(translator: Translator, lang: str, exc: DomainError) -> str:
+    """The admin-facing text of a refusal: ``admin.error.<code>`` if the locale has it, else the
+    generic ``admin.error.refused`` with the error's detail (admins are operators: the detail,
+    which names the field and the value, is what they need)."""
+    key = "admin.error." + exc.code.replace(".", "_")
+    reason = exc.params.get("reason")
+    for candidate in ((f"{key}_{reason}",) if isinstance(reason, str) else ()) + (key,):
+        if translator.has(candidate):
+            try:
+                return translator.t(lang, candidate, **exc.params)
+            except LookupError:
+                break
+    return translator.t(lang, "admin.error.refused", detail=exc.detail)

@@ -1,0 +1,60 @@
+"""The assembled process with a bot: the runtime's tree (storage, web, workers, telegram) against the
+Bot API emulator. A scripted user starts the bot and takes a trial through the real wiring; the
+outbox sender delivers the "trial started" notice the unit wrote.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.lowlevel
+
+from atlas.runtime.app import make_services, serve_tree
+from atlas.runtime.settings import load_settings
+from atlas.storage import Tx
+from atlas.telegram.session import make_bot
+from atlas.testing.botapi import BotApiEmulator
+
+
+async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
+    bridge: None, fresh_database: str
+) -> None:
+    emulator = BotApiEmulator(bot_username="atlas_tree_bot")
+    async with trio.open_nursery() as nursery:
+        api = await nursery.start(emulator.serve)
+        settings = load_settings(
+            database_url=fresh_database, http_port=0, seed=3, bot_token=emulator.token,
+            telegram_api_base=api,
+        )
+        services = make_services(settings)
+        services.bot = make_bot(emulator.token, api)
+        stop = trio.Event()
+        root = await nursery.start(lambda task_status: serve_tree(services, fresh_database, stop=stop,
+                                                                  task_status=task_status))
+        user = emulator.add_user(501, "Ann", language_code="en")
+        user.send_command("/start")
+        menu = await user.next_message(within=20)
+        while not menu.inline_buttons():  # the greeting comes first, then the menu
+            menu = await user.next_message(within=20)
+        trial_button = next(b for b in menu.button_texts() if "trial" in b.lower())
+        user.press(trial_button)
+        texts = []
+        with trio.fail_after(30):
+            while not any("trial" in text.lower() for text in texts):
+                record = await user.next_record(within=20)
+                texts.append(record.plain_text or "")
+        async def outbox_state(tx: Tx) -> list[str]:
+            rows = await tx.fetch("SELECT state FROM outbox WHERE chat_id = 501 LIMIT 10")
+            return [row["state"] for row in rows]
+
+        with trio.fail_after(30):
+            while (states := await services.require_db().run(outbox_state)) != ["sent"]:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+        paths = {c.path: c.state.value for c in root.statistics().children}
+        stop.set()
+        await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+
+    assert menu.button_texts(), "the main menu has buttons"
+    assert paths["root/telegram"] == "running"
+    assert any("trial" in text.lower() for text in texts)
+    assert states == ["sent"]  # the unit's "trial started" notice went out through the sender
