@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -131,3 +132,16 @@ async def db(bridge: None, fresh_database: str) -> AsyncIterator[Database]:
     finally:
         with trio.CancelScope(shield=True):
             await database.close()
+
+
+@pytest.fixture(scope="session")
+def v2ray_binary() -> str:
+    """The ``v2ray`` executable; fails (never skips) with the set-up command when it is missing."""
+    found = shutil.which("v2ray")
+    if found is None:
+        pytest.fail(
+            "the 'v2ray' executable is missing: run the README set-up "
+            "(Debian/Ubuntu: apt-get install -y v2ray) before the test suite",
+            pytrace=False,
+        )
+    return found

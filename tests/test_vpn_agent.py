@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import uuid as uuidlib
@@ -37,32 +36,12 @@ from atlas.vpn.core_config import (
 from atlas.vpn.core_errors import CoreUserExists, CoreUserNotFound
 from atlas.vpn.core_process import ManagedCore, core_command
 from atlas.vpn.vless_user import VlessUser
+from tests._vpn_support import free_ports
 
 TAG = "vless-in"
 TOKEN = "agent-test-token-0123456789"
 
 
-@pytest.fixture(scope="session")
-def v2ray_binary() -> str:
-    found = shutil.which("v2ray")
-    if found is None:
-        pytest.fail(
-            "the 'v2ray' executable is missing: run the README set-up "
-            "(Debian/Ubuntu: apt-get install -y v2ray) before the test suite",
-            pytrace=False,
-        )
-    return found
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def new_uuid() -> str:

@@ -15,12 +15,9 @@ import base64
 import datetime as dt
 import json
 import random
-import shutil
-import socket
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -41,34 +38,11 @@ from atlas.vpn.core_config import render_client_config, render_server_config
 from atlas.vpn.core_process import ManagedCore, core_command
 from atlas.web.server import serve_asgi
 from atlas.web.subscription import subscription_routes
+from tests._vpn_support import free_ports
 
 TAG = "vless-in"
 TOKEN = "e2e-node-token-0123456789"
 PAGE = "hello from behind the node"
-
-
-@pytest.fixture(scope="session")
-def v2ray_binary() -> str:
-    found = shutil.which("v2ray")
-    if found is None:
-        pytest.fail(
-            "the 'v2ray' executable is missing: run the README set-up "
-            "(Debian/Ubuntu: apt-get install -y v2ray) before the test suite",
-            pytrace=False,
-        )
-    return found
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free a moment ago (held together so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 async def fetch_through(proxy_port: int, url: str) -> httpx.Response:

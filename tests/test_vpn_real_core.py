@@ -7,8 +7,6 @@ set-up installs it. These tests fail, never skip, when it is missing.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,34 +34,11 @@ from atlas.vpn.core_errors import (
 )
 from atlas.vpn.core_process import ManagedCore, core_command
 from atlas.web.server import serve_asgi
+from tests._vpn_support import free_ports
 
 TAG = "vless-in"
 TOKEN = "test-token-0123456789abcdef"
 PAGE = "hello through the tunnel"
-
-
-@pytest.fixture(scope="session")
-def v2ray_binary() -> str:
-    found = shutil.which("v2ray")
-    if found is None:
-        pytest.fail(
-            "the 'v2ray' executable is missing: run the README set-up "
-            "(Debian/Ubuntu: apt-get install -y v2ray) before the test suite",
-            pytrace=False,
-        )
-    return found
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free a moment ago (held together so they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
