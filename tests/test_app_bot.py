@@ -1,6 +1,7 @@
 """The assembled process with a bot: the runtime's tree (storage, web, workers, telegram) against the
 Bot API emulator. A scripted user starts the bot and takes a trial through the real wiring; the
-outbox sender delivers the "trial started" notice the unit wrote.
+outbox sender delivers the "trial started" notice the unit wrote; the admin screens answer the
+configured admin and nobody else.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
         settings = load_settings(
             database_url=fresh_database, http_port=0, seed=3, bot_token=emulator.token,
             telegram_api_base=api,
+            admin_ids=[900],
         )
         services = make_services(settings)
         services.bot = make_bot(emulator.token, api)
@@ -49,6 +51,12 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
         with trio.fail_after(30):
             while (states := await services.require_db().run(outbox_state)) != ["sent"]:  # noqa: ASYNC110
                 await trio.sleep(0.2)
+        admin = emulator.add_user(900, "Op", language_code="en")
+        admin.send_command("/stats")
+        admin_reply = await admin.next_message(within=20)
+        user.skip_received()
+        user.send_command("/stats")
+        user_reply = await user.next_message(within=20)
         paths = {c.path: c.state.value for c in root.statistics().children}
         stop.set()
         await trio.lowlevel.checkpoint()
@@ -57,4 +65,7 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
     assert menu.button_texts(), "the main menu has buttons"
     assert paths["root/telegram"] == "running"
     assert any("trial" in text.lower() for text in texts)
-    assert states == ["sent"]  # the unit's "trial started" notice went out through the sender
+    assert states == ["sent"]
+    # The admin screens are wired in front of the user screens, and only for configured admins.
+    assert admin_reply.plain_text != user_reply.plain_text
+    assert "1" in (admin_reply.plain_text or "")  # the stats count the one registered user  # the unit's "trial started" notice went out through the sender

@@ -33,6 +33,7 @@ import trio
 import trio_asyncio
 from aiogram import Bot
 
+from atlas.actors.broadcaster import Broadcaster
 from atlas.actors.expiry import ExpiryWorker
 from atlas.actors.housekeeping import CrashReportPruner
 from atlas.actors.outbox_sender import OutboxSender
@@ -98,6 +99,7 @@ class Services:
     fleet: Fleet | None = None
     bot: Bot | None = None
     cryptopay: CryptoPayClient | None = None
+    broadcaster: Broadcaster | None = None
     db: Database | None = None
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
@@ -314,7 +316,12 @@ def worker_specs(services: Services) -> list[ChildSpec]:
     ]
     if services.bot is not None:
         sender = OutboxSender(db=db, bot=services.bot, clock=clock, rng=rng("outbox_sender"))
+        broadcaster = Broadcaster(
+            db=db, bot=services.bot, clock=clock, rng=rng("broadcaster"), wake_sender=sender.wake
+        )
+        services.broadcaster = broadcaster
         specs.append(sender.child_spec(stall_after=180.0))
+        specs.append(broadcaster.child_spec(stall_after=120.0))
     if services.cryptopay is not None:
         watcher = PaymentWatcher(
             db=db,
@@ -334,6 +341,8 @@ def worker_specs(services: Services) -> list[ChildSpec]:
 def _telegram(services: Services) -> ChildSpec:
     assert services.bot is not None
     dependencies: dict[str, Any] = {}
+    if services.broadcaster is not None:
+        dependencies["broadcaster"] = services.broadcaster
     if services.cryptopay is not None:
         dependencies["cryptopay"] = services.cryptopay
     return telegram_child(

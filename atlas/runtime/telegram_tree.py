@@ -33,6 +33,7 @@ from atlas.telegram.config import BotConfig
 from atlas.telegram.dispatch import UpdateDispatcher
 from atlas.telegram.intake import PollingIntake
 from atlas.telegram.routers import build_user_routers
+from atlas.telegram.routers.admin_ops import MaintenanceGate
 from atlas.telegram.wiring import build_dispatcher
 
 _log = logging.getLogger("atlas.telegram.tree")
@@ -61,7 +62,10 @@ def _optional_routers(module: str, factory: str) -> list[Router]:
 def build_routers() -> list[Router]:
     """Every router, in the order aiogram tries them."""
     return [
-        # Payments first: pre_checkout_query and successful_payment must never fall through to the
+        # Maintenance first: while it is on, every non-admin update gets the maintenance text and
+        # goes no further.
+        *_optional_routers("atlas.telegram.routers.admin_ops", "build_maintenance_router"),
+        # Payments next: pre_checkout_query and successful_payment must never fall through to the
         # user screens' fallback ("I did not understand").
         *_optional_routers("atlas.telegram.routers.payments", "build_router"),
         # Admin before the user screens: its filters are narrower (admin ids only), and for anyone
@@ -97,9 +101,11 @@ def telegram_child(
             trial_days=settings.trial_days,
             support=settings.support_url,
         )
+        database = db()
         dispatcher = build_dispatcher(
             build_routers(),
-            db=db(),
+            db=database,
+            maintenance=MaintenanceGate(database),
             clock=clock,
             config=config,
             admin_ids=frozenset(settings.admin_ids),
