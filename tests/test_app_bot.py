@@ -14,6 +14,7 @@ from atlas.runtime.settings import load_settings
 from atlas.storage import Tx
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import BotApiEmulator
+from tests._vpn_support import free_ports
 
 
 async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
@@ -23,15 +24,19 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
     async with trio.open_nursery() as nursery:
         api = await nursery.start(emulator.serve)
         settings = load_settings(
-            database_url=fresh_database, http_port=0, seed=3, bot_token=emulator.token,
+            database_url=fresh_database,
+            http_port=0,
+            seed=3,
+            bot_token=emulator.token,
             telegram_api_base=api,
             admin_ids=[900],
         )
         services = make_services(settings)
         services.bot = make_bot(emulator.token, api)
         stop = trio.Event()
-        root = await nursery.start(lambda task_status: serve_tree(services, fresh_database, stop=stop,
-                                                                  task_status=task_status))
+        root = await nursery.start(
+            lambda task_status: serve_tree(services, fresh_database, stop=stop, task_status=task_status)
+        )
         user = emulator.add_user(501, "Ann", language_code="en")
         user.send_command("/start")
         menu = await user.next_message(within=20)
@@ -44,6 +49,7 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
             while not any("trial" in text.lower() for text in texts):
                 record = await user.next_record(within=20)
                 texts.append(record.plain_text or "")
+
         async def outbox_state(tx: Tx) -> list[str]:
             rows = await tx.fetch("SELECT state FROM outbox WHERE chat_id = 501 LIMIT 10")
             return [row["state"] for row in rows]
@@ -65,7 +71,43 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
     assert menu.button_texts(), "the main menu has buttons"
     assert paths["root/telegram"] == "running"
     assert any("trial" in text.lower() for text in texts)
-    assert states == ["sent"]
+    assert states == ["sent"]  # the unit's "trial started" notice went out through the sender
     # The admin screens are wired in front of the user screens, and only for configured admins.
     assert admin_reply.plain_text != user_reply.plain_text
-    assert "1" in (admin_reply.plain_text or "")  # the stats count the one registered user  # the unit's "trial started" notice went out through the sender
+    assert "1" in (admin_reply.plain_text or "")  # the stats count the registered user
+
+
+async def test_webhook_mode_receives_updates_through_the_web_server(
+    bridge: None, fresh_database: str
+) -> None:
+    emulator = BotApiEmulator(bot_username="atlas_hook_bot")
+    (port,) = free_ports(1)
+    async with trio.open_nursery() as nursery:
+        api = await nursery.start(emulator.serve)
+        settings = load_settings(
+            database_url=fresh_database,
+            http_port=port,
+            seed=4,
+            bot_token=emulator.token,
+            telegram_api_base=api,
+            telegram_webhook_url=f"http://127.0.0.1:{port}/webhooks/telegram",
+            telegram_webhook_secret="hook_secret_42",
+        )
+        services = make_services(settings)
+        services.bot = make_bot(emulator.token, api)
+        stop = trio.Event()
+        root = await nursery.start(
+            lambda task_status: serve_tree(services, fresh_database, stop=stop, task_status=task_status)
+        )
+        user = emulator.add_user(601, "Bo", language_code="en")
+        user.send_command("/start")
+        greeting = await user.next_message(within=20)
+        children = {c.path for c in root.statistics().children}
+        stop.set()
+        await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+
+    assert emulator.webhook is not None and emulator.webhook.url.endswith("/webhooks/telegram")
+    assert greeting.plain_text, "the bot answered an update that arrived by webhook"
+    assert any(attempt.status == 200 for attempt in emulator.webhook_attempts)
+    assert "root/telegram" in children

@@ -49,7 +49,12 @@ from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.logs import DroppingQueueHandler
 from atlas.runtime.metrics import MetricSources, build_registry, render
 from atlas.runtime.settings import Settings
-from atlas.runtime.telegram_tree import referral_policy, telegram_child
+from atlas.runtime.telegram_tree import (
+    TELEGRAM_WEBHOOK_PATH,
+    DispatcherSlot,
+    referral_policy,
+    telegram_child,
+)
 from atlas.storage import Database, Tx, migrate
 from atlas.storage.crash_reports import record_crash_report
 from atlas.storage.units.plans import sync_plans
@@ -67,6 +72,7 @@ from atlas.supervision import (
     Supervisor,
     run_root,
 )
+from atlas.telegram.intake import telegram_webhook_route
 from atlas.telegram.session import make_bot
 from atlas.vpn import Fleet, NodeConfig, load_nodes_file
 from atlas.web.app import WebProbes, create_web_app
@@ -100,6 +106,7 @@ class Services:
     bot: Bot | None = None
     cryptopay: CryptoPayClient | None = None
     broadcaster: Broadcaster | None = None
+    telegram_slot: DispatcherSlot = field(default_factory=DispatcherSlot)
     db: Database | None = None
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
@@ -208,6 +215,16 @@ def web_child(services: Services) -> ChildSpec:
                 clock=services.clock,
                 referral_policy=referral_policy(services.settings),
                 balance_currency=services.settings.currency,
+            )
+        )
+    settings = services.settings
+    if services.bot is not None and settings.telegram_webhook_secret is not None:
+        routes.append(
+            telegram_webhook_route(
+                TELEGRAM_WEBHOOK_PATH,
+                settings.telegram_webhook_secret.get_secret_value(),
+                services.telegram_slot,
+                services.bot,
             )
         )
     app = create_web_app(
@@ -354,6 +371,7 @@ def _telegram(services: Services) -> ChildSpec:
         nodes=services.nodes,
         dependencies=dependencies,
         rng=seeded_random(services.settings.seed, "telegram"),
+        slot=services.telegram_slot,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "ATLAS_"
@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     bot_token: SecretStr | None = None
     telegram_api_base: str | None = None
     admin_ids: list[int] = Field(default_factory=list)
+    # Webhook intake instead of long polling: the public HTTPS URL Telegram should call (served at
+    # /webhooks/telegram behind your proxy) and the secret it must present. Both or neither.
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: SecretStr | None = None
     cryptopay_token: SecretStr | None = None
     cryptopay_network: Literal["mainnet", "testnet"] = "mainnet"
     cryptopay_base_url: str | None = None
@@ -80,6 +84,12 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql:// (or postgres://)")
         return value
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> Settings:
+        if (self.telegram_webhook_url is None) != (self.telegram_webhook_secret is None):
+            raise ValueError("set ATLAS_TELEGRAM_WEBHOOK_URL and ATLAS_TELEGRAM_WEBHOOK_SECRET together")
+        return self
 
 
 def _describe(error: ValidationError) -> str:

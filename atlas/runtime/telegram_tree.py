@@ -4,7 +4,9 @@
 
     root/telegram (rest_for_one)
     ├── dispatch   per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
-    └── intake     getUpdates long polling, under a PostgreSQL advisory lock (one poller per fleet)
+    └── intake     getUpdates long polling, under a PostgreSQL advisory lock (one poller per fleet);
+                   absent in webhook mode, where the web server's /webhooks/telegram route feeds
+                   the dispatcher through a :class:`DispatcherSlot`
 
 ``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
 restart the intake too (it re-polls from the last confirmed offset). The outbox sender and the
@@ -24,14 +26,15 @@ from typing import Any
 import trio
 import trio_asyncio
 from aiogram import Bot, Router
+from aiogram.types import Update
 
 from atlas.domain import ReferralPolicy
 from atlas.domain.referral import ReferralTrigger, RewardKind
 from atlas.runtime.settings import Settings
 from atlas.supervision import Backoff, ChildContext, ChildSpec, CrashReporter, Strategy, Supervisor
 from atlas.telegram.config import BotConfig
-from atlas.telegram.dispatch import UpdateDispatcher
-from atlas.telegram.intake import PollingIntake
+from atlas.telegram.dispatch import DispatchNotRunning, UpdateDispatcher
+from atlas.telegram.intake import PollingIntake, configure_webhook
 from atlas.telegram.routers import build_user_routers
 from atlas.telegram.routers.admin_ops import MaintenanceGate
 from atlas.telegram.wiring import build_dispatcher
@@ -76,6 +79,27 @@ def build_routers() -> list[Router]:
     ]
 
 
+TELEGRAM_WEBHOOK_PATH = "/webhooks/telegram"
+
+
+class DispatcherSlot:
+    """The webhook route's handle on whatever dispatcher the telegram subtree runs right now.
+
+    The web server starts before the telegram subtree and outlives its restarts, so the route cannot
+    hold the dispatcher itself. While no dispatcher runs, updates are refused with
+    :class:`DispatchNotRunning`, which the route answers with 503 so Telegram retries later.
+    """
+
+    def __init__(self) -> None:
+        self.current: UpdateDispatcher | None = None
+
+    def submit_nowait(self, update: Update) -> bool:
+        """Hand ``update`` to the running dispatcher (see :meth:`UpdateDispatcher.submit_nowait`)."""
+        if self.current is None:
+            raise DispatchNotRunning("the telegram subtree is not running")
+        return self.current.submit_nowait(update)
+
+
 def telegram_child(
     *,
     settings: Settings,
@@ -86,6 +110,7 @@ def telegram_child(
     nodes: tuple[Any, ...],
     dependencies: dict[str, Any],
     rng: Any,
+    slot: DispatcherSlot,
 ) -> ChildSpec:
     """The ``telegram`` subtree as a child of the root supervisor."""
 
@@ -116,18 +141,31 @@ def telegram_child(
         updates = UpdateDispatcher(
             dispatcher=dispatcher, bot=bot, reporter=reporter, path=f"{ctx.path}/dispatch"
         )
-        intake = PollingIntake(bot=bot, dispatcher=updates, db=db, rng=rng)
+        children = [updates.child_spec("dispatch")]
+        webhook = settings.telegram_webhook_url
+        if webhook is not None and settings.telegram_webhook_secret is not None:
+            await configure_webhook(bot, webhook, settings.telegram_webhook_secret.get_secret_value())
+            mode = f"webhook {webhook}"
+        else:
+            # A webhook left over from an earlier configuration would make getUpdates answer 409.
+            await trio_asyncio.aio_as_trio(bot.delete_webhook)()
+            children.append(PollingIntake(bot=bot, dispatcher=updates, db=db, rng=rng).child_spec("intake"))
+            mode = "long polling"
+        slot.current = updates
         subtree = Supervisor(
             "telegram",
             Strategy.REST_FOR_ONE,
-            [updates.child_spec("dispatch"), intake.child_spec("intake")],
+            children,
             max_restarts=settings.max_restarts,
             period=settings.restart_period,
             backoff=Backoff(initial=0.5, maximum=30.0),
             reporter=reporter,
             rng=rng,
         )
-        _log.info("bot @%s: polling for updates", config.bot_username)
-        await subtree.run(parent, task_status=task_status)
+        _log.info("bot @%s: receiving updates by %s", config.bot_username, mode)
+        try:
+            await subtree.run(parent, task_status=task_status)
+        finally:
+            slot.current = None
 
     return ChildSpec(name="telegram", start=start, shutdown_timeout=20.0)

@@ -49,6 +49,7 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 import trio_asyncio
@@ -300,10 +301,18 @@ class PollingIntake:
 # Webhook
 
 
+class UpdateSink(Protocol):
+    """What the webhook route hands updates to: an :class:`UpdateDispatcher`, or a stand-in for one."""
+
+    def submit_nowait(self, update: Update) -> bool:
+        """Queue ``update``; False for a duplicate; ``DispatchFull``/``DispatchNotRunning`` when it can't."""
+        ...
+
+
 def telegram_webhook_route(
     path: str,
     secret: str,
-    dispatcher: UpdateDispatcher,
+    dispatcher: UpdateSink,
     bot: Bot,
     *,
     max_body: int = 1024 * 1024,
