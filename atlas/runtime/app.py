@@ -4,13 +4,15 @@
 
     process: logging → asyncio bridge → database server (embedded or external) → instruments
     root (rest_for_one)
-    ├── storage    the pool and the budget; runs pending migrations; up when the pool is open
-    ├── web        Hypercorn + Starlette: /healthz /readyz /status /metrics (+ feature routes)
-    └── workers    one_for_one: one actor per job
+    ├── storage    the pool and the budget; migrations and plan sync; up when the pool is open
+    ├── web        Hypercorn + Starlette: health, status, metrics, /sub, webhooks
+    ├── workers    one_for_one: one actor per job (renewal, expiry, vpn_controller, outbox_sender...)
+    └── telegram   rest_for_one: dispatch → intake (see telegram_tree.py); only with a bot token
 
 ``rest_for_one`` at the root because everything after storage uses the database: if storage
-restarts (its pool was lost), web and workers restart after it and pick up the new pool; a web crash
-restarts web and workers but leaves the pool alone. The bridge and the database *server* sit outside
+restarts (its pool was lost), everything after it restarts and picks up the new pool; a web crash
+restarts web and what follows but leaves the pool alone; telegram is last, so a Telegram outage
+restarts nothing but the bot. The bridge and the database *server* sit outside
 the tree: they are process resources, opened once, and restarting them would take every actor down.
 
 Crash reports go to the JSON log, an in-memory ring (for ``/status``), and the ``crash_reports``
@@ -21,17 +23,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import random
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import trio
 import trio_asyncio
-from aiogram import Bot
 
 from atlas.actors.broadcaster import Broadcaster
 from atlas.actors.expiry import ExpiryWorker
@@ -41,40 +39,34 @@ from atlas.actors.payment_watcher import PaymentWatcher
 from atlas.actors.reminders import ReminderWorker
 from atlas.actors.renewal import RenewalWorker
 from atlas.actors.vpn_controller import VpnController
-from atlas.clock import Clock, seeded_random
-from atlas.domain import PlanCatalog, SubscriptionKind, load_plan_catalog
+from atlas.clock import seeded_random
+from atlas.domain import SubscriptionKind
 from atlas.payments import CryptoPayClient
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server, database_settings
-from atlas.runtime.logs import DroppingQueueHandler
 from atlas.runtime.metrics import MetricSources, build_registry, render
+from atlas.runtime.services import Services, make_services
 from atlas.runtime.settings import Settings
+from atlas.runtime.status import log_drops, readiness, status_snapshot_async
 from atlas.runtime.telegram_tree import (
     TELEGRAM_WEBHOOK_PATH,
-    DispatcherSlot,
     referral_policy,
     telegram_child,
 )
-from atlas.storage import Database, Tx, migrate
-from atlas.storage.crash_reports import record_crash_report
+from atlas.storage import Database, migrate
 from atlas.storage.units.plans import sync_plans
 from atlas.supervision import (
     Backoff,
     ChildContext,
     ChildSpec,
-    CrashReport,
-    CrashReporter,
-    LogSink,
-    RingSink,
     SchedulerWatchdog,
-    SlowStepInstrument,
     Strategy,
     Supervisor,
     run_root,
 )
 from atlas.telegram.intake import telegram_webhook_route
 from atlas.telegram.session import make_bot
-from atlas.vpn import Fleet, NodeConfig, load_nodes_file
+from atlas.vpn import Fleet
 from atlas.web.app import WebProbes, create_web_app
 from atlas.web.cryptopay_webhook import cryptopay_webhook_route
 from atlas.web.server import serve_asgi
@@ -84,61 +76,6 @@ _log = logging.getLogger("atlas.app")
 
 # Where Crypto Pay posts paid invoices; set it as the app's webhook URL ({public base}/webhooks/cryptopay).
 CRYPTOPAY_WEBHOOK_PATH = "/webhooks/cryptopay"
-
-
-@dataclass
-class Services:
-    """The shared, restart-aware handles the tree's children read (never mutable business state).
-
-    ``db`` is set by the storage child while it is up and cleared when it stops; children started
-    after storage (rest_for_one) can rely on it being set.
-    """
-
-    settings: Settings
-    clock: Clock
-    reporter: CrashReporter
-    ring: RingSink
-    instrument: SlowStepInstrument
-    started_at: float
-    catalog: PlanCatalog
-    nodes: tuple[NodeConfig, ...]
-    fleet: Fleet | None = None
-    bot: Bot | None = None
-    cryptopay: CryptoPayClient | None = None
-    broadcaster: Broadcaster | None = None
-    telegram_slot: DispatcherSlot = field(default_factory=DispatcherSlot)
-    db: Database | None = None
-    web_url: str | None = None
-    crash_counts: dict[str, int] = field(default_factory=dict)
-    supervisors: list[Supervisor] = field(default_factory=list)
-
-    def require_db(self) -> Database:
-        """The open database; raises if storage is not up (a bug in the tree's order)."""
-        if self.db is None:
-            raise RuntimeError("storage is not up; children that use the database must start after it")
-        return self.db
-
-
-# ----------------------------------------------------------------------------- crash report sinks
-
-
-def _db_sink(services: Services) -> Any:
-    async def sink(report: CrashReport) -> None:
-        db = services.db
-        if db is None:
-            _log.warning("crash report %s %s not stored: storage is down", report.kind, report.path)
-            return
-        await db.run(record_crash_report, report=report.to_json_dict())
-
-    return sink
-
-
-def _counting_sink(services: Services) -> Any:
-    async def sink(report: CrashReport) -> None:
-        kind = str(report.kind)
-        services.crash_counts[kind] = services.crash_counts.get(kind, 0) + 1
-
-    return sink
 
 
 # ----------------------------------------------------------------------------- children
@@ -176,28 +113,9 @@ def web_child(services: Services) -> ChildSpec:
             supervisors=lambda: services.supervisors,
             instrument=services.instrument,
             crash_counts=lambda: dict(services.crash_counts),
-            log_drops=_log_drops,
+            log_drops=log_drops,
         )
     )
-
-    async def ready() -> tuple[bool, list[str]]:
-        reasons: list[str] = []
-        db = services.db
-        if db is None:
-            reasons.append("storage is down")
-        else:
-            with trio.move_on_after(2.0) as probe:
-                await db.run(_select_one)
-            if probe.cancelled_caught:
-                reasons.append("database did not answer within 2 s")
-        for supervisor in services.supervisors:
-            for child in supervisor.statistics().children:
-                if child.state.value != "running":
-                    reasons.append(f"{child.path} is {child.state.value}")
-        return (not reasons, reasons)
-
-    async def status() -> dict[str, Any]:
-        return status_snapshot(services)
 
     routes = subscription_routes(
         services.require_db,
@@ -228,7 +146,12 @@ def web_child(services: Services) -> ChildSpec:
             )
         )
     app = create_web_app(
-        WebProbes(ready=ready, status=status, metrics=lambda: render(registry)), extra_routes=routes
+        WebProbes(
+            ready=lambda: readiness(services),
+            status=lambda: status_snapshot_async(services),
+            metrics=lambda: render(registry),
+        ),
+        extra_routes=routes,
     )
 
     async def start(
@@ -243,58 +166,6 @@ def web_child(services: Services) -> ChildSpec:
             task_status.started()
 
     return ChildSpec(name="web", start=start, shutdown_timeout=5.0)
-
-
-async def _select_one(tx: Tx) -> int:
-    return int(await tx.fetchval("SELECT 1"))
-
-
-def _log_drops() -> int:
-    return sum(h.dropped for h in logging.getLogger().handlers if isinstance(h, DroppingQueueHandler))
-
-
-def status_snapshot(services: Services) -> dict[str, Any]:
-    """The JSON document served at ``/status``."""
-    db = services.db
-    budget = db.budget_statistics() if db is not None else None
-    return {
-        "time": services.clock.now().isoformat(),
-        "pid": os.getpid(),
-        "uptime_seconds": round(trio.current_time() - services.started_at, 3),
-        "database": None
-        if db is None or budget is None
-        else {
-            "budget": {
-                "in_use": budget.in_use,
-                "total": budget.total,
-                "waiting": budget.waiting,
-                "borrows": budget.borrows,
-                "exhausted": budget.exhausted,
-                "max_wait_seconds": round(budget.max_wait, 6),
-            },
-            "pool": db.pool_statistics(),
-            "units_run": db.units_run,
-            "units_failed": db.units_failed,
-        },
-        "supervisors": [
-            {
-                "path": child.path,
-                "state": child.state.value,
-                "restarts": child.restarts,
-                "busy_with": child.busy_with,
-                "heartbeat_age": child.heartbeat_age,
-            }
-            for supervisor in services.supervisors
-            for child in supervisor.statistics().children
-        ],
-        "scheduler": {
-            "slow_steps": services.instrument.count,
-            "longest_step_seconds": round(services.instrument.longest, 6),
-            "longest_step_task": services.instrument.longest_task,
-        },
-        "crash_reports": [report.to_json_dict() for report in services.ring.latest(20)],
-        "log_records_dropped": _log_drops(),
-    }
 
 
 # ----------------------------------------------------------------------------- the tree
@@ -409,48 +280,6 @@ def build_tree(
     )
     services.supervisors = [root, workers]
     return root, workers
-
-
-def load_catalog(settings: Settings) -> PlanCatalog:
-    """The plan catalogue from ``ATLAS_PLANS_FILE``, or the example shipped with Atlas."""
-    if settings.plans_file is not None:
-        text = settings.plans_file.read_text(encoding="utf-8")
-    else:
-        text = resources.files("atlas.domain").joinpath("plans.example.toml").read_text(encoding="utf-8")
-    return load_plan_catalog(text, required_currencies=(settings.currency,))
-
-
-def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
-    """The VPN nodes from ``ATLAS_NODES_FILE`` (none when unset)."""
-    if settings.nodes_file is None:
-        return ()
-    return load_nodes_file(settings.nodes_file.read_text(encoding="utf-8"))
-
-
-def make_services(settings: Settings, clock: Clock | None = None) -> Services:
-    """Services with the log, ring, counting and database crash-report sinks wired.
-
-    Reads the plan and node files: a malformed one fails here, naming the field, before anything
-    starts.
-    """
-    clock = clock if clock is not None else Clock()
-    ring = RingSink(maxlen=200)
-    reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
-    services = Services(
-        settings=settings,
-        clock=clock,
-        reporter=reporter,
-        ring=ring,
-        instrument=SlowStepInstrument(settings.slow_step_threshold, logging.getLogger("atlas.scheduler")),
-        started_at=trio.current_time(),
-        catalog=load_catalog(settings),
-        nodes=load_nodes(settings),
-    )
-    reporter.add_sink(ring)
-    reporter.add_sink(_counting_sink(services))
-    reporter.add_sink(_db_sink(services))
-    reporter.set_budget_probe(lambda: services.require_db().budget_statistics().as_tuple())
-    return services
 
 
 async def serve_tree(

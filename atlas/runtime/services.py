@@ -1,0 +1,129 @@
+"""The handles every child of the tree shares, and how they are made from settings.
+
+:class:`Services` carries process resources (clock, crash reporter, bot, HTTP clients, the node
+fleet) and the restart-aware ``db`` slot that the storage child fills. It never carries mutable
+business state: actors share that only through the database and messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import trio
+from aiogram import Bot
+
+from atlas.actors.broadcaster import Broadcaster
+from atlas.clock import Clock
+from atlas.domain import PlanCatalog, load_plan_catalog
+from atlas.payments import CryptoPayClient
+from atlas.runtime.settings import Settings
+from atlas.runtime.telegram_tree import DispatcherSlot
+from atlas.storage import Database
+from atlas.storage.crash_reports import record_crash_report
+from atlas.supervision import CrashReport, CrashReporter, LogSink, RingSink, SlowStepInstrument, Supervisor
+from atlas.vpn import Fleet, NodeConfig, load_nodes_file
+
+_log = logging.getLogger("atlas.app")
+
+
+@dataclass
+class Services:
+    """The shared, restart-aware handles the tree's children read (never mutable business state).
+
+    ``db`` is set by the storage child while it is up and cleared when it stops; children started
+    after storage (rest_for_one) can rely on it being set.
+    """
+
+    settings: Settings
+    clock: Clock
+    reporter: CrashReporter
+    ring: RingSink
+    instrument: SlowStepInstrument
+    started_at: float
+    catalog: PlanCatalog
+    nodes: tuple[NodeConfig, ...]
+    fleet: Fleet | None = None
+    bot: Bot | None = None
+    cryptopay: CryptoPayClient | None = None
+    broadcaster: Broadcaster | None = None
+    telegram_slot: DispatcherSlot = field(default_factory=DispatcherSlot)
+    db: Database | None = None
+    web_url: str | None = None
+    crash_counts: dict[str, int] = field(default_factory=dict)
+    supervisors: list[Supervisor] = field(default_factory=list)
+
+    def require_db(self) -> Database:
+        """The open database; raises if storage is not up (a bug in the tree's order)."""
+        if self.db is None:
+            raise RuntimeError("storage is not up; children that use the database must start after it")
+        return self.db
+
+
+# ----------------------------------------------------------------------------- crash report sinks
+
+
+def _db_sink(services: Services) -> Any:
+    async def sink(report: CrashReport) -> None:
+        db = services.db
+        if db is None:
+            _log.warning("crash report %s %s not stored: storage is down", report.kind, report.path)
+            return
+        await db.run(record_crash_report, report=report.to_json_dict())
+
+    return sink
+
+
+def _counting_sink(services: Services) -> Any:
+    async def sink(report: CrashReport) -> None:
+        kind = str(report.kind)
+        services.crash_counts[kind] = services.crash_counts.get(kind, 0) + 1
+
+    return sink
+
+
+# ----------------------------------------------------------------------------- from settings
+
+
+def load_catalog(settings: Settings) -> PlanCatalog:
+    """The plan catalogue from ``ATLAS_PLANS_FILE``, or the example shipped with Atlas."""
+    if settings.plans_file is not None:
+        text = settings.plans_file.read_text(encoding="utf-8")
+    else:
+        text = resources.files("atlas.domain").joinpath("plans.example.toml").read_text(encoding="utf-8")
+    return load_plan_catalog(text, required_currencies=(settings.currency,))
+
+
+def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
+    """The VPN nodes from ``ATLAS_NODES_FILE`` (none when unset)."""
+    if settings.nodes_file is None:
+        return ()
+    return load_nodes_file(settings.nodes_file.read_text(encoding="utf-8"))
+
+
+def make_services(settings: Settings, clock: Clock | None = None) -> Services:
+    """Services with the log, ring, counting and database crash-report sinks wired.
+
+    Reads the plan and node files: a malformed one fails here, naming the field, before anything
+    starts.
+    """
+    clock = clock if clock is not None else Clock()
+    ring = RingSink(maxlen=200)
+    reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        reporter=reporter,
+        ring=ring,
+        instrument=SlowStepInstrument(settings.slow_step_threshold, logging.getLogger("atlas.scheduler")),
+        started_at=trio.current_time(),
+        catalog=load_catalog(settings),
+        nodes=load_nodes(settings),
+    )
+    reporter.add_sink(ring)
+    reporter.add_sink(_counting_sink(services))
+    reporter.add_sink(_db_sink(services))
+    reporter.set_budget_probe(lambda: services.require_db().budget_statistics().as_tuple())
+    return services
