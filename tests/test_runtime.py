@@ -125,3 +125,26 @@ async def test_check_reports_an_unreachable_database() -> None:
     )
     assert result.returncode == 1
     assert "DatabaseUnavailable" in result.stderr.decode()
+
+
+async def test_readiness_names_a_database_that_cannot_answer(bridge: None, fresh_database: str) -> None:
+    from atlas.runtime.status import readiness
+    from atlas.storage import Database, DatabaseSettings, Tx
+
+    services = make_services(load_settings(database_url=fresh_database, http_port=0))
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1, acquire_timeout=0.1))
+    services.db = db
+
+    async def hold(tx: Tx) -> None:
+        await tx.execute("SELECT pg_sleep(1)")
+
+    try:
+        assert await readiness(services) == (True, [])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run, hold)
+            await trio.sleep(0.1)
+            ready, reasons = await readiness(services)
+    finally:
+        await db.close()
+    assert ready is False
+    assert reasons == ["database: BudgetExhausted"]
