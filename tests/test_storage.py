@@ -15,6 +15,7 @@ from atlas.storage import (
     BudgetExhausted,
     Database,
     DatabaseSettings,
+    DatabaseUnavailable,
     MigrationError,
     Tx,
     TxClosed,
@@ -201,3 +202,10 @@ async def test_an_edited_migration_is_refused(db: Database) -> None:
         await migrate(db, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), migrations=[edited, *rest])
     with pytest.raises(MigrationError, match="does not know"):
         await migrate(db, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), migrations=[first])
+
+
+async def test_a_closed_database_says_so_in_storage_terms(bridge: None, fresh_database: str) -> None:
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1))
+    await db.close()
+    with pytest.raises(DatabaseUnavailable, match="pool is closed"):
+        await db.run(_count_noop)

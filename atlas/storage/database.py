@@ -147,6 +147,9 @@ class Database:
         if args:
             raise TypeError("db.run passes arguments to a unit by keyword only")
         name = _unit_name(unit)
+        if self._pool.is_closing():
+            # asyncpg would raise its own InterfaceError; callers outside storage only know ours.
+            raise DatabaseUnavailable(f"unit {name!r}: the connection pool is closed")
         attempts = self.settings.conflict_retries + 1
         for attempt in range(1, attempts + 1):
             try:
