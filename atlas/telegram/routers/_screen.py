@@ -19,14 +19,12 @@ that field; nothing in callback data can redirect an action to someone else (see
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import trio_asyncio
 from aiogram import BaseMiddleware, Bot
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message, TelegramObject
@@ -38,6 +36,7 @@ from atlas.domain.money import format_amount
 from atlas.payments import CryptoPayClient
 from atlas.storage import Database
 from atlas.storage.units import UserView, get_user, register_user
+from atlas.telegram.bridge import run_trio, run_unit
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import MissingParameter, bundled
 from atlas.telegram.keyboards import back_to_menu
@@ -85,13 +84,11 @@ class Screen:
 
     async def run(self, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
         """Run a unit of work through ``db.run`` (the one bridge crossing); domain errors propagate."""
-        result: T = await trio_asyncio.trio_as_aio(functools.partial(self.db.run, unit, **kwargs))()
-        return result
+        return await run_unit(self.db, unit, **kwargs)
 
     async def trio(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
         """Call a trio-flavoured coroutine function (a payments client) from the handler."""
-        result: T = await trio_asyncio.trio_as_aio(functools.partial(fn, **kwargs))()
-        return result
+        return await run_trio(fn, **kwargs)
 
     async def say(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> Message:
         """Send ``text`` (HTML) to the user's chat as a new message."""
@@ -191,24 +188,20 @@ class ScreenMiddleware(BaseMiddleware):
 
 
 async def _user(db: Database, clock: Clock, sender: TgUser, payload: str | None, register: bool) -> UserView:
-    run = trio_asyncio.trio_as_aio
-
     if not register:
-        found: UserView | None = await run(functools.partial(db.run, get_user, user_id=sender.id))()
+        found: UserView | None = await run_unit(db, get_user, user_id=sender.id)
         if found is not None:
             return found
-    registration = await run(
-        functools.partial(
-            db.run,
-            register_user,
-            user_id=sender.id,
-            username=sender.username,
-            first_name=sender.first_name,
-            language=sender.language_code,
-            start_payload=payload,
-            now=clock.now(),
-        )
-    )()
+    registration = await run_unit(
+        db,
+        register_user,
+        user_id=sender.id,
+        username=sender.username,
+        first_name=sender.first_name,
+        language=sender.language_code,
+        start_payload=payload,
+        now=clock.now(),
+    )
     user: UserView = registration.user
     return user
 

@@ -26,6 +26,7 @@ from atlas.storage.units.broadcasts import (
     create_broadcast,
     segment_size,
 )
+from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import (
     AdminAction,
     AdminBroadcastCb,
@@ -35,7 +36,7 @@ from atlas.telegram.callbacks import (
     Segment,
 )
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, language, refusal, run_unit, texts
+from atlas.telegram.routers.admin_common import AdminInput, language, refusal, texts
 
 
 def segment_keyboard(translator: Translator, lang: str) -> InlineKeyboardMarkup:

@@ -16,16 +16,14 @@ turns it into a text and nothing has changed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
-import trio_asyncio
 from aiogram.filters import Filter
+from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import TelegramObject, User
+from aiogram.types import CallbackQuery, Message, TelegramObject, User
 
 from atlas.domain import DomainError
-from atlas.storage import Database
 from atlas.telegram.i18n import Translator, bundled
 
 P = ParamSpec("P")
@@ -66,16 +64,21 @@ class AdminInput(StatesGroup):
     maintenance = State()
 
 
-async def run_unit(db: Database, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
-    """Run a unit of work from a handler (asyncio side) through ``db.run`` (trio side)."""
-    result: T = await trio_asyncio.trio_as_aio(db.run)(unit, **kwargs)
-    return result
-
-
-async def run_trio(fn: Callable[..., Awaitable[T]], /, *args: Any) -> T:
-    """Run a trio-flavoured coroutine function from a handler (e.g. an export that pages units)."""
-    result: T = await trio_asyncio.trio_as_aio(fn)(*args)
-    return result
+async def ask_for_input(
+    callback: CallbackQuery,
+    state: FSMContext,
+    translator: Translator | None,
+    awaiting: State,
+    question_key: str,
+) -> None:
+    """A button that asks the admin to type something: enter ``awaiting`` and ask the question."""
+    tr = texts(translator)
+    await state.set_state(awaiting)
+    await callback.answer()
+    if isinstance(callback.message, Message):
+        await callback.message.answer(
+            parse_mode="HTML", text=tr.t(language(callback.from_user, tr), question_key)
+        )
 
 
 def language(user: User | None, translator: Translator) -> str:

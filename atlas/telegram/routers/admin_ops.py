@@ -55,17 +55,10 @@ from atlas.storage.units.admin_views import (
     get_maintenance,
     set_maintenance,
 )
+from atlas.telegram.bridge import run_trio, run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminStatsCb, StatsPeriod
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import (
-    AdminInput,
-    is_admin,
-    language,
-    refusal,
-    run_trio,
-    run_unit,
-    texts,
-)
+from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, is_admin, language, refusal, texts
 
 _log = logging.getLogger("atlas.telegram.routers.admin")
 
@@ -444,13 +437,7 @@ def build_ops_router() -> Router:
     async def maintenance_on_button(
         callback: CallbackQuery, state: FSMContext, translator: Translator | None = None
     ) -> None:
-        tr = texts(translator)
-        await state.set_state(AdminInput.maintenance)
-        await callback.answer()
-        if isinstance(callback.message, Message):
-            await callback.message.answer(
-                parse_mode="HTML", text=tr.t(language(callback.from_user, tr), "admin.maintenance.ask")
-            )
+        await ask_for_input(callback, state, translator, AdminInput.maintenance, "admin.maintenance.ask")
 
     @router.message(StateFilter(AdminInput.maintenance), F.text)
     async def maintenance_text(

@@ -25,10 +25,11 @@ from atlas.clock import Clock
 from atlas.domain import Currency, DomainError, InvalidPromoDefinition, PromoCode, PromoKind, PromoPurpose
 from atlas.storage import Database
 from atlas.storage.units import create_promo_code, list_promo_codes
+from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminPromoPageCb
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, language, refusal, run_unit, texts
+from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, language, refusal, texts
 
 PAGE = 10
 
@@ -163,13 +164,7 @@ def build_promo_router() -> Router:
     async def promo_new_button(
         callback: CallbackQuery, state: FSMContext, translator: Translator | None = None
     ) -> None:
-        tr = texts(translator)
-        await state.set_state(AdminInput.promo)
-        await callback.answer()
-        if isinstance(callback.message, Message):
-            await callback.message.answer(
-                parse_mode="HTML", text=tr.t(language(callback.from_user, tr), "admin.promo.ask")
-            )
+        await ask_for_input(callback, state, translator, AdminInput.promo, "admin.promo.ask")
 
     @router.message(StateFilter(AdminInput.promo), F.text)
     async def promo_text(

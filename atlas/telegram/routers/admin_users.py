@@ -31,10 +31,11 @@ from atlas.domain import DomainError, format_amount, parse_amount
 from atlas.storage import Database
 from atlas.storage.units import InvalidAdminInput, admin_adjust_balance, admin_grant_days, admin_set_banned
 from atlas.storage.units.admin_views import UserCard, find_user, parse_user_query, user_card
+from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminUserCb, UserAction
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, language, refusal, run_unit, texts
+from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, language, refusal, texts
 
 _PROMPTS: dict[UserAction, tuple[Any, str]] = {
     UserAction.GRANT: (AdminInput.grant, "admin.user.ask_grant"),
@@ -228,13 +229,7 @@ def build_users_router() -> Router:
     async def lookup_button(
         callback: CallbackQuery, state: FSMContext, translator: Translator | None = None
     ) -> None:
-        tr = texts(translator)
-        await state.set_state(AdminInput.lookup)
-        await callback.answer()
-        if isinstance(callback.message, Message):
-            await callback.message.answer(
-                parse_mode="HTML", text=tr.t(language(callback.from_user, tr), "admin.user.ask_query")
-            )
+        await ask_for_input(callback, state, translator, AdminInput.lookup, "admin.user.ask_query")
 
     @router.message(StateFilter(AdminInput.lookup), F.text)
     async def lookup_text(
