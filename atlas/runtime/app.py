@@ -47,7 +47,7 @@ from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.metrics import MetricSources, build_registry, render
 from atlas.runtime.services import Services, make_services
 from atlas.runtime.settings import Settings
-from atlas.runtime.status import log_drops, readiness, status_snapshot_async
+from atlas.runtime.status import log_drops, readiness, status_snapshot
 from atlas.runtime.telegram_tree import (
     TELEGRAM_WEBHOOK_PATH,
     referral_policy,
@@ -148,7 +148,7 @@ def web_child(services: Services) -> ChildSpec:
     app = create_web_app(
         WebProbes(
             ready=lambda: readiness(services),
-            status=lambda: status_snapshot_async(services),
+            status=lambda: status_snapshot(services),
             metrics=lambda: render(registry),
         ),
         extra_routes=routes,

@@ -44,12 +44,7 @@ async def readiness(services: Services) -> tuple[bool, list[str]]:
     return (not reasons, reasons)
 
 
-async def status_snapshot_async(services: Services) -> dict[str, Any]:
-    """:func:`status_snapshot` for the web probe (which awaits)."""
-    return status_snapshot(services)
-
-
-def status_snapshot(services: Services) -> dict[str, Any]:
+async def status_snapshot(services: Services) -> dict[str, Any]:
     """The JSON document served at ``/status``."""
     db = services.db
     budget = db.budget_statistics() if db is not None else None

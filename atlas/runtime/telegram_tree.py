@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import random
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -28,9 +30,11 @@ import trio_asyncio
 from aiogram import Bot, Router
 from aiogram.types import Update
 
+from atlas.clock import Clock
 from atlas.domain import ReferralPolicy
 from atlas.domain.referral import ReferralTrigger, RewardKind
 from atlas.runtime.settings import Settings
+from atlas.storage import Database
 from atlas.supervision import Backoff, ChildContext, ChildSpec, CrashReporter, Strategy, Supervisor
 from atlas.telegram.config import BotConfig
 from atlas.telegram.dispatch import DispatchNotRunning, UpdateDispatcher
@@ -38,6 +42,7 @@ from atlas.telegram.intake import PollingIntake, configure_webhook
 from atlas.telegram.routers import build_user_routers
 from atlas.telegram.routers.admin_ops import MaintenanceGate
 from atlas.telegram.wiring import build_dispatcher
+from atlas.vpn import NodeConfig
 
 _log = logging.getLogger("atlas.telegram.tree")
 
@@ -104,12 +109,12 @@ def telegram_child(
     *,
     settings: Settings,
     bot: Bot,
-    db: Any,
-    clock: Any,
+    db: Callable[[], Database],
+    clock: Clock,
     reporter: CrashReporter,
-    nodes: tuple[Any, ...],
+    nodes: tuple[NodeConfig, ...],
     dependencies: dict[str, Any],
-    rng: Any,
+    rng: random.Random,
     slot: DispatcherSlot,
 ) -> ChildSpec:
     """The ``telegram`` subtree as a child of the root supervisor."""
