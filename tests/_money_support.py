@@ -137,9 +137,9 @@ async def add_user(db: Database, user_id: int, *, ref_of: str | None = None) -> 
     return reg.user.referral_code
 
 
-async def topup(db: Database, user_id: int, amount: int, *, now: dt.datetime = NOW) -> PaymentIntent:
-    """Create and apply a Crypto Pay top-up of ``amount``."""
-    intent = await db.run(
+async def topup_intent(db: Database, user_id: int, amount: int, *, now: dt.datetime = NOW) -> PaymentIntent:
+    """Create (not apply) a Crypto Pay top-up intent of ``amount`` in RUB."""
+    intent: PaymentIntent = await db.run(
         create_payment_intent,
         user_id=user_id,
         provider="cryptopay",
@@ -150,6 +150,12 @@ async def topup(db: Database, user_id: int, amount: int, *, now: dt.datetime = N
         ttl=TTL,
         now=now,
     )
+    return intent
+
+
+async def topup(db: Database, user_id: int, amount: int, *, now: dt.datetime = NOW) -> PaymentIntent:
+    """Create and apply a Crypto Pay top-up of ``amount``."""
+    intent = await topup_intent(db, user_id, amount, now=now)
     await db.run(attach_and_apply, intent=intent, now=now)
     return intent
 

@@ -28,6 +28,7 @@ from _money_support import (
     setup_catalog,
     snapshot,
     topup,
+    topup_intent,
 )
 
 from atlas.domain import PromoCode, PromoKind
@@ -113,7 +114,7 @@ async def test_every_money_unit_is_all_or_nothing(db: Database) -> None:
     )
     await step(db, "set_referrer", set_referrer, {"user_id": 11, "referral_code": code, "now": NOW})
     await step(db, "start_trial", start_trial, {"user_id": 10, "trial_days": 3, "now": NOW})
-    topup_intent = await step(
+    topup_payment = await step(
         db,
         "create_payment_intent",
         create_payment_intent,
@@ -133,9 +134,9 @@ async def test_every_money_unit_is_all_or_nothing(db: Database) -> None:
         db,
         "attach_external_id",
         attach_external_id,
-        {"payment_id": topup_intent.payment_id, "external_id": "inv-t"},
+        {"payment_id": topup_payment.payment_id, "external_id": "inv-t"},
     )
-    applied = await step(db, "apply_payment (top-up)", apply_payment, _pay(topup_intent, "inv-t"))
+    applied = await step(db, "apply_payment (top-up)", apply_payment, _pay(topup_payment, "inv-t"))
     assert applied.outcome is ApplyOutcome.APPLIED and applied.referral_reward_minor == 2_000
     plan_intent = await db.run(
         create_payment_intent,
@@ -153,17 +154,7 @@ async def test_every_money_unit_is_all_or_nothing(db: Database) -> None:
     assert plan_paid.outcome is ApplyOutcome.APPLIED and plan_paid.referral_reward_minor == 1_000
     second = await step(db, "apply_payment (second charge)", apply_payment, _pay(plan_intent, "charge-2"))
     assert second.reason == "second_charge"
-    odd = await db.run(
-        create_payment_intent,
-        user_id=11,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=300,
-        currency=RUB,
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    odd = await topup_intent(db, 11, 300)
     flagged = await step(
         db, "apply_payment (mismatch)", apply_payment, _pay(odd, "inv-odd", paid_amount_minor=30)
     )
@@ -256,17 +247,7 @@ async def test_every_money_unit_is_all_or_nothing(db: Database) -> None:
         {"admin_id": ADMIN, "promo": PromoCode("NEW", PromoKind.PERCENT, 15), "reason": "launch", "now": NOW},
     )
     await step(db, "remember_promo", remember_promo, {"user_id": 1, "code": "NEW", "ttl": TTL, "now": NOW})
-    await db.run(
-        create_payment_intent,
-        user_id=1,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=100,
-        currency=RUB,
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    await topup_intent(db, 1, 100)
     await step(db, "expire_payment_intents", expire_payment_intents, {"now": NOW + DAY, "limit": 10})
     await topup(db, 1, 100)
     assert (renewal.renewed, renewal.insufficient) == (1, 1)

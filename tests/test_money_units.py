@@ -23,6 +23,7 @@ from _money_support import (
     setup_catalog,
     snapshot,
     topup,
+    topup_intent,
 )
 
 from atlas.domain import (
@@ -195,17 +196,7 @@ async def test_topup_applies_once_and_mismatch_is_flagged(db: Database) -> None:
     assert user is not None and user.balance_minor == 5_000 and user.first_paid_at == NOW
     assert await _outbox(db, 1) == ["payment.applied.topup"]
 
-    short = await db.run(
-        create_payment_intent,
-        user_id=1,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=7_000,
-        currency=RUB,
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    short = await topup_intent(db, 1, 7_000)
     result = await db.run(
         apply_payment, **{**args, "external_id": "inv-2", "payload": short.payload, "paid_amount_minor": 700}
     )
@@ -278,17 +269,7 @@ async def test_referral_reward_first_payment_only_and_every_payment(db: Database
         1,
         1_000,
     )
-    intent = await db.run(
-        create_payment_intent,
-        user_id=2,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=3_000,
-        currency=RUB,
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    intent = await topup_intent(db, 2, 3_000)
     result = await db.run(
         apply_payment,
         provider="cryptopay",
@@ -564,17 +545,7 @@ async def test_plans_sync_retires_missing_plans_and_stats_count(db: Database) ->
 
 async def test_expired_intents_still_apply_when_paid(db: Database) -> None:
     await add_user(db, 1)
-    intent = await db.run(
-        create_payment_intent,
-        user_id=1,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=100,
-        currency=RUB,
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    intent = await topup_intent(db, 1, 100)
     assert await db.run(expire_payment_intents, now=NOW + TTL, limit=10) == 1
     assert await db.run(pending_payments, provider="cryptopay", after_id=0, limit=10) == []
     await db.run(attach_and_apply, intent=intent, now=NOW + TTL)
