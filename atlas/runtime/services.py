@@ -125,5 +125,7 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     reporter.add_sink(ring)
     reporter.add_sink(_counting_sink(services))
     reporter.add_sink(_db_sink(services))
-    reporter.set_budget_probe(lambda: services.require_db().budget_statistics().as_tuple())
+    reporter.set_budget_probe(
+        lambda: None if services.db is None else services.db.budget_statistics().as_tuple()
+    )
     return services

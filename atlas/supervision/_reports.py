@@ -32,7 +32,7 @@ MAX_FRAMES = 30
 MAX_TEXT = 2000
 
 Sink = Callable[["CrashReport"], Awaitable[None]]
-BudgetProbe = Callable[[], tuple[int, int, int]]
+BudgetProbe = Callable[[], tuple[int, int, int] | None]  # None: no budget right now (storage down)
 
 
 class ReportKind(enum.StrEnum):
@@ -169,10 +169,13 @@ class CrashReporter:
         if self._budget_probe is None:
             return None
         try:
-            in_use, total, waiting = self._budget_probe()
+            budget = self._budget_probe()
         except Exception:
             logger.exception("connection budget probe failed while composing a crash report")
             return None
+        if budget is None:
+            return None
+        in_use, total, waiting = budget
         return (int(in_use), int(total), int(waiting))
 
     def compose(
