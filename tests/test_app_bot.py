@@ -6,12 +6,16 @@ configured admin and nobody else.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import trio
 import trio.lowlevel
 
+from atlas.payments.stars import send_stars_invoice
 from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.settings import load_settings
 from atlas.storage import Tx
+from atlas.storage.units import create_payment_intent
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import BotApiEmulator
 from tests._vpn_support import free_ports
@@ -111,3 +115,66 @@ async def test_webhook_mode_receives_updates_through_the_web_server(
     assert greeting.plain_text, "the bot answered an update that arrived by webhook"
     assert any(attempt.status == 200 for attempt in emulator.webhook_attempts)
     assert "root/telegram" in children
+
+
+async def test_a_stars_payment_made_during_maintenance_is_applied(bridge: None, fresh_database: str) -> None:
+    """Maintenance answers every non-admin update, but a charge is money that has moved: the
+    pre-checkout and the ``successful_payment`` message must still reach the payments router."""
+    emulator = BotApiEmulator(bot_username="atlas_maint_bot")
+    async with trio.open_nursery() as nursery:
+        api = await nursery.start(emulator.serve)
+        settings = load_settings(
+            database_url=fresh_database,
+            http_port=0,
+            seed=5,
+            bot_token=emulator.token,
+            telegram_api_base=api,
+            admin_ids=[900],
+        )
+        services = make_services(settings)
+        services.bot = make_bot(emulator.token, api)
+        stop = trio.Event()
+        await nursery.start(
+            lambda task_status: serve_tree(services, fresh_database, stop=stop, task_status=task_status)
+        )
+        user = emulator.add_user(701, "Pay", language_code="en")
+        user.send_command("/start")
+        await user.next_message(within=20)
+        admin = emulator.add_user(900, "Op", language_code="en")
+        admin.send_command("/maintenance", "on Back soon")
+        await admin.next_message(within=20)
+        user.skip_received()
+        user.send_command("/start")
+        refused = await user.next_message(within=20)
+
+        db = services.require_db()
+        intent = await db.run(
+            create_payment_intent,
+            user_id=701,
+            provider="stars",
+            purpose="plan",
+            plan_code="m1",
+            currency="XTR",
+            balance_currency=settings.currency,
+            ttl=dt.timedelta(minutes=30),
+            now=services.clock.now(),
+        )
+        await send_stars_invoice(
+            services.bot, chat_id=701, intent=intent, title="Atlas", description="30 days", label="m1"
+        )
+        invoice = await user.next_message(within=20)
+        outcome = await user.pay_stars(invoice)
+
+        async def payment_status(tx: Tx) -> str:
+            return str(await tx.fetchval("SELECT status FROM payments WHERE id = $1", intent.payment_id))
+
+        with trio.fail_after(20):
+            while (status := await db.run(payment_status)) != "applied":  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        stop.set()
+        await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+
+    assert "maintenance" in (refused.plain_text or "").lower()
+    assert outcome.ok, outcome
+    assert status == "applied"

@@ -70,12 +70,14 @@ def _optional_routers(module: str, factory: str) -> list[Router]:
 def build_routers() -> list[Router]:
     """Every router, in the order aiogram tries them."""
     return [
-        # Maintenance first: while it is on, every non-admin update gets the maintenance text and
-        # goes no further.
-        *_optional_routers("atlas.telegram.routers.admin_ops", "build_maintenance_router"),
-        # Payments next: pre_checkout_query and successful_payment must never fall through to the
-        # user screens' fallback ("I did not understand").
+        # Payments first, before every filter: a pre_checkout_query must be answered and a
+        # successful_payment is money that has already moved. Maintenance, bans and conversation
+        # states must never take them (a Stars charge taken by maintenance's catch-all was never
+        # applied); the payments router matches nothing else, so it shadows no other screen.
         *_optional_routers("atlas.telegram.routers.payments", "build_router"),
+        # Maintenance next: while it is on, every other non-admin update gets the maintenance text
+        # and goes no further.
+        *_optional_routers("atlas.telegram.routers.admin_ops", "build_maintenance_router"),
         # Admin before the user screens: its filters are narrower (admin ids only), and for anyone
         # else it matches nothing, so the user screens answer as for an unknown command.
         *_optional_routers("atlas.telegram.routers.admin", "build_admin_router"),

@@ -7,9 +7,10 @@ short transaction), each page is rendered to CSV bytes in a worker thread
 ``EXPORT_MAX_ROWS`` rows are exported; the caption says when the file was cut there.
 
 **Maintenance mode** is a row in the ``maintenance`` table (migration 0006), switched by an admin
-(audited). :func:`build_maintenance_router` must be the *first* router in the ordered list: while
-maintenance is on it answers every update from a non-admin with the operator's message
-(``errors.maintenance``) and nothing else runs; admins pass through and keep working. The state
+(audited). :func:`build_maintenance_router` comes right after the payments router (a Stars charge must
+never be taken by maintenance) and before everything else: while maintenance is on it answers every
+other update from a non-admin with the operator's message (``errors.maintenance``) and nothing else
+runs; admins pass through and keep working. The state
 is read through a :class:`MaintenanceGate` (the dependency ``maintenance``), which caches it for a
 few seconds so that the switch costs no query per update; the admin's own switch updates the cache
 at once, other processes see it within the TTL.
@@ -175,7 +176,7 @@ class MaintenanceOn(Filter):
 
 
 def build_maintenance_router() -> Router:
-    """The router that answers non-admins during maintenance; put it FIRST in the router list."""
+    """The router that answers non-admins during maintenance; put it first after the payments router."""
     router = Router(name="maintenance")
     router.message.filter(MaintenanceOn())
     router.callback_query.filter(MaintenanceOn())
