@@ -15,6 +15,7 @@ from typing import Any
 import trio
 from aiogram import Bot
 
+from atlas.actors.base import Actor
 from atlas.actors.broadcaster import Broadcaster
 from atlas.clock import Clock
 from atlas.domain import PlanCatalog, load_plan_catalog
@@ -54,6 +55,7 @@ class Services:
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
     supervisors: list[Supervisor] = field(default_factory=list)
+    actors: dict[str, Actor] = field(default_factory=dict)
 
     def require_db(self) -> Database:
         """The open database; raises if storage is not up (a bug in the tree's order)."""

@@ -28,6 +28,7 @@ Errors (all :class:`~atlas.storage.StorageError`)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -175,7 +176,9 @@ async def _give_back(db: Database, conn: Any, *, clean: bool, name: str) -> None
 
     async def _release() -> None:
         if not clean:
-            conn.terminate()
+            # InterfaceError: already closed and handed back by the pool; the session and its lock ended.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
         await pool.release(conn)
 
     with trio.CancelScope(shield=True), trio.move_on_after(10) as box:
