@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     slow_step_threshold: float = Field(0.1, gt=0)
     scheduler_watchdog_timeout: float = Field(60.0, gt=0)
     shutdown_timeout: float = Field(10.0, gt=0)
+    # Crash reports are sent to every admin chat, at most one per actor per this many seconds.
+    crash_alert_interval: float = Field(600.0, gt=0)
     seed: int | None = None
 
     # The shop: plans (a reviewed TOML file; unset = the example shipped with Atlas), the balance
