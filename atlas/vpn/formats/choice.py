@@ -7,6 +7,7 @@ matching rule winning, so an order that matters is visible here and nowhere else
 * Hiddify says ``like ClashMeta v2ray sing-box`` and NekoBox ``Prefer ClashMeta Format``: they come
   before the Clash rules. Hiddify gets sing-box (its own core); NekoBox reads share links best.
 * ``v2rayNG`` starts with ``v2rayN``: it comes before v2rayN.
+* FlClash says ``clash-verge`` too; it is named first only so that the table says who it is.
 * v2rayN (from 6.40) and Happ (from 1.63.1) import a list of Xray configs; older versions only
   read share links, so a rule may carry a minimum version and otherwise falls through to links.
 
@@ -57,15 +58,14 @@ CLIENT_RULES: Final[tuple[ClientRule, ...]] = (
     _rule("NekoBox / NekoRay", r"^neko(box|ray)", Format.BASE64),
     _rule("Karing", r"^karing", Format.SINGBOX),
     _rule("sing-box apps (SFA, SFI, SFM, SFT)", r"^SF[AIMT]/", Format.SINGBOX),
-    _rule("sing-box", r"^sing-box", Format.SINGBOX),
     _rule("v2rayNG", r"^v2rayNG", Format.BASE64),
     _rule("v2rayN", r"^v2rayN/(\d+(?:\.\d+)*)", Format.XRAY, "6.40"),
     _rule("Happ", r"^Happ/(\d+(?:\.\d+)*)", Format.XRAY, "1.63.1"),
     _rule("Streisand", r"^streisand", Format.BASE64),
     _rule("Shadowrocket", r"^shadowrocket", Format.BASE64),
     _rule("Stash", r"^stash", Format.CLASH),
-    _rule("Clash Verge (Rev)", r"clash-verge", Format.CLASH),
     _rule("FlClash", r"^flclash", Format.CLASH),
+    _rule("Clash Verge (Rev)", r"clash-verge", Format.CLASH),
     _rule("Mihomo", r"mihomo", Format.CLASH),
     _rule("Clash Meta", r"clash[.\- ]?meta", Format.CLASH),
     _rule("Clash", r"^clash", Format.CLASH),
