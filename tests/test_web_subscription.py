@@ -21,6 +21,7 @@ from atlas.storage.units.subscriptions import start_trial
 from atlas.storage.units.users import register_user
 from atlas.vpn import NodeConfig, parse_vless_link
 from atlas.web.subscription import subscription_routes, subscription_url
+from tests._client_agents import REAL_USER_AGENTS
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 PBK = "A" * 43
@@ -243,6 +244,25 @@ async def test_each_client_gets_its_format_with_the_same_headers(
     assert response.headers["support-url"] == SUPPORT
     assert response.headers["content-disposition"] == 'attachment; filename="Atlas_VPN"'
     assert response.headers["profile-update-interval"] == "12"
+
+
+CONTENT_TYPES = {
+    "base64": "text/plain",
+    "clash": "text/yaml",
+    "singbox": "application/json",
+    "xray": "application/json",
+}
+
+
+async def test_every_real_client_user_agent_gets_its_format_over_http(
+    db: Database, served: tuple[httpx.AsyncClient, CountingDb]
+) -> None:
+    client, _ = served
+    token, _ = await trial(db, 32, "en")
+    for user_agent, fmt in REAL_USER_AGENTS:
+        response = await client.get(f"/sub/{token}", headers={"user-agent": user_agent, "accept": "*/*"})
+        assert response.headers["content-type"].startswith(CONTENT_TYPES[fmt.value]), user_agent
+        assert names_in(fmt.value, response.content) == ["Amsterdam", "fra"], user_agent
 
 
 async def test_a_browser_gets_the_page_and_an_unknown_format_is_404(

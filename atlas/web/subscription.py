@@ -140,7 +140,7 @@ def subscription_routes(
                 texts=translator,
                 title=profile_title,
                 subscription_url=url,
-                now_days_left=max(0, math.ceil(seconds_left / 86400)),
+                days_left=max(0, math.ceil(seconds_left / 86400)),
                 bot_url=bot_url,
                 support_url=support_url,
             )

@@ -107,11 +107,11 @@ def render_page(
     texts: Translator,
     title: str,
     subscription_url: str,
-    now_days_left: int,
+    days_left: int,
     bot_url: str | None,
     support_url: str | None,
 ) -> str:
-    """The whole HTML document. ``now_days_left``: whole days until expiry (0 once past)."""
+    """The whole HTML document. ``days_left``: whole days until expiry (0 once past)."""
     lang = view.language
 
     def t(key: str, **params: object) -> str:
@@ -120,7 +120,7 @@ def render_page(
     state = view.state
     dates = (
         f"<dt>{t('valid_until')}</dt><dd>{format_date(view.expires_at, lang)}"
-        f" · {t('days_left', days=now_days_left)}</dd>"
+        f" · {t('days_left', days=days_left)}</dd>"
         if state in {AccessState.ACTIVE, AccessState.PENDING}
         else f"<dt>{t('expired_on')}</dt><dd>{format_date(view.expires_at, lang)}</dd>"
     )
