@@ -46,7 +46,7 @@ from tests._vpn_support import ServerCore, free_ports, sing_box_binary, start_se
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 PAGE = "hello through the subscription"
-SFA = "SFA/1.11.4 (sing-box 1.11.4; language en_US)"
+SFA = "SFA/1.12.12 (sing-box 1.12.12; language en_US)"
 V2RAYN = "v2rayN/7.10.5"
 EMAIL = "sub@atlas"
 

@@ -219,7 +219,7 @@ CLIENTS = [
     ("v2rayNG/1.8.19", "text/plain", "base64"),
     ("clash-verge/v2.0.3", "text/yaml", "clash"),
     ("Stash/2.4.7 Clash/1.9.0", "text/yaml", "clash"),
-    ("SFI/1.11.4 (Build 2; sing-box 1.11.4; language en_US)", "application/json", "singbox"),
+    ("SFI/1.12.12 (Build 2; sing-box 1.12.12; language en_US)", "application/json", "singbox"),
     ("HiddifyNext/2.5.7 (android) like ClashMeta v2ray sing-box", "application/json", "singbox"),
     ("v2rayN/7.10.5", "application/json", "xray"),
 ]
