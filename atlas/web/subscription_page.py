@@ -26,9 +26,11 @@ from atlas.web.subscription_view import AccessState, SubscriptionView, format_da
 
 _SCRIPT: Final = (
     "document.documentElement.dataset.js='on';"
-    "const b=document.getElementById('copy');"
-    "b.addEventListener('click',()=>{navigator.clipboard.writeText(b.dataset.url)"
-    ".then(()=>{b.textContent=b.dataset.done;});});"
+    "const b=document.getElementById('copy'),u=document.getElementById('url');"
+    "b.addEventListener('click',()=>{const done=()=>{b.textContent=b.dataset.done;};"
+    # The Clipboard API exists only in secure contexts (https); plain http falls back to a selection.
+    "if(navigator.clipboard&&window.isSecureContext){navigator.clipboard.writeText(u.value).then(done);}"
+    "else{u.select();document.execCommand('copy');done();}});"
 )
 _SCRIPT_HASH: Final = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
 
@@ -173,8 +175,7 @@ def render_page(
 <section id="link">
 <h2>{t("link")}</h2>
 <input id="url" readonly value="{_attr(subscription_url)}">
-<button class="button" id="copy" type="button" data-url="{_attr(subscription_url)}"
- data-done="{_attr(t("copied"))}">{t("copy")}</button>
+<button class="button" id="copy" type="button" data-done="{_attr(t("copied"))}">{t("copy")}</button>
 <div class="qr"><img id="qr" alt="QR" src="data:image/png;base64,{qr}"></div>
 <p class="note">{t("scan")}</p>
 </section>
