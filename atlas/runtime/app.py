@@ -124,6 +124,8 @@ def web_child(services: Services) -> ChildSpec:
         services.settings.public_base_url,
         services.settings.support_url,
         clock=services.clock,
+        bot_username=services.settings.bot_username,
+        announce=services.settings.subscription_announce,
     )
     if services.settings.cryptopay_token is not None:
         routes.append(

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     nodes_file: Path | None = None
     public_base_url: str = "http://127.0.0.1:8080"
     support_url: str | None = None
+    # The subscription URL: the bot's @username, named in the expired/banned placeholders and the
+    # page's renew button (unset: "renew in the bot"), and a message for apps that show one.
+    bot_username: str | None = Field(None, pattern=r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
+    subscription_announce: str | None = Field(None, min_length=1, max_length=200)
 
     # Telegram (unset token = no bot) and Crypto Pay (unset token = no crypto payments).
     bot_token: SecretStr | None = None
