@@ -1,20 +1,30 @@
 """``vpn_controller``: converge every enabled node to the keys' desired state; repair drift.
 
 Convergence (every tick, level-triggered as in Kubernetes controllers): plan changed keys, then for
-each enabled node concurrently, loop within the tick's time budget:
+each enabled node concurrently, run as many *lanes* as the node client allows calls in flight; each
+lane loops within the tick's time budget:
 
-    claim a leased batch (unit)  →  call the node, OUTSIDE any transaction  →  record (unit)
+    claim a leased batch (unit)  →  ONE batch request to the node, OUTSIDE any transaction  →  record (unit)
 
-Each call is ``put_user`` / ``delete_user`` (idempotent on the agent), so a call repeated after a
-crash is harmless. The node client bounds the calls in flight per node and runs the circuit
-breaker. Outcomes:
+The batch request (``POST /v1/users:batch``, :mod:`atlas.vpn.user_batch`) carries every put and
+delete of the claimed rows, and the agent writes the core's config file once for it. Every op is
+idempotent on the agent, so a batch repeated after a crash is harmless. The node client bounds the
+requests in flight per node and runs the circuit breaker. Outcomes, per row:
 
-* success → the row is applied at the claimed generation (see :mod:`atlas.storage.units.vpn`);
-* :class:`NodeUnavailable` (timeouts, 5xx, connection errors), :class:`NodeCircuitOpen`,
-  :class:`NodeProtocolError` (garbage is never success), :class:`NodeRejected` (4xx) → a failure
+* its op succeeded → the row is applied at the claimed generation (see :mod:`atlas.storage.units.vpn`);
+* its op failed (a per-op result: 400, 502, 500), or the whole request failed with
+  :class:`NodeUnavailable` (timeouts, 5xx, connection errors), :class:`NodeCircuitOpen`,
+  :class:`NodeProtocolError` (garbage is never success) or :class:`NodeRejected` (4xx) → a failure
   with persisted backoff; the row stays pending and nothing is lost. After an open circuit the
-  node is left alone for the rest of the tick; while the circuit is half-open a batch of one is
-  claimed, so only the breaker's probe is spent.
+  node is left alone for the rest of the tick; while the circuit is half-open one lane claims a
+  batch of one, so only the breaker's probe is spent.
+
+An agent that predates the batch route answers 404 to it; that node is then worked with the
+single-user routes (one call per row, as before) for the controller's lifetime.
+
+Every claim takes the node's shared *converge lease* in the same unit, and a pass drops it when
+its lanes end (:mod:`atlas.storage.units.vpn_node_lease`). A refused lease (a reconcile of the node
+holds it or waits for it) ends the node's pass for this tick (``busy_nodes``).
 
 Anything else (a bug, :class:`atlas.net.ConnectionHeldAcrossIO`) crashes the actor; its leased
 rows are claimed again when the lease runs out. Node calls of one batch are bounded by half the
@@ -23,11 +33,15 @@ cancelled and recorded as failures. Set the child's ``stall_after`` above ``leas
 
 Full reconcile (every ``reconcile_every`` seconds, and on the message ``"reconcile"``): for each
 node, merge-join the node's user list (pages sorted by email) with the wanted keys (keyset pages
-ordered by UUID, whose canonical text is the email): users the database does not want are deleted
-(after a re-check, so a key wanted meanwhile survives), wanted keys missing from the node (or
-there with another UUID or flow) are marked missing so that convergence puts them back. Memory is
-bounded by one page of each side plus one flush batch. A node added to the configuration later is
-filled this way: every wanted key is missing there. Heartbeats come with every page and every call.
+ordered by UUID, whose canonical text is the email): users the database does not want are deleted,
+wanted keys missing from the node (or there with another UUID or flow) are marked missing so that
+convergence puts them back. The deletion of each flush of orphans runs under the node's exclusive
+*reconcile lease*: take it (waiting up to ``lease`` seconds while convergence passes end), re-check
+which candidates are wanted now, delete the others in one batch request, drop it. So no
+convergence call is in flight on the node between the re-check and the delete, in this process or
+another, and a key wanted meanwhile is put back only after the delete. Memory is bounded by one
+page of each side plus one flush batch. A node added to the configuration later is filled this
+way: every wanted key is missing there. Heartbeats come with every page and every call.
 
 Messages: ``"reconcile"`` → :class:`ReconcileReport`; ``"converge"`` → :class:`ConvergeReport`.
 """
@@ -54,13 +68,14 @@ from atlas.storage.units.vpn import (
     Backoff,
     NodeResult,
     NodeWork,
-    claim_node_work,
+    claim_leased_node_work,
     mark_missing,
     plan_key_changes,
     record_node_results,
     wanted_among,
     wanted_keys_page,
 )
+from atlas.storage.units.vpn_node_lease import release_node_lease, take_reconcile_lease
 from atlas.vpn.breaker import BreakerState
 from atlas.vpn.node_client import (
     MAX_PAGE,
@@ -68,8 +83,10 @@ from atlas.vpn.node_client import (
     NodeCircuitOpen,
     NodeClient,
     NodeError,
+    NodeRejected,
     NodeUser,
 )
+from atlas.vpn.user_batch import MAX_BATCH_OPS, OpResult, UserOp
 
 _log = logging.getLogger("atlas.actors.vpn_controller")
 
@@ -84,6 +101,7 @@ class ConvergeReport:
     stale: int = 0
     notified: int = 0
     skipped_nodes: tuple[str, ...] = ()
+    busy_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +138,24 @@ class _Tally:
     orphans_removed: int = 0
     readded: int = 0
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
     failed_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _NodePass:
+    """What the lanes of one node's convergence pass share."""
+
+    leased: bool = False
+    refused: bool = False
+    skipped: bool = False
+
+
+class _ReconcileLeaseRefused(Exception):
+    """The node's reconcile lease was not granted within the wait (convergence kept it)."""
+
+    def __init__(self, node: str, waited: float) -> None:
+        super().__init__(f"node {node}: reconcile lease not granted within {waited:g} s")
 
 
 def _positive(name: str, value: float) -> float:
@@ -142,8 +177,9 @@ class VpnController(Actor):
     - ``fleet``: one client per enabled node (breaker + concurrency limit live there).
     - ``clock``: business time for ``now``, leases and backoff. ``rng``: tick and reconcile jitter.
     - ``period`` (5 s): seconds between ticks. ``tick_budget`` (20 s): a tick stops claiming new
-      batches after this long. ``batch`` (64): rows claimed per node per batch; a multiple of the
-      node's concurrency limit keeps every slot busy.
+      batches after this long. ``batch`` (64): rows claimed per lane per batch, sent to the node
+      in ONE request (at most ``MAX_BATCH_OPS``); each node runs as many lanes as its client
+      allows calls in flight.
     - ``reconcile_every`` (600 s, None = only on request): seconds between full reconciles; the
       first comes ``first_reconcile`` (min, max) seconds after the first tick.
     - ``lease`` (120 s): how long claimed rows belong to this controller.
@@ -177,7 +213,7 @@ class VpnController(Actor):
         self._clock = clock
         self._random = rng
         self._tick_budget = _positive("tick_budget", tick_budget)
-        self._batch = _count("batch", batch, MAX_BATCH)
+        self._batch = _count("batch", batch, min(MAX_BATCH, MAX_BATCH_OPS))
         self._reconcile_every = (
             None if reconcile_every is None else _positive("reconcile_every", reconcile_every)
         )
@@ -192,6 +228,9 @@ class VpnController(Actor):
         self._backoff = backoff if backoff is not None else Backoff()
         self._page_size = _count("page_size", page_size, min(MAX_PAGE, MAX_BATCH))
         self.owner = owner if owner is not None else f"{name}:{uuid.uuid4().hex[:16]}"
+        self._converge_holder = f"{self.owner}/converge"
+        self._reconcile_holder = f"{self.owner}/reconcile"
+        self._single_call_nodes: set[str] = set()  # agents without the batch route (HTTP 404)
         self._node_names = tuple(client.name for client in fleet.enabled())
         self._next_reconcile: float | None = None
         self._planned = 0
@@ -269,37 +308,63 @@ class VpnController(Actor):
             stale=tally.stale,
             notified=tally.notified,
             skipped_nodes=tuple(tally.skipped),
+            busy_nodes=tuple(tally.busy),
         )
         if report.converged or report.failed or report.stale:
             _log.info(
-                "vpn converge: planned=%d converged=%d failed=%d stale=%d notified=%d skipped=%s",
+                "vpn converge: planned=%d converged=%d failed=%d stale=%d notified=%d skipped=%s busy=%s",
                 report.planned,
                 report.converged,
                 report.failed,
                 report.stale,
                 report.notified,
                 ",".join(report.skipped_nodes) or "-",
+                ",".join(report.busy_nodes) or "-",
             )
         return report
 
     async def _converge_node(self, client: NodeClient, deadline: float, tally: _Tally) -> None:
-        while trio.current_time() < deadline:
+        node_pass = _NodePass()
+        lanes = max(1, int(client.limiter.total_tokens))
+        try:
+            async with trio.open_nursery() as nursery:
+                for lane in range(lanes):
+                    nursery.start_soon(self._converge_lane, client, lane, deadline, tally, node_pass)
+        finally:
+            if node_pass.leased:
+                await self._release(client.name, self._converge_holder)
+        if node_pass.skipped:
+            tally.skipped.append(client.name)
+        if node_pass.refused:
+            tally.busy.append(client.name)
+
+    async def _converge_lane(
+        self, client: NodeClient, lane: int, deadline: float, tally: _Tally, node_pass: _NodePass
+    ) -> None:
+        while trio.current_time() < deadline and not node_pass.refused:
             state = client.breaker.state
             if state is BreakerState.OPEN:
-                tally.skipped.append(client.name)
+                node_pass.skipped = True
                 return
-            # Half-open: the breaker lets exactly one call through; claim only that one, so the
-            # rest of a batch does not burn an attempt each on an instant "circuit open".
+            # Half-open: the breaker lets exactly one call through; one lane claims only that one,
+            # so the rest of a batch does not burn an attempt each on an instant "circuit open".
+            if state is not BreakerState.CLOSED and lane > 0:
+                return
             limit = 1 if state is BreakerState.HALF_OPEN else self._batch
             now = self._clock.now()
             work = await self._db().run(
-                claim_node_work,
+                claim_leased_node_work,
                 node=client.name,
                 owner=self.owner,
+                holder=self._converge_holder,
                 now=now,
                 lease_until=now + dt.timedelta(seconds=self._lease),
                 limit=limit,
             )
+            if work is None:
+                node_pass.refused = True
+                return
+            node_pass.leased = True
             if not work:
                 return
             results = await self._call_node(client, work)
@@ -324,7 +389,7 @@ class VpnController(Actor):
             if outcome.failed:
                 first = next(r.error for r in results if r.error is not None)
                 _log.warning(
-                    "node %s: %d of %d calls failed; first: %s",
+                    "node %s: %d of %d ops failed; first: %s",
                     client.name,
                     outcome.failed,
                     len(results),
@@ -333,36 +398,81 @@ class VpnController(Actor):
             if len(work) < limit and state is BreakerState.CLOSED:
                 return
 
+    async def _release(self, node: str, holder: str) -> None:
+        """Drop a node lease, even while being cancelled (bounded; else the lease runs out)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self._db().run(release_node_lease, node=node, holder=holder)
+
     async def _call_node(self, client: NodeClient, work: Sequence[NodeWork]) -> list[NodeResult]:
-        """Make every call of a batch (the client bounds how many run at once); never raises a
-        node error: each becomes a failed result."""
-        results: list[NodeResult | None] = [None] * len(work)
-
-        async def one(index: int, item: NodeWork) -> None:
-            try:
-                if item.desired == "present":
-                    await client.put_user(item.email, str(item.uuid), flow=client.node.flow)
-                else:
-                    await client.delete_user(item.email)
-            except NodeCircuitOpen as exc:
-                results[index] = NodeResult.failure(item, str(exc), retry_after=exc.retry_after)
-            except NodeError as exc:
-                results[index] = NodeResult.failure(item, f"{type(exc).__name__}: {exc}")
-            else:
-                results[index] = NodeResult.success(item)
-            self.heartbeat()  # progress, even inside a long batch
-
+        """Send a claimed batch to the node (one request); never raises a node error: each
+        becomes a failed result."""
+        ops = [
+            UserOp.put(item.email, str(item.uuid), flow=client.node.flow)
+            if item.desired == "present"
+            else UserOp.delete(item.email)
+            for item in work
+        ]
+        answers: list[OpResult] | None = None
         # Half the lease: the results are recorded well before another controller may claim them.
         with trio.move_on_after(self._lease / 2):
-            async with trio.open_nursery() as nursery:
-                for index, item in enumerate(work):
-                    nursery.start_soon(one, index, item)
+            try:
+                answers = await self._send_ops(client, ops)
+            except NodeCircuitOpen as exc:
+                return [NodeResult.failure(item, str(exc), retry_after=exc.retry_after) for item in work]
+            except NodeError as exc:
+                return [NodeResult.failure(item, f"{type(exc).__name__}: {exc}") for item in work]
+        if answers is None:
+            return [
+                NodeResult.failure(item, f"no answer within {self._lease / 2:g} s (half the lease)")
+                for item in work
+            ]
         return [
-            result
-            if result is not None
-            else NodeResult.failure(item, f"no answer within {self._lease / 2:g} s (half the lease)")
-            for item, result in zip(work, results, strict=True)
+            NodeResult.success(item)
+            if answer.ok
+            else NodeResult.failure(item, f"op failed on the node: HTTP {answer.status}: {answer.error}")
+            for item, answer in zip(work, answers, strict=True)
         ]
+
+    async def _send_ops(self, client: NodeClient, ops: Sequence[UserOp]) -> list[OpResult]:
+        """One batch request, or single calls to an agent that lacks the batch route."""
+        if client.name not in self._single_call_nodes:
+            try:
+                return await client.apply_batch(ops)
+            except NodeRejected as exc:
+                if exc.status not in (404, 405):
+                    raise
+                _log.warning(
+                    "node %s has no batch route (HTTP %s): using single-user calls", client.name, exc.status
+                )
+                self._single_call_nodes.add(client.name)
+        return await self._send_singly(client, ops)
+
+    async def _send_singly(self, client: NodeClient, ops: Sequence[UserOp]) -> list[OpResult]:
+        """The single-user routes, concurrently (the client bounds how many run at once).
+
+        A failure of one call is that op's result, as in a batch; only an open circuit, which
+        makes every call fail alike, is raised.
+        """
+        results: list[OpResult | None] = [None] * len(ops)
+
+        async def one(index: int, op: UserOp) -> None:
+            try:
+                if op.kind == "put":
+                    changed = await client.put_user(op.email, op.uuid, flow=op.flow, level=op.level)
+                else:
+                    changed = await client.delete_user(op.email)
+            except NodeCircuitOpen:
+                raise
+            except NodeError as exc:
+                results[index] = OpResult.failed(exc.status or 503, f"{type(exc).__name__}: {exc}")
+            else:
+                results[index] = OpResult.done(changed)
+            self.heartbeat()  # progress, even inside a long batch
+
+        async with trio.open_nursery() as nursery:
+            for index, op in enumerate(ops):
+                nursery.start_soon(one, index, op)
+        return [r if r is not None else OpResult.failed(503, "not sent") for r in results]
 
     # -- full reconcile ----------------------------------------------------------------------
 
@@ -393,7 +503,7 @@ class VpnController(Actor):
     async def _reconcile_node(self, client: NodeClient, tally: _Tally) -> None:
         try:
             await self._merge_join(client, tally)
-        except NodeError as exc:
+        except (NodeError, _ReconcileLeaseRefused) as exc:
             tally.failed_nodes.append(client.name)
             _log.warning("reconcile of node %s stopped: %s", client.name, exc)
 
@@ -430,28 +540,65 @@ class VpnController(Actor):
     async def _remove_orphans(self, client: NodeClient, emails: list[str], tally: _Tally) -> None:
         if not emails:
             return
-        keep = await self._db().run(wanted_among, emails=list(emails))
-        doomed = [email for email in emails if email not in keep]
+        candidates = list(dict.fromkeys(emails))  # a node's listing never repeats, but be sure
         emails.clear()
-        removed = 0
-        errors: list[NodeError] = []
-
-        async def delete(email: str) -> None:
-            nonlocal removed
-            try:
-                if await client.delete_user(email):
-                    removed += 1
-            except NodeError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for email in doomed:
-                nursery.start_soon(delete, email)
+        await self._take_reconcile_lease(client)
+        try:
+            # Under the lease: no convergence call on this node is in flight, and none starts
+            # until the lease is dropped, so a key found unwanted here stays unwanted on the node
+            # until the delete below is done (a later wish puts it back after).
+            keep = await self._db().run(wanted_among, emails=candidates)
+            doomed: list[str] = []
+            folded: set[str] = set()
+            for email in candidates:
+                if email not in keep and email.casefold() not in folded:
+                    folded.add(email.casefold())
+                    doomed.append(email)
+            removed = 0
+            failures: list[str] = []
+            with trio.move_on_after(self._lease / 2) as scope:
+                for start in range(0, len(doomed), MAX_BATCH_OPS):
+                    chunk = [UserOp.delete(email) for email in doomed[start : start + MAX_BATCH_OPS]]
+                    for op, answer in zip(chunk, await self._send_ops(client, chunk), strict=True):
+                        if answer.ok:
+                            removed += answer.changed
+                        else:
+                            failures.append(f"{op.email}: HTTP {answer.status}: {answer.error}")
+        finally:
+            await self._release(client.name, self._reconcile_holder)
         tally.orphans_removed += removed
         self._orphans_removed += removed
         self.heartbeat()
-        if errors:
-            raise errors[0]
+        if scope.cancelled_caught:
+            raise NodeError(client.name, f"orphan deletes: no answer within {self._lease / 2:g} s")
+        if failures:
+            raise NodeError(client.name, f"{len(failures)} orphan deletes failed; first: {failures[0]}")
+
+    async def _take_reconcile_lease(self, client: NodeClient) -> None:
+        """Wait (up to ``lease`` seconds) for the node's exclusive reconcile lease.
+
+        While refused, the waiting row keeps new convergence claims off, so running passes end.
+        """
+        waited_until = trio.current_time() + self._lease
+        delay = 0.05
+        while True:
+            now = self._clock.now()
+            granted = await self._db().run(
+                take_reconcile_lease,
+                node=client.name,
+                holder=self._reconcile_holder,
+                now=now,
+                until=now + dt.timedelta(seconds=self._lease),
+                wait_until=now + dt.timedelta(seconds=min(self._lease, 5.0)),
+            )
+            self.heartbeat()
+            if granted:
+                return
+            if trio.current_time() >= waited_until:
+                await self._release(client.name, self._reconcile_holder)
+                raise _ReconcileLeaseRefused(client.name, self._lease)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _mark_missing(self, client: NodeClient, keys: list[uuid.UUID], tally: _Tally) -> None:
         if not keys:
