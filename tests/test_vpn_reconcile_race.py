@@ -52,14 +52,17 @@ def controller(db: Database, fleet: Fleet) -> VpnController:
 
 async def _new_key(tx: Tx, *, user_id: int, now: dt.datetime) -> uuid.UUID:
     await tx.execute(
-        "INSERT INTO users (id, language, referral_code, created_at) VALUES ($1::bigint, 'en', 'ref' || $1::text, $2)",
+        "INSERT INTO users (id, language, referral_code, created_at) "
+        "VALUES ($1::bigint, 'en', 'ref' || $1::text, $2)",
         user_id,
         now,
     )
     subscription = await tx.fetchval(
         """
-        INSERT INTO subscriptions (user_id, kind, status, starts_at, expires_at, token, created_at, updated_at)
-        VALUES ($1::bigint, 'trial', 'active', $2, $2::timestamptz + interval '7 days', md5('token' || $1::text), $2, $2)
+        INSERT INTO subscriptions (user_id, kind, status, starts_at, expires_at, token,
+                                   created_at, updated_at)
+        VALUES ($1::bigint, 'trial', 'active', $2, $2::timestamptz + interval '7 days',
+                md5('token' || $1::text), $2, $2)
         RETURNING id
         """,
         user_id,
@@ -86,7 +89,9 @@ async def _set_desired(tx: Tx, *, key: uuid.UUID, desired: str, now: dt.datetime
 
 
 async def _wanted_present(tx: Tx) -> set[str]:
-    rows = await tx.fetch("SELECT uuid::text AS email FROM vpn_keys WHERE desired = 'present' LIMIT 10000")
+    rows = await tx.fetch(
+        "SELECT uuid::text AS email FROM vpn_keys WHERE desired = 'present' LIMIT 10000"
+    )
     return {row["email"] for row in rows}
 
 
@@ -105,14 +110,46 @@ async def _pending(tx: Tx) -> int:
     return int(unplanned) + int(pending)
 
 
+class Race:
+    """One round: A reconciles; once A's delete of ``key`` reaches the node, B wants it and converges."""
+
+    def __init__(self, a: VpnController, b: VpnController, b_db: Database, key: uuid.UUID) -> None:
+        self.a, self.b, self.b_db, self.key = a, b, b_db, key
+        self.delete_arrived = trio.Event()
+        self.put_back = trio.Event()
+        self.reconciled = trio.Event()
+
+    async def gate(self, kind: str, email: str) -> None:
+        """The node's change gate: hold A's delete until B's put has landed (or HOLD passed)."""
+        if email != str(self.key):
+            return
+        if kind == "put":
+            self.put_back.set()
+            return
+        self.delete_arrived.set()  # A has re-checked "not wanted" and sent the delete
+        with trio.move_on_after(HOLD):
+            await self.put_back.wait()
+
+    async def reconcile(self) -> None:
+        await self.a.reconcile()
+        self.reconciled.set()
+
+    async def want_again_and_converge(self) -> None:
+        await self.delete_arrived.wait()
+        await self.b_db.run(_set_desired, key=self.key, desired="present", now=NOW)
+        # B converges as fast as it can until both have settled.
+        while not (self.reconciled.is_set() and not await self.b_db.run(_pending)):
+            await self.b.converge()
+            await trio.sleep(0.01)
+
+
 async def test_reconcile_racing_convergence_never_leaves_a_wanted_key_off_the_node(
     db: Database, fresh_database: str, nursery: trio.Nursery
 ) -> None:
     emulator = NodeEmulator(TOKEN)
     await nursery.start(emulator.run)
-    node = NodeConfig(
-        name="n0", agent_url=str(emulator.url), token=TOKEN, public_host="127.0.0.1", port=443, security="none"
-    )
+    url = str(emulator.url)
+    node = NodeConfig(name="n0", agent_url=url, token=TOKEN, public_host="127.0.0.1", port=443, security="none")
     other_db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=5))
     try:
         async with Fleet([node], timeout=5) as fleet_a, Fleet([node], timeout=5) as fleet_b:
@@ -127,38 +164,13 @@ async def test_reconcile_racing_convergence_never_leaves_a_wanted_key_off_the_no
                 await b.converge()
                 assert str(key) in emulator.users
                 await other_db.run(_set_desired, key=key, desired="absent", now=NOW)
-                delete_arrived, put_back = trio.Event(), trio.Event()
-
-                async def gate(kind: str, email: str, key: uuid.UUID = key) -> None:
-                    if email != str(key):
-                        return
-                    if kind == "put":
-                        put_back.set()
-                        return
-                    delete_arrived.set()  # A has re-checked "not wanted" and sent the delete
-                    with trio.move_on_after(HOLD):
-                        await put_back.wait()
-
-                emulator.change_gate = gate
-                reconciled = trio.Event()
-
-                async def reconcile() -> None:
-                    await a.reconcile()
-                    reconciled.set()
-
-                async def want_again_and_converge(key: uuid.UUID = key) -> None:
-                    await delete_arrived.wait()
-                    await other_db.run(_set_desired, key=key, desired="present", now=NOW)
-                    # B converges as fast as it can until both have settled.
-                    while not (reconciled.is_set() and not await other_db.run(_pending)):
-                        await b.converge()
-                        await trio.sleep(0.01)
-
-                async with trio.open_nursery() as race:
-                    race.start_soon(reconcile)
-                    race.start_soon(want_again_and_converge)
+                race = Race(a, b, other_db, key)
+                emulator.change_gate = race.gate
+                async with trio.open_nursery() as both:
+                    both.start_soon(race.reconcile)
+                    both.start_soon(race.want_again_and_converge)
                 emulator.change_gate = None
-                raced += put_back.is_set()
+                raced += race.put_back.is_set()
                 assert await db.run(_applied_present, key=key), "the database records the key as applied"
                 wanted = await db.run(_wanted_present)
                 missing = wanted - set(emulator.users)
