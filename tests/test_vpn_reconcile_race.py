@@ -149,7 +149,7 @@ async def test_reconcile_racing_convergence_never_leaves_a_wanted_key_off_the_no
     emulator = NodeEmulator(TOKEN)
     await nursery.start(emulator.run)
     url = str(emulator.url)
-    node = NodeConfig(name="n0", agent_url=url, token=TOKEN, public_host="127.0.0.1", port=443, security="none")
+    node = NodeConfig(name="n0", agent_url=url, token=TOKEN, public_host="127.0.0.1", port=1, security="none")
     other_db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=5))
     try:
         async with Fleet([node], timeout=5) as fleet_a, Fleet([node], timeout=5) as fleet_b:
