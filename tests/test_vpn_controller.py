@@ -352,6 +352,26 @@ async def test_two_controllers_never_apply_the_same_key_twice(
     assert len(await outbox(db, KEY_ACTIVE_KIND)) == 150
 
 
+async def test_batches_carry_the_claimed_rows_and_an_older_agent_gets_single_calls(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    current = CountingEmulator(TOKEN)
+    older = NodeEmulator(TOKEN, batch_route=False)
+    for emulator in (current, older):
+        await nursery.start(emulator.run)
+    wanted = await seed_keys(db, 25)
+    async with Fleet(node_configs([current, older]), timeout=5, max_concurrency=2) as fleet:
+        controller = make_controller(db, fleet, Clock(NOW), batch=10)
+        report = await controller.converge()
+        assert (report.converged, report.failed) == (50, 0)
+    assert set(current.users) == set(older.users) == wanted
+    # 25 rows in claims of 10 over two lanes: three batch requests, no single-user call.
+    assert current.calls["batch"] == 3
+    assert current.calls["put_user"] == 0 and max(current.puts.values()) == 1
+    # The older agent answered 404 to the batch route; every row then went by PUT, once each.
+    assert "batch" not in older.calls and older.calls["put_user"] == 25
+
+
 async def test_no_node_call_inside_a_unit_of_work(db: Database, nursery: trio.Nursery) -> None:
     (emulator,) = await start_nodes(nursery, 1)
     async with Fleet(node_configs([emulator]), timeout=5) as fleet:

@@ -6,6 +6,7 @@ real sockets. It speaks exactly the contract in :mod:`atlas.vpn.node_client` (be
 keyset-paginated user list, idempotent PUT/DELETE, the batch route of :mod:`atlas.vpn.user_batch`
 with its per-op results, traffic counters, 400/401/502 errors) and lets a test break it on purpose:
 
+* ``batch_route=False``: no ``POST /v1/users:batch`` (404), as an agent that predates it.
 * ``latency``: seconds every request waits (``trio.sleep``, so ``MockClock`` controls it).
 * :meth:`fail_next`: the next ``n`` requests answer ``status`` (503 by default) with an error body.
 * :meth:`garbage_next`: the next ``n`` requests answer 200 with garbage (not JSON, the wrong
@@ -83,7 +84,7 @@ ChangeGate = Callable[[str, str], Awaitable[None]]
 class NodeEmulator:
     """An in-memory node agent served over HTTP; see the module docstring for the faults."""
 
-    def __init__(self, token: str, *, latency: float = 0.0) -> None:
+    def __init__(self, token: str, *, latency: float = 0.0, batch_route: bool = True) -> None:
         if not token:
             raise ValueError("the emulator needs a non-empty token")
         self._token = token.encode()
@@ -110,7 +111,6 @@ class NodeEmulator:
             routes=[
                 Route("/v1/health", self._endpoint("health", self._health), methods=["GET"]),
                 Route("/v1/users", self._endpoint("list_users", self._list_users), methods=["GET"]),
-                Route("/v1/users:batch", self._endpoint("batch", self._batch), methods=["POST"]),
                 Route("/v1/users/{email}", self._endpoint("put_user", self._put_user), methods=["PUT"]),
                 Route(
                     "/v1/users/{email}", self._endpoint("delete_user", self._delete_user), methods=["DELETE"]
@@ -119,6 +119,10 @@ class NodeEmulator:
             ],
             max_body_size=MAX_BODY,
         )
+        if batch_route:  # without it: an agent older than the batch route (404 to it)
+            self.app.router.routes.insert(
+                2, Route("/v1/users:batch", self._endpoint("batch", self._batch), methods=["POST"])
+            )
 
     def __repr__(self) -> str:
         return f"<NodeEmulator {self.url or 'not started'} users={len(self.users)} state={self._state}>"
