@@ -307,8 +307,9 @@ async def claim_leased_node_work(
     """:func:`claim_node_work` under ``holder``'s converge lease of ``node``, in one transaction.
 
     Returns None, claiming nothing, when the node's lease is refused (a reconcile holds or waits
-    for it; see :mod:`atlas.storage.units.vpn_node_lease`). The converge lease is renewed until
-    ``lease_until``, so it outlives every call made for the rows claimed here.
+    for it; see :mod:`atlas.storage.units.vpn_node_lease`). The converge lease is kept covering
+    at least three quarters of ``lease_until - now``, so it outlives every call made for the rows
+    claimed here (the controller bounds them by half the lease).
     """
     _check_node(node)
     if not await take_converge_lease(tx, node=node, holder=holder, now=now, until=lease_until):

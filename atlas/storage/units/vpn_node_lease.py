@@ -63,10 +63,41 @@ async def take_converge_lease(
 
     Returns False (and takes nothing) while another holder has a live reconcile row, granted or
     waiting. Renewing never shortens a lease.
+
+    The common case, a claim by a pass that holds the lease, reads the row and writes nothing
+    while the lease still covers three quarters of ``until - now`` (the controller bounds the
+    calls of a claim by half the lease, and the margin covers the claim itself), so the claims of a node's lanes neither queue on the
+    node's advisory lock nor on the row's lock. A renewal is one UPDATE without the advisory
+    lock. Both are safe because a reconcile is granted only under that lock, after deleting rows
+    that ran out and finding no live converge row: a row seen live here cannot be deleted under
+    us, and a row found missing sends us to the locked path. The read of reconcile rows in these
+    paths only serves writer preference (liveness), not exclusion.
     """
     _check_holder(holder)
     check_now(now)
     check_now(until)
+    current = await tx.fetchval(
+        """
+        SELECT lease_until FROM vpn_node_leases
+        WHERE node = $1 AND holder = $2 AND kind = 'converge' AND lease_until > $3
+          AND NOT EXISTS (SELECT 1 FROM vpn_node_leases r WHERE r.node = $1 AND r.holder <> $2
+                          AND r.kind = 'reconcile' AND r.lease_until > $3)
+        """,
+        node,
+        holder,
+        now,
+    )
+    if current is not None:
+        if current >= now + (until - now) * 3 / 4:
+            return True
+        await tx.execute(
+            "UPDATE vpn_node_leases SET lease_until = greatest(lease_until, $3) "
+            "WHERE node = $1 AND holder = $2",
+            node,
+            holder,
+            until,
+        )
+        return True
     await _serialise_node(tx, node, now)
     blocked = await tx.fetchval(
         "SELECT EXISTS (SELECT 1 FROM vpn_node_leases "
