@@ -20,7 +20,11 @@ node-ops. A ratio well below 1 means the time goes elsewhere than waiting for no
 the controller (its two database units per batch, HTTP, JSON) or of the emulators.
 
     .venv/bin/python bench/bench_vpn_convergence.py [--keys 10000] [--nodes 3] [--latency 0.02]
-        [--limit 8] [--batch 64]
+        [--limit 8] [--batch 64] [--single-user-routes] [--in-process]
+
+``--single-user-routes`` serves agents without the batch route, so the controller falls back to
+one request per user (the protocol before batches; its ceiling is the per-call one): run it
+interleaved with the default to get the batch / single ratio on the same machine state.
 """
 
 from __future__ import annotations
@@ -54,11 +58,11 @@ NOW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 # ---------------------------------------------------------------- the emulators' process
 
 
-async def _serve_emulators(count: int, latency: float) -> None:
+async def _serve_emulators(count: int, latency: float, batch_route: bool) -> None:
     async with trio.open_nursery() as nursery:
         urls = []
         for _ in range(count):
-            emulator = NodeEmulator(TOKEN, latency=latency)
+            emulator = NodeEmulator(TOKEN, latency=latency, batch_route=batch_route)
             urls.append(await nursery.start(emulator.run))
         print(json.dumps(urls), flush=True)
         # Until the parent closes our stdin.
@@ -68,9 +72,12 @@ async def _serve_emulators(count: int, latency: float) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _spawn_emulators(count: int, latency: float) -> tuple[subprocess.Popen[str], list[str]]:
+def _spawn_emulators(
+    count: int, latency: float, batch_route: bool
+) -> tuple[subprocess.Popen[str], list[str]]:
+    extra = [] if batch_route else ["--single-user-routes"]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-emulators", str(count), "--latency", str(latency)],
+        [sys.executable, __file__, "--serve-emulators", str(count), "--latency", str(latency), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -180,7 +187,9 @@ async def _run(
             if urls is None:
                 urls = []
                 for _ in range(args.nodes):
-                    emulator = NodeEmulator(TOKEN, latency=args.latency)
+                    emulator = NodeEmulator(
+                        TOKEN, latency=args.latency, batch_route=not args.single_user_routes
+                    )
                     urls.append(await nursery.start(emulator.run))
             nodes = [
                 NodeConfig(
@@ -254,14 +263,21 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=8, help="requests in flight (lanes) per node")
     parser.add_argument("--batch", type=int, default=64, help="rows per lane claim = ops per request")
     parser.add_argument("--in-process", action="store_true", help="serve the emulators from this process")
+    parser.add_argument(
+        "--single-user-routes",
+        action="store_true",
+        help="emulate agents without the batch route: one request per user (the pre-batch protocol)",
+    )
     parser.add_argument("--serve-emulators", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulators:
-        trio.run(_serve_emulators, args.serve_emulators, args.latency)
+        trio.run(_serve_emulators, args.serve_emulators, args.latency, not args.single_user_routes)
         return
 
     load_before = _load_average()
-    child, urls = (None, None) if args.in_process else _spawn_emulators(args.nodes, args.latency)
+    child, urls = (None, None) if args.in_process else _spawn_emulators(
+        args.nodes, args.latency, not args.single_user_routes
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
             server = EmbeddedPostgres(Path(tmp), durable=False)
@@ -282,7 +298,7 @@ def main() -> None:
     node_ops = args.keys * args.nodes
     elapsed = result["elapsed"]
     per_call_ceiling = args.limit / args.latency * args.nodes
-    ceiling_ops = per_call_ceiling * args.batch
+    ceiling_ops = per_call_ceiling * (1 if args.single_user_routes else args.batch)
     ceiling_keys = ceiling_ops / args.nodes
     ops_rate = node_ops / elapsed
     keys_rate = args.keys / elapsed
@@ -290,6 +306,7 @@ def main() -> None:
         f".venv/bin/python bench/bench_vpn_convergence.py --keys {args.keys} --nodes {args.nodes} "
         f"--latency {args.latency:g} --limit {args.limit} --batch {args.batch}"
         + (" --in-process" if args.in_process else "")
+        + (" --single-user-routes" if args.single_user_routes else "")
     )
     where = "this process" if args.in_process else "a separate process"
     print(f"command: `{command}`")
@@ -309,7 +326,7 @@ def main() -> None:
     print(f"| time to converge every key on every node | {elapsed:.2f} s |")
     print(f"| measured | {keys_rate:,.0f} keys/s = {ops_rate:,.0f} node-ops/s |")
     per_request = node_ops / max(result["batches"], 1)
-    print(f"| batch requests | {result['batches']:,.0f} ({per_request:.1f} ops each) |")
+    print(f"| requests to the nodes | {result['batches']:,.0f} ({per_request:.1f} ops each) |")
     print(
         f"| ceiling (limit × batch / latency × nodes) | {ceiling_keys:,.0f} keys/s = "
         f"{ceiling_ops:,.0f} node-ops/s |"
