@@ -53,6 +53,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -423,9 +424,9 @@ async def run_agent(
     """Run the node agent until cancelled; ``task_status.started`` gets its base URL.
 
     Loads the config file (a bad file fails here with :class:`CoreConfigError`, before serving),
-    serves the HTTP API, and re-applies every file user to the core in the background until that
-    succeeds once (the core may still be starting). Cancellation stops the server gracefully and
-    closes the connection to the core.
+    serves the HTTP API (HTTPS with the settings' TLS files), and re-applies every file user to
+    the core in the background until that succeeds once (the core may still be starting).
+    Cancellation stops the server gracefully and closes the connection to the core.
     """
     config = CoreConfigFile(settings.config_path, settings.inbound_tag)
     await config.load()
@@ -435,7 +436,17 @@ async def run_agent(
         agent = NodeAgent(config, driver)
         app = build_agent_app(agent, token=settings.token.get_secret_value())
         async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(serve_asgi, app, settings.listen_host, settings.listen_port)
+            tls = settings.tls_cert_file, settings.tls_key_file
+            url: str = await nursery.start(
+                partial(
+                    serve_asgi,
+                    certfile=None if tls[0] is None else str(tls[0]),
+                    keyfile=None if tls[1] is None else str(tls[1]),
+                ),
+                app,
+                settings.listen_host,
+                settings.listen_port,
+            )
             nursery.start_soon(agent.keep_core_in_step)
             _log.info("node agent listening on %s, core API %s", url, settings.core_api)
             task_status.started(url)

@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import json as jsonlib
 import math
+import ssl
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import quote
 
+import httpx
 import trio
 
 from atlas.net import OutboundError, OutboundHttp, ensure_no_connection_held
@@ -328,7 +330,10 @@ class NodeClient:
             http
             if http is not None
             else OutboundHttp(
-                timeout=timeout, max_response_bytes=MAX_RESPONSE_BYTES, max_connections=max_concurrency
+                timeout=timeout,
+                max_response_bytes=MAX_RESPONSE_BYTES,
+                max_connections=max_concurrency,
+                transport=_trusting_transport(node.agent_ca_file, max_concurrency),
             )
         )
         self._base = node.agent_url.rstrip("/")
@@ -548,6 +553,21 @@ class NodeClient:
         if 400 <= status <= 499:
             raise NodeRejected(name, f"{what}: HTTP {status}{detail}", status=status)
         raise NodeProtocolError(name, f"{what}: unexpected HTTP {status}{detail}", status=status)
+
+
+def _trusting_transport(ca_file: str, max_connections: int) -> httpx.AsyncHTTPTransport | None:
+    """A transport that trusts ``ca_file`` (a self-signed agent), or None for the system store.
+
+    Raises ``ValueError`` naming the file when it cannot be read as PEM certificates.
+    """
+    if not ca_file:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"agent_ca_file {ca_file!r}: {exc}") from exc
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncHTTPTransport(verify=context, limits=limits)
 
 
 def _error_detail(content: bytes) -> str:

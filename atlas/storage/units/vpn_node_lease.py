@@ -66,12 +66,13 @@ async def take_converge_lease(
 
     The common case, a claim by a pass that holds the lease, reads the row and writes nothing
     while the lease still covers three quarters of ``until - now`` (the controller bounds the
-    calls of a claim by half the lease, and the margin covers the claim itself), so the claims of a node's lanes neither queue on the
-    node's advisory lock nor on the row's lock. A renewal is one UPDATE without the advisory
-    lock. Both are safe because a reconcile is granted only under that lock, after deleting rows
-    that ran out and finding no live converge row: a row seen live here cannot be deleted under
-    us, and a row found missing sends us to the locked path. The read of reconcile rows in these
-    paths only serves writer preference (liveness), not exclusion.
+    calls of a claim by half the lease; the margin covers the claim itself), so the claims of a
+    node's lanes queue neither on the node's advisory lock nor on the row's lock. A renewal is
+    one UPDATE without the advisory lock. Both are safe because a reconcile is granted only under
+    that lock, after deleting rows that ran out and finding no live converge row: a row seen live
+    here cannot be deleted under us, and a row found missing sends us to the locked path. The
+    read of reconcile rows in these paths only serves writer preference (liveness), not
+    exclusion.
     """
     _check_holder(holder)
     check_now(now)
