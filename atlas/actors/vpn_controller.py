@@ -93,7 +93,8 @@ _log = logging.getLogger("atlas.actors.vpn_controller")
 
 @dataclass(frozen=True, slots=True)
 class ConvergeReport:
-    """One convergence pass: rows planned, node calls recorded, nodes skipped (circuit open)."""
+    """One convergence pass: rows planned, node ops recorded, nodes skipped (circuit open) and
+    nodes busy (their lease refused: a reconcile of the node holds it or waits for it)."""
 
     planned: int = 0
     converged: int = 0
@@ -450,8 +451,8 @@ class VpnController(Actor):
     async def _send_singly(self, client: NodeClient, ops: Sequence[UserOp]) -> list[OpResult]:
         """The single-user routes, concurrently (the client bounds how many run at once).
 
-        A failure of one call is that op's result, as in a batch; only an open circuit, which
-        makes every call fail alike, is raised.
+        A failure of one call, an open circuit included, is that op's result, as in a batch
+        (nothing is raised out of the nursery, so no error arrives wrapped in a group).
         """
         results: list[OpResult | None] = [None] * len(ops)
 
@@ -461,8 +462,6 @@ class VpnController(Actor):
                     changed = await client.put_user(op.email, op.uuid, flow=op.flow, level=op.level)
                 else:
                     changed = await client.delete_user(op.email)
-            except NodeCircuitOpen:
-                raise
             except NodeError as exc:
                 results[index] = OpResult.failed(exc.status or 503, f"{type(exc).__name__}: {exc}")
             else:
