@@ -65,7 +65,7 @@ async def test_a_crash_in_a_child_actor_is_readable_with_atlas_crashes(
                 await trio.sleep(0.05)
         async with httpx.AsyncClient(base_url=services.web_url or "") as client:
             ready = await client.get("/readyz")
-            status = (await client.get("/status")).json()
+            status = (await client.get("/status.json")).json()
             metrics = (await client.get("/metrics")).text
         stop.set()
 

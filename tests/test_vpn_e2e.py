@@ -175,7 +175,12 @@ async def test_an_issued_key_tunnels_until_it_expires_and_survives_a_core_restar
             assert (report.converged, report.failed) == (1, 0)
             await assert_fetch_fails(proxies[expiring], page_url)
             async with httpx.AsyncClient(base_url=sub_url, trust_env=False, timeout=5) as web:
-                assert (await web.get(f"/sub/{expiring}")).content == b""  # expired: no links
+                # Expired: no servers, only placeholders that say so and connect nowhere.
+                body = (await web.get(f"/sub/{expiring}")).content
+                lines = base64.b64decode(body).decode().split("\n")
+                placeholders = [parse_vless_link(line) for line in lines]
+                assert placeholders[0].label.startswith("⌛")
+                assert {(link.host, link.port) for link in placeholders} == {("0.0.0.0", 1)}
 
             # The core restarts from the file the agent keeps: the valid key works again, the
             # expired one stays refused, and a full reconcile finds nothing to repair.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid as uuidlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ from starlette.routing import Route
 from atlas.vpn.agent import run_agent
 from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core import CoreDriver
-from atlas.vpn.core_config import render_client_config, render_server_config
+from atlas.vpn.core_config import render_client_config
 from atlas.vpn.core_errors import (
     CoreError,
     CoreInboundNotFound,
@@ -34,30 +33,11 @@ from atlas.vpn.core_errors import (
 )
 from atlas.vpn.core_process import ManagedCore, core_command
 from atlas.web.server import serve_asgi
-from tests._vpn_support import free_ports
+from tests._vpn_support import ServerCore, free_ports, start_server_core
 
 TAG = "vless-in"
 TOKEN = "test-token-0123456789abcdef"
 PAGE = "hello through the tunnel"
-
-
-@dataclass
-class ServerCore:
-    core: ManagedCore
-    api: str
-    vless_port: int
-    config_path: Path
-
-
-async def start_server_core(nursery: trio.Nursery, directory: Path, binary: str) -> ServerCore:
-    vless_port, api_port = free_ports(2)
-    config_path = directory / "server.json"
-    config_path.write_text(json.dumps(render_server_config(vless_port=vless_port, api_port=api_port)))
-    core = ManagedCore(
-        core_command(binary, config_path, "v2ray"), ready=[("127.0.0.1", api_port), ("127.0.0.1", vless_port)]
-    )
-    await core.start(nursery)
-    return ServerCore(core, f"127.0.0.1:{api_port}", vless_port, config_path)
 
 
 @pytest.fixture

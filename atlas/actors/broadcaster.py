@@ -197,5 +197,7 @@ class Broadcaster(Actor):
             # 400 not modified / message deleted, 403: the admin cannot be shown it; do not insist.
             _log.info("progress of broadcast %d not editable: %s", broadcast.id, exc.message)
         self.edits += 1
-        self._last_edit[broadcast.id] = (now, text)
+        # Stamped when the answer arrived, not when the edit was sent: the next edit then reaches
+        # Telegram at least ``progress_interval`` after this one did, whatever the latency.
+        self._last_edit[broadcast.id] = (trio.current_time(), text)
         return True

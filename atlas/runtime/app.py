@@ -31,6 +31,7 @@ from typing import Any
 import trio
 import trio_asyncio
 
+from atlas.actors.base import Actor
 from atlas.actors.broadcaster import Broadcaster
 from atlas.actors.expiry import ExpiryWorker
 from atlas.actors.housekeeping import CrashReportPruner
@@ -123,6 +124,8 @@ def web_child(services: Services) -> ChildSpec:
         services.settings.public_base_url,
         services.settings.support_url,
         clock=services.clock,
+        bot_username=services.settings.bot_username,
+        announce=services.settings.subscription_announce,
     )
     if services.settings.cryptopay_token is not None:
         routes.append(
@@ -179,7 +182,11 @@ def worker_specs(services: Services) -> list[ChildSpec]:
     def rng(name: str) -> random.Random:
         return seeded_random(settings.seed, name)
 
-    specs = [
+    def supervised(actor: Actor, *, stall_after: float) -> ChildSpec:
+        services.actors[actor.name] = actor  # for /status: mailbox depth per actor
+        return actor.child_spec(stall_after=stall_after)
+
+    batch_workers = [
         RenewalWorker(
             db=db,
             clock=clock,
@@ -188,28 +195,29 @@ def worker_specs(services: Services) -> list[ChildSpec]:
             currency=settings.currency,
             renew_window=dt.timedelta(hours=settings.renew_window_hours),
             retry_after=dt.timedelta(hours=settings.renew_retry_hours),
-        ).child_spec(stall_after=120.0),
+        ),
         ReminderWorker(
             db=db,
             clock=clock,
             rng=rng("trial_notices"),
             currency=settings.currency,
             kind=SubscriptionKind.TRIAL,
-        ).child_spec(stall_after=120.0),
-        ExpiryWorker(db=db, clock=clock, rng=rng("expiry")).child_spec(stall_after=120.0),
+        ),
+        ExpiryWorker(db=db, clock=clock, rng=rng("expiry")),
         ReminderWorker(
             db=db, clock=clock, rng=rng("reminders"), currency=settings.currency, kind=SubscriptionKind.PAID
-        ).child_spec(stall_after=120.0),
-        CrashReportPruner(db=db, clock=clock, rng=rng("crash_report_pruner")).child_spec(stall_after=120.0),
+        ),
+        CrashReportPruner(db=db, clock=clock, rng=rng("crash_report_pruner")),
     ]
+    specs = [supervised(worker, stall_after=120.0) for worker in batch_workers]
     if services.bot is not None:
         sender = OutboxSender(db=db, bot=services.bot, clock=clock, rng=rng("outbox_sender"))
         broadcaster = Broadcaster(
             db=db, bot=services.bot, clock=clock, rng=rng("broadcaster"), wake_sender=sender.wake
         )
         services.broadcaster = broadcaster
-        specs.append(sender.child_spec(stall_after=180.0))
-        specs.append(broadcaster.child_spec(stall_after=120.0))
+        specs.append(supervised(sender, stall_after=180.0))
+        specs.append(supervised(broadcaster, stall_after=120.0))
     if services.cryptopay is not None:
         watcher = PaymentWatcher(
             db=db,
@@ -219,10 +227,10 @@ def worker_specs(services: Services) -> list[ChildSpec]:
             referral_policy=referral_policy(settings),
             balance_currency=settings.currency,
         )
-        specs.append(watcher.child_spec(stall_after=120.0))
+        specs.append(supervised(watcher, stall_after=120.0))
     if services.fleet is not None:
         controller = VpnController(db=db, fleet=services.fleet, clock=clock, rng=rng("vpn_controller"))
-        specs.insert(3, controller.child_spec(stall_after=90.0))
+        specs.insert(3, supervised(controller, stall_after=90.0))
     return specs
 
 

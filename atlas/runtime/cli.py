@@ -14,6 +14,7 @@ Exit codes: 0 success, 1 the root supervisor gave up or a check failed, 2 bad se
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from atlas.runtime.database import open_database
 from atlas.runtime.logs import LogPipeline, configure_logging
 from atlas.runtime.settings import Settings, SettingsError, load_settings
 from atlas.storage import StorageError, Tx, migrate
-from atlas.storage.crash_reports import latest_crash_reports
+from atlas.storage.crash_reports import CrashReportFilter, latest_crash_reports
+from atlas.supervision import ReportKind
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -55,9 +57,27 @@ async def _check(settings: Settings) -> int:
     return EXIT_OK
 
 
-async def _crashes(settings: Settings, limit: int, as_json: bool) -> int:
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: dt.datetime) -> dt.datetime:
+    """``--since``: an ISO date/time (UTC unless it has an offset) or an age: ``30m``, ``2h``, ``7d``."""
+    value = text.strip()
+    unit = _SINCE_UNITS.get(value[-1:].lower())
+    if unit is not None and value[:-1].isdigit():
+        return now - dt.timedelta(seconds=int(value[:-1]) * unit)
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: give an ISO date/time (2026-12-01T10:00) or an age (30m, 2h, 7d)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+async def _crashes(settings: Settings, limit: int, as_json: bool, where: CrashReportFilter) -> int:
     async with open_bridge(), open_database(settings) as db:
-        reports = await db.run(latest_crash_reports, limit=limit)
+        reports = await db.run(latest_crash_reports, limit=limit, where=where)
     if as_json:
         for report in reports:
             print(json.dumps(report.report, default=str))
@@ -133,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     crashes = commands.add_parser("crashes", help="show the latest crash reports, newest first")
     crashes.add_argument("--limit", type=int, default=20, help="how many (default 20, at most 1000)")
     crashes.add_argument("--json", action="store_true", help="one JSON report per line")
+    crashes.add_argument("--actor", help="an actor path, a subtree (root/workers) or a name (renewal)")
+    crashes.add_argument("--kind", choices=[kind.value for kind in ReportKind], help="only this kind")
+    crashes.add_argument("--since", help="an ISO date/time or an age: 30m, 2h, 7d")
     commands.add_parser("node", help="run the VPN node agent (settings: ATLAS_NODE_*)")
     return parser
 
@@ -156,7 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "check":
         command = lambda: _check(settings)  # noqa: E731
     else:
-        command = lambda: _crashes(settings, args.limit, args.json)  # noqa: E731
+        try:
+            since = None if args.since is None else parse_since(args.since, dt.datetime.now(dt.UTC))
+        except argparse.ArgumentTypeError as exc:
+            print(f"atlas crashes: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        where = CrashReportFilter(actor=args.actor, kind=args.kind, since=since)
+        command = lambda: _crashes(settings, args.limit, args.json, where)  # noqa: E731
     try:
         return trio.run(command)
     except (StorageError, OSError) as exc:

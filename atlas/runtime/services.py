@@ -15,10 +15,12 @@ from typing import Any
 import trio
 from aiogram import Bot
 
+from atlas.actors.base import Actor
 from atlas.actors.broadcaster import Broadcaster
 from atlas.clock import Clock
 from atlas.domain import PlanCatalog, load_plan_catalog
 from atlas.payments import CryptoPayClient
+from atlas.runtime.crash_alerts import AlertThrottle, admin_alert_sink
 from atlas.runtime.settings import Settings
 from atlas.runtime.telegram_tree import DispatcherSlot
 from atlas.storage import Database
@@ -54,6 +56,7 @@ class Services:
     web_url: str | None = None
     crash_counts: dict[str, int] = field(default_factory=dict)
     supervisors: list[Supervisor] = field(default_factory=list)
+    actors: dict[str, Actor] = field(default_factory=dict)
 
     def require_db(self) -> Database:
         """The open database; raises if storage is not up (a bug in the tree's order)."""
@@ -104,7 +107,7 @@ def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
 
 
 def make_services(settings: Settings, clock: Clock | None = None) -> Services:
-    """Services with the log, ring, counting and database crash-report sinks wired.
+    """Services with the log, ring, counting, database and admin-alert crash-report sinks wired.
 
     Reads the plan and node files: a malformed one fails here, naming the field, before anything
     starts.
@@ -125,6 +128,9 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     reporter.add_sink(ring)
     reporter.add_sink(_counting_sink(services))
     reporter.add_sink(_db_sink(services))
+    if settings.bot_token is not None and settings.admin_ids:
+        throttle = AlertThrottle(settings.crash_alert_interval)
+        reporter.add_sink(admin_alert_sink(settings.admin_ids, throttle, lambda: services.db))
     reporter.set_budget_probe(
         lambda: None if services.db is None else services.db.budget_statistics().as_tuple()
     )

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     slow_step_threshold: float = Field(0.1, gt=0)
     scheduler_watchdog_timeout: float = Field(60.0, gt=0)
     shutdown_timeout: float = Field(10.0, gt=0)
+    # Crash reports are sent to every admin chat, at most one per actor per this many seconds.
+    crash_alert_interval: float = Field(600.0, gt=0)
     seed: int | None = None
 
     # The shop: plans (a reviewed TOML file; unset = the example shipped with Atlas), the balance
@@ -65,6 +67,10 @@ class Settings(BaseSettings):
     nodes_file: Path | None = None
     public_base_url: str = "http://127.0.0.1:8080"
     support_url: str | None = None
+    # The subscription URL: the bot's @username, named in the expired/banned placeholders and the
+    # page's renew button (unset: "renew in the bot"), and a message for apps that show one.
+    bot_username: str | None = Field(None, pattern=r"^@?[A-Za-z][A-Za-z0-9_]{3,31}$")
+    subscription_announce: str | None = Field(None, min_length=1, max_length=200)
 
     # Telegram (unset token = no bot) and Crypto Pay (unset token = no crypto payments).
     bot_token: SecretStr | None = None

@@ -1,4 +1,4 @@
-"""What operators see: readiness (``/readyz``) and the status document (``/status``)."""
+"""What operators see: readiness (``/readyz``) and the status document (``/status``, ``/status.json``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import trio
 from atlas.runtime.logs import DroppingQueueHandler
 from atlas.runtime.services import Services
 from atlas.storage import StorageError, Tx
+from atlas.storage.units.operator_view import operator_view
+
+_log = logging.getLogger("atlas.runtime.status")
 
 
 async def _select_one(tx: Tx) -> int:
@@ -44,10 +47,45 @@ async def readiness(services: Services) -> tuple[bool, list[str]]:
     return (not reasons, reasons)
 
 
+def _last_crash_by_path(services: Services) -> dict[str, dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for report in services.ring.latest():  # newest first: keep the first seen per path
+        latest.setdefault(report.path, {"kind": report.kind.value, "time": report.time.isoformat(),
+                                        "exc_type": report.exc_type, "message": report.message})
+    return latest
+
+
+async def _work_to_do(services: Services) -> dict[str, Any] | None:
+    """The outbox backlog and keys pending per node; None when the database gives no answer in 2 s."""
+    db = services.db
+    if db is None:
+        return None
+    nodes = [node.name for node in services.nodes if node.enabled]
+    try:
+        with trio.move_on_after(2.0):
+            view = await db.run(operator_view, now=services.clock.now(), nodes=nodes)
+            return {
+                "cap": view.cap,
+                "outbox": {
+                    "pending": view.outbox_pending,
+                    "due": view.outbox_due,
+                    "sent_last_minute": view.outbox_sent_last_minute,
+                    "send_rate_per_second": round(view.outbox_sent_last_minute / 60.0, 2),
+                    "failed_last_hour": view.outbox_failed_last_hour,
+                },
+                "keys_pending": view.keys_pending,
+            }
+    except StorageError as exc:
+        _log.warning("status: work counts unavailable (%s)", exc.__class__.__name__)
+    return None
+
+
 async def status_snapshot(services: Services) -> dict[str, Any]:
-    """The JSON document served at ``/status``."""
+    """The JSON document served at ``/status.json`` (and rendered as the ``/status`` page)."""
     db = services.db
     budget = db.budget_statistics() if db is not None else None
+    last_crash = _last_crash_by_path(services)
+    supervisors = [supervisor.statistics() for supervisor in services.supervisors]
     return {
         "time": services.clock.now().isoformat(),
         "pid": os.getpid(),
@@ -67,6 +105,16 @@ async def status_snapshot(services: Services) -> dict[str, Any]:
             "units_run": db.units_run,
             "units_failed": db.units_failed,
         },
+        "tree": [
+            {
+                "path": stats.path or stats.name,
+                "strategy": stats.strategy.value,
+                "restarts_in_window": stats.restarts_in_window,
+                "max_restarts": stats.max_restarts,
+                "period_seconds": stats.period,
+            }
+            for stats in supervisors
+        ],
         "supervisors": [
             {
                 "path": child.path,
@@ -74,10 +122,13 @@ async def status_snapshot(services: Services) -> dict[str, Any]:
                 "restarts": child.restarts,
                 "busy_with": child.busy_with,
                 "heartbeat_age": child.heartbeat_age,
+                "mailbox": _mailbox(services, child.name),
+                "last_crash": last_crash.get(child.path),
             }
-            for supervisor in services.supervisors
-            for child in supervisor.statistics().children
+            for stats in supervisors
+            for child in stats.children
         ],
+        "work": await _work_to_do(services),
         "scheduler": {
             "slow_steps": services.instrument.count,
             "longest_step_seconds": round(services.instrument.longest, 6),
@@ -86,3 +137,11 @@ async def status_snapshot(services: Services) -> dict[str, Any]:
         "crash_reports": [report.to_json_dict() for report in services.ring.latest(20)],
         "log_records_dropped": log_drops(),
     }
+
+
+def _mailbox(services: Services, name: str) -> dict[str, int] | None:
+    actor = services.actors.get(name)
+    if actor is None:
+        return None
+    stats = actor.statistics()
+    return {"depth": stats.depth, "capacity": stats.capacity}

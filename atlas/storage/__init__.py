@@ -11,7 +11,6 @@ from atlas.storage.database import DatabaseSettings as DatabaseSettings
 from atlas.storage.database import UnitOfWork as UnitOfWork
 from atlas.storage.embedded import EmbeddedPostgres as EmbeddedPostgres
 from atlas.storage.embedded import EmbeddedPostgresError as EmbeddedPostgresError
-from atlas.storage.errors import BridgeNotOpen as BridgeNotOpen
 from atlas.storage.errors import BudgetExhausted as BudgetExhausted
 from atlas.storage.errors import DatabaseUnavailable as DatabaseUnavailable
 from atlas.storage.errors import MigrationError as MigrationError

@@ -49,14 +49,45 @@ async def record_crash_report(tx: Tx, *, report: dict[str, Any]) -> int:
     return int(row_id)
 
 
-async def latest_crash_reports(tx: Tx, *, limit: int = 20) -> list[StoredCrashReport]:
-    """The newest reports first, at most ``limit`` (capped at 1000)."""
+@dataclass(frozen=True, slots=True)
+class CrashReportFilter:
+    """Which reports to list; every field optional (None: no condition).
+
+    - ``actor``: an actor path (``root/workers/renewal``), a subtree (``root/workers`` matches
+      everything under it) or a last segment (``renewal`` matches ``.../renewal``).
+    - ``kind``: ``crash``, ``stall``, ``start_error``, ``shutdown_error`` or ``gave_up``.
+    - ``since``: only reports that occurred at or after this time.
+    """
+
+    actor: str | None = None
+    kind: str | None = None
+    since: dt.datetime | None = None
+
+
+def _like_literal(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def latest_crash_reports(
+    tx: Tx, *, limit: int = 20, where: CrashReportFilter | None = None
+) -> list[StoredCrashReport]:
+    """The newest reports first, at most ``limit`` (capped at 1000), filtered by ``where``."""
+    where = where or CrashReportFilter()
+    actor = None if where.actor is None else where.actor.strip("/")
     rows = await tx.fetch(
         """
         SELECT id, kind, occurred_at, host, pid, path, exc_type, message, report
-        FROM crash_reports ORDER BY occurred_at DESC, id DESC LIMIT $1
+        FROM crash_reports
+        WHERE ($2::text IS NULL OR path = $2 OR path LIKE $3 || '/%' OR path LIKE '%/' || $3)
+          AND ($4::text IS NULL OR kind = $4)
+          AND ($5::timestamptz IS NULL OR occurred_at >= $5)
+        ORDER BY occurred_at DESC, id DESC LIMIT $1
         """,
         max(1, min(limit, MAX_LISTED)),
+        actor,
+        None if actor is None else _like_literal(actor),
+        where.kind,
+        where.since,
     )
     return [
         StoredCrashReport(

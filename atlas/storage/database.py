@@ -4,20 +4,24 @@ Contract 1 of DESIGN.md, by construction:
 
 * Code outside this package never sees a connection. It calls ``await db.run(unit, **kwargs)``
   where ``unit`` is ``async def unit(tx, **kwargs)``. The whole unit runs inside one transaction on
-  the asyncio side of the trio-asyncio bridge, in one crossing.
-* Before crossing, ``db.run`` borrows a token from the :class:`ConnectionBudget` under a deadline;
-  the token is returned when the unit has ended *and* its connection is back in the pool.
+  the storage loop (:mod:`atlas.storage.loop`: asyncpg on a stdlib asyncio loop in a thread of its
+  own), in one handoff each way.
+* Before the handoff, ``db.run`` borrows a token from the :class:`ConnectionBudget` (a
+  ``trio.CapacityLimiter``) under a deadline; the token is returned when the unit has ended *and*
+  its connection is back in the pool.
 * While the unit runs, :func:`atlas.net.holding_connection` marks its context, so every outbound
   client raises :class:`atlas.net.ConnectionHeldAcrossIO`: a unit of work cannot do I/O.
 * The ``tx`` handle is invalidated when the unit ends (:class:`TxClosed` afterwards).
 
 Cancellation: cancelling the caller cancels the asyncio task running the unit; asyncpg rolls the
 transaction back (or, if the connection is mid-query, the pool terminates and replaces it), and only
-*then* does the trio side resume and return the token. trio-asyncio's future adapter refuses to
-abandon the asyncio task, which is exactly the property this needs.
+*then* does the trio side resume and return the token (:meth:`StorageLoop.call` waits for the task).
 
 Conflicts: a unit has no I/O, so re-running it is safe. Serialization failures and deadlocks are
 retried up to ``conflict_retries`` times before :class:`TransactionConflict` is raised.
+
+Why asyncpg is not on the process's trio-asyncio loop any more: see :mod:`atlas.storage.loop`
+(3.6× the cost per unit, measured) and docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 import trio
-import trio_asyncio
 
 from atlas.net.guard import holding_connection
 from atlas.storage.budget import BudgetStatistics, ConnectionBudget
-from atlas.storage.errors import BridgeNotOpen, DatabaseUnavailable, TransactionConflict
+from atlas.storage.errors import DatabaseUnavailable, TransactionConflict
+from atlas.storage.loop import StorageLoop
 from atlas.storage.tx import Tx
 
 P = ParamSpec("P")
@@ -84,6 +88,18 @@ class DatabaseSettings:
                 raise ValueError(f"DatabaseSettings.{name} must be positive, got {value!r}")
 
 
+async def _no_session_state_to_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing to send, so no round trip per unit.
+
+    asyncpg's default reset sends ``RESET ALL; CLOSE ALL; UNLISTEN *; SELECT
+    pg_advisory_unlock_all()`` on every release: one more round trip for every unit. Atlas's
+    connections never carry session state: a unit runs inside the one transaction ``db.run``
+    opens and ends (asyncpg still rolls back a transaction left open before calling this), units
+    use transaction-scoped locks only (``pg_advisory_xact_lock``), and the one session-level user,
+    :mod:`atlas.storage.locks`, unlocks its lock or terminates the connection when it cannot.
+    """
+
+
 def _unit_name(unit: Callable[..., Any]) -> str:
     module = getattr(unit, "__module__", "") or ""
     qualname = getattr(unit, "__qualname__", None) or repr(unit)
@@ -91,11 +107,12 @@ def _unit_name(unit: Callable[..., Any]) -> str:
 
 
 class Database:
-    """The pool owner. Open it with :meth:`open` inside the trio-asyncio loop."""
+    """The pool owner. Open it with :meth:`open` (from trio); close it with :meth:`close`."""
 
-    def __init__(self, settings: DatabaseSettings, pool: asyncpg.Pool) -> None:
+    def __init__(self, settings: DatabaseSettings, pool: asyncpg.Pool, loop: StorageLoop) -> None:
         self.settings = settings
         self._pool = pool
+        self._loop = loop
         self.budget = ConnectionBudget(settings.pool_size)
         self.units_run = 0
         self.units_failed = 0
@@ -103,10 +120,10 @@ class Database:
 
     @classmethod
     async def open(cls, settings: DatabaseSettings) -> Database:
-        """Create the asyncpg pool on the asyncio side and wrap it.
+        """Start the storage loop, create the asyncpg pool on it, and wrap both.
 
-        Raises :class:`DatabaseUnavailable` when the server cannot be reached and
-        :class:`BridgeNotOpen` outside the trio-asyncio loop.
+        Raises :class:`DatabaseUnavailable` when the server cannot be reached (the loop is stopped
+        again: nothing is left running).
         """
 
         async def _create() -> asyncpg.Pool:
@@ -116,13 +133,19 @@ class Database:
                 max_size=settings.pool_size,
                 command_timeout=settings.statement_timeout,
                 server_settings={"application_name": "atlas"},
+                reset=_no_session_state_to_reset,
             )
 
+        loop = await StorageLoop.start()
         try:
-            pool = await _cross(_create)
-        except _UNAVAILABLE as exc:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-        return cls(settings, pool)
+            pool = await loop.call(_create)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await loop.close()
+            if isinstance(exc, _UNAVAILABLE):
+                raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+            raise
+        return cls(settings, pool, loop)
 
     async def close(self) -> None:
         """Close the pool, waiting (bounded) for connections in use to come back."""
@@ -131,10 +154,13 @@ class Database:
             await asyncio.wait_for(self._pool.close(), timeout=10)
 
         try:
-            await _cross(_close)
-        except TimeoutError:
-            _log.warning("pool did not close within 10 s; terminating its connections")
-            self._pool.terminate()
+            try:
+                await self._loop.call(_close)
+            except TimeoutError:
+                _log.warning("pool did not close within 10 s; terminating its connections")
+                self._loop.call_soon(self._pool.terminate)
+        finally:
+            await self._loop.close()
 
     async def run(self, unit: UnitOfWork[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``unit(tx, **kwargs)`` whole inside one transaction and return its result.
@@ -155,7 +181,7 @@ class Database:
             try:
                 async with self.budget.borrow(self.settings.acquire_timeout, object()):
                     with trio.fail_after(self.settings.unit_timeout):
-                        result: T = await _cross(self._in_transaction, unit, name, kwargs)
+                        result: T = await self._loop.call(self._in_transaction, unit, name, kwargs)
                 self.units_run += 1
                 return result
             except _CONFLICT as exc:
@@ -175,7 +201,7 @@ class Database:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _in_transaction(self, unit: UnitOfWork[..., T], name: str, kwargs: dict[str, Any]) -> T:
-        # Runs on the asyncio side. The connection and the guard live exactly as long as this.
+        # Runs on the storage loop. The connection and the guard live exactly as long as this.
         async with self._pool.acquire() as conn:
             tx = Tx(conn, name)
             try:
@@ -189,6 +215,10 @@ class Database:
         """Snapshot of the connection budget (for metrics, /status and crash reports)."""
         return self.budget.statistics()
 
+    async def _call(self, fn: Callable[..., Awaitable[T]], /, *args: Any) -> T:
+        """Package-private: run ``fn(*args)`` on the storage loop (advisory locks use it)."""
+        return await self._loop.call(fn, *args)
+
     def pool_statistics(self) -> dict[str, int]:
         """The pool's own view: size, idle connections, and the configured maximum."""
         return {
@@ -196,14 +226,3 @@ class Database:
             "idle": self._pool.get_idle_size(),
             "max": self._pool.get_max_size(),
         }
-
-
-async def _cross(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """One crossing to the asyncio side; translates a missing loop into :class:`BridgeNotOpen`."""
-    try:
-        loop = trio_asyncio.current_loop.get()
-    except LookupError:
-        loop = None
-    if loop is None:
-        raise BridgeNotOpen("db.run needs the trio-asyncio loop; open it with atlas.runtime.bridge")
-    return await trio_asyncio.aio_as_trio(fn)(*args)  # type: ignore[no-any-return]

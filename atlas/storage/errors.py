@@ -6,7 +6,6 @@
     ├── BudgetExhausted        busy: no connection token within the acquire deadline
     ├── TxClosed               you: a ``tx`` was used after its unit of work ended
     ├── UnboundedFetch         you: ``tx.fetch`` of a query with no LIMIT and no declared bound
-    ├── BridgeNotOpen          you: ``db.run`` outside the trio-asyncio loop
     ├── DatabaseUnavailable    it broke: the server could not be reached or dropped the connection
     ├── TransactionConflict    busy: serialization failure or deadlock, still failing after retries
     └── MigrationError         the migration files and the database disagree
@@ -32,10 +31,6 @@ class TxClosed(StorageError):
 
 class UnboundedFetch(StorageError):
     """``tx.fetch`` was given a query that has no LIMIT and no declared bound."""
-
-
-class BridgeNotOpen(StorageError):
-    """``db.run`` was called outside the trio-asyncio loop that hosts asyncpg."""
 
 
 class DatabaseUnavailable(StorageError):

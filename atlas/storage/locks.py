@@ -28,6 +28,7 @@ Errors (all :class:`~atlas.storage.StorageError`)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -37,7 +38,7 @@ from typing import Any
 import asyncpg
 import trio
 
-from atlas.storage.database import Database, _cross
+from atlas.storage.database import Database
 from atlas.storage.errors import StorageError
 
 _log = logging.getLogger("atlas.storage.locks")
@@ -48,6 +49,9 @@ _BROKEN: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # A session killed server-side can leave the protocol mid-operation when the next probe is sent
+    # ("cannot switch to state ...; another operation is in progress"): the session is gone all the same.
+    asyncpg.InternalClientError,
 )
 
 _BROKEN_OR_SILENT: tuple[type[BaseException], ...] = (trio.TooSlowError, *_BROKEN)
@@ -84,8 +88,9 @@ def advisory_key(name: str) -> int:
 class AdvisoryLock:
     """A held lock. Valid inside its ``async with`` block only."""
 
-    def __init__(self, name: str, key: int, conn: Any) -> None:
+    def __init__(self, name: str, key: int, conn: Any, db: Database) -> None:
         self.name = name
+        self._db = db
         self.key = key
         self._conn = conn
         self._held = True
@@ -117,7 +122,7 @@ class AdvisoryLock:
 
         try:
             with trio.fail_after(timeout):
-                still = await _cross(_probe)
+                still = await self._db._call(_probe)
         except _BROKEN_OR_SILENT as exc:
             self._held = False
             raise AdvisoryLockLost(self.name, f"{type(exc).__name__}: {exc}") from exc
@@ -134,8 +139,8 @@ async def hold_advisory_lock(db: Database, name: str) -> AsyncIterator[AdvisoryL
     :class:`~atlas.storage.BudgetExhausted`) and one pooled connection for the whole block. Raises
     :class:`AdvisoryLockBusy` at once, holding nothing, when another session has the lock: callers
     decide whether to stand by and try again. On exit — normal, error or cancellation — the lock is
-    released and the connection goes back to the pool in a shielded, time-boxed step (asyncpg's
-    reset on release also drops session locks, so a failed unlock cannot leak the lock).
+    released and the connection goes back to the pool in a shielded, time-boxed step; when the unlock
+    is not confirmed the connection is terminated instead, so a failed unlock cannot leak the lock.
     """
     key = advisory_key(name)
     pool = db._pool  # package-private: the one place outside db.run that borrows a connection
@@ -144,34 +149,58 @@ async def hold_advisory_lock(db: Database, name: str) -> AsyncIterator[AdvisoryL
         async def _acquire() -> Any:
             return await pool.acquire()
 
-        conn = await _cross(_acquire)
+        conn = await db._call(_acquire)
+        clean = False  # True once we know the session holds no lock: only then may it be reused
         try:
-            got = bool(await _cross(conn.fetchval, "SELECT pg_try_advisory_lock($1)", key))
+            got = bool(await db._call(conn.fetchval, "SELECT pg_try_advisory_lock($1)", key))
             if not got:
+                clean = True
                 raise AdvisoryLockBusy(name, key)
-            lock = AdvisoryLock(name, key, conn)
+            lock = AdvisoryLock(name, key, conn, db)
             _log.info("advisory lock %r taken (key %d)", name, key)
             try:
                 yield lock
             finally:
-                await _unlock(lock, conn)
+                clean = await _unlock(db, lock, conn)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(10) as box:
-                await _cross(pool.release, conn)
-            if box.cancelled_caught:
-                _log.error("advisory lock %r: its connection did not go back to the pool in 10 s", name)
+            await _give_back(db, conn, clean=clean, name=name)
+
+
+async def _give_back(db: Database, conn: Any, *, clean: bool, name: str) -> None:
+    """Return the lock's connection to the pool, or end its session when it may still hold the lock.
+
+    The pool does not reset connections on release (:mod:`atlas.storage.database`), so a session
+    whose unlock was not confirmed must not be reused: terminating it is what drops the lock.
+    """
+    pool = db._pool  # package-private, as above
+
+    async def _release() -> None:
+        if not clean:
+            # InterfaceError: already closed and handed back by the pool; the session and its lock ended.
+            with contextlib.suppress(asyncpg.InterfaceError):
                 conn.terminate()
+        await pool.release(conn)
+
+    with trio.CancelScope(shield=True), trio.move_on_after(10) as box:
+        await db._call(_release)
+    if box.cancelled_caught:
+        _log.error("advisory lock %r: its connection did not go back to the pool in 10 s", name)
+        db._loop.call_soon(conn.terminate)
 
 
-async def _unlock(lock: AdvisoryLock, conn: Any) -> None:
+async def _unlock(db: Database, lock: AdvisoryLock, conn: Any) -> bool:
+    """Release the lock; True when the session is known to hold it no more (safe to reuse)."""
     was_held = lock.held
     lock._held = False
     if not was_held:
-        return
+        return False  # found lost: the session is broken or in doubt
     with trio.CancelScope(shield=True), trio.move_on_after(5):
         try:
-            await _cross(conn.fetchval, "SELECT pg_advisory_unlock($1)", lock.key)
-            _log.info("advisory lock %r released", lock.name)
+            released = bool(await db._call(conn.fetchval, "SELECT pg_advisory_unlock($1)", lock.key))
         except _BROKEN as exc:
             # The session is gone, so is the lock; nothing to undo.
             _log.warning("advisory lock %r: unlock failed (%s); the session ended anyway", lock.name, exc)
+            return False
+        _log.info("advisory lock %r released", lock.name)
+        return released
+    return False

@@ -1,10 +1,11 @@
 """VPN: node client, circuit breaker, the Xray/V2Ray core driver, the node agent, links, subscriptions.
 
 Bot side (runs in the Atlas process): :class:`Fleet` / :class:`NodeClient` talk to each node's agent
-over HTTP, each behind a :class:`CircuitBreaker` and a concurrency limit; :func:`vless_link` and
-:func:`render_subscription` build what users import. Node side (``atlas node``): :func:`run_agent`
-serves the agent API and drives the local core through :class:`CoreDriver` (gRPC), keeping the
-core's config file in step (:class:`CoreConfigFile`).
+over HTTP, each behind a :class:`CircuitBreaker` and a concurrency limit; :func:`vless_link` builds
+the share links users import, and :mod:`atlas.vpn.formats` the subscription in each client's format
+(base64 links, Clash/Mihomo YAML, sing-box JSON, Xray JSON) from :class:`Endpoint` entries.
+Node side (``atlas node``): :func:`run_agent` serves the agent API and drives the local core
+through :class:`CoreDriver` (gRPC), keeping the core's config file in step (:class:`CoreConfigFile`).
 """
 
 from atlas.vpn.agent import build_agent_app as build_agent_app
@@ -27,8 +28,12 @@ from atlas.vpn.core_errors import CoreUnavailable as CoreUnavailable
 from atlas.vpn.core_errors import CoreUserExists as CoreUserExists
 from atlas.vpn.core_errors import CoreUserNotFound as CoreUserNotFound
 from atlas.vpn.core_process import ManagedCore as ManagedCore
+from atlas.vpn.endpoint import Endpoint as Endpoint
+from atlas.vpn.endpoint import endpoint_for as endpoint_for
+from atlas.vpn.endpoint import placeholder as placeholder
 from atlas.vpn.links import VlessLink as VlessLink
 from atlas.vpn.links import parse_vless_link as parse_vless_link
+from atlas.vpn.links import share_link as share_link
 from atlas.vpn.links import vless_link as vless_link
 from atlas.vpn.node_client import Fleet as Fleet
 from atlas.vpn.node_client import NodeAuthFailed as NodeAuthFailed
@@ -46,6 +51,7 @@ from atlas.vpn.nodes import parse_nodes as parse_nodes
 from atlas.vpn.qr import qr_png as qr_png
 from atlas.vpn.subscription import SubscriptionUserInfo as SubscriptionUserInfo
 from atlas.vpn.subscription import render_subscription as render_subscription
+from atlas.vpn.subscription import subscription_headers as subscription_headers
 from atlas.vpn.subscription import subscription_token as subscription_token
 from atlas.vpn.user_batch import MAX_BATCH_OPS as MAX_BATCH_OPS
 from atlas.vpn.user_batch import OpResult as OpResult

@@ -21,21 +21,13 @@ anything else raises ``ValueError`` saying what is wrong.
 from __future__ import annotations
 
 import ipaddress
-import uuid as uuidlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import parse_qsl, quote, unquote
 
+from atlas.vpn.endpoint import Endpoint, canonical_uuid, endpoint_for
 from atlas.vpn.nodes import SECURITIES, TRANSPORTS, NodeConfig, is_ipv6_literal
-
-
-def _canonical_uuid(value: str) -> str:
-    try:
-        parsed = uuidlib.UUID(value)
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise ValueError(f"not a UUID: {value!r}") from exc
-    return str(parsed)
 
 
 def vless_link(uuid: str, node: NodeConfig, label: str | None = None) -> str:
@@ -43,25 +35,28 @@ def vless_link(uuid: str, node: NodeConfig, label: str | None = None) -> str:
 
     ``uuid`` is written in canonical lower-case form. Raises ``ValueError`` if it is not a UUID.
     """
-    user = _canonical_uuid(uuid)
-    host = f"[{node.public_host}]" if is_ipv6_literal(node.public_host) else node.public_host
-    params: list[tuple[str, str]] = [("encryption", "none"), ("type", node.transport)]
-    if node.transport == "ws":
-        params.append(("path", node.path))
-        if node.host_header:
-            params.append(("host", node.host_header))
-    params.append(("security", node.security))
-    if node.security == "reality":
-        params += [("sni", node.sni), ("fp", node.fp), ("pbk", node.pbk), ("sid", node.sid)]
-    elif node.security == "tls":
-        if node.sni:
-            params.append(("sni", node.sni))
-        params.append(("fp", node.fp))
-    if node.flow and node.security in {"tls", "reality"} and node.transport == "tcp":
-        params.append(("flow", node.flow))
+    return share_link(endpoint_for(uuid, node, label))
+
+
+def share_link(endpoint: Endpoint) -> str:
+    """The ``vless://`` link of ``endpoint`` (a node's entry or a placeholder); see the module docstring."""
+    host = f"[{endpoint.host}]" if is_ipv6_literal(endpoint.host) else endpoint.host
+    params: list[tuple[str, str]] = [("encryption", "none"), ("type", endpoint.transport)]
+    if endpoint.transport == "ws":
+        params.append(("path", endpoint.path))
+        if endpoint.host_header:
+            params.append(("host", endpoint.host_header))
+    params.append(("security", endpoint.security))
+    if endpoint.security == "reality":
+        params += [("sni", endpoint.sni), ("fp", endpoint.fp), ("pbk", endpoint.pbk), ("sid", endpoint.sid)]
+    elif endpoint.security == "tls":
+        if endpoint.sni:
+            params.append(("sni", endpoint.sni))
+        params.append(("fp", endpoint.fp))
+    if endpoint.effective_flow:
+        params.append(("flow", endpoint.effective_flow))
     query = "&".join(f"{key}={quote(value, safe='')}" for key, value in params)
-    name = node.display_label if label is None else label
-    return f"vless://{user}@{host}:{node.port}?{query}#{quote(name, safe='')}"
+    return f"vless://{endpoint.uuid}@{host}:{endpoint.port}?{query}#{quote(endpoint.label, safe='')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +99,7 @@ def parse_vless_link(link: str) -> VlessLink:
     user, at, hostport = authority.rpartition("@")
     if not at or not user:
         raise ValueError("VLESS link has no user id before '@'")
-    uuid = _canonical_uuid(unquote(user))
+    uuid = canonical_uuid(unquote(user))
     host, port = _split_host_port(hostport)
 
     params: dict[str, str] = {}

@@ -1,14 +1,15 @@
-"""The subscription document served at ``/sub/<token>``, in the format Marzban and 3x-ui serve.
+"""The headers of the subscription served at ``/sub/<token>``, as Marzban, Remnawave and 3x-ui send them.
 
-Clients (v2rayNG, Hiddify, Streisand, Happ, ...) fetch the URL periodically. The body is
-``base64("\\n".join(links))``; the headers carry the traffic and expiry shown in the app::
+Clients fetch the URL periodically; the body is in the client's format (:mod:`atlas.vpn.formats`),
+and the headers, the same for every format, carry what the app shows beside the servers::
 
-    content-type: text/plain; charset=utf-8
     subscription-userinfo: upload=0; download=123; total=0; expire=1767225600
     profile-update-interval: 12
     profile-title: base64:QXRsYXMgVlBO
     content-disposition: attachment; filename="atlas"
     support-url: https://t.me/atlas_support_bot
+    profile-web-page-url: https://vpn.example.com/sub/<token>
+    announce: base64:<the operator's message>
 
 ``total=0`` and ``expire=0`` mean "unlimited" to those clients. The token in the URL is the only
 credential, so it carries at least 128 bits from :mod:`secrets` (:func:`subscription_token`);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+MAX_ANNOUNCE: Final = 200  # what Happ shows; longer texts are cut by the apps
 TOKEN_BYTES: Final = 24  # 192 bits, 32 URL-safe characters
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,64}")  # 22 base64 characters = 132 bits, the floor
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -64,6 +66,57 @@ def _header_safe(name: str, value: str) -> str:
     return value
 
 
+def _b64_header(text: str) -> str:
+    return "base64:" + base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def subscription_headers(
+    *,
+    userinfo: SubscriptionUserInfo,
+    title: str,
+    content_type: str = "text/plain; charset=utf-8",
+    update_interval_hours: int = 12,
+    support_url: str | None = None,
+    web_page_url: str | None = None,
+    announce: str | None = None,
+    filename: str | None = None,
+) -> dict[str, str]:
+    """The headers of a subscription in any format; names are lower case.
+
+    ``title`` and ``announce`` may be any Unicode (both are sent ``base64:``-encoded; ``announce``,
+    the operator's message shown above the server list by Happ, v2RayTun and others, is at most
+    :data:`MAX_ANNOUNCE` characters). ``filename`` defaults to the title, reduced to
+    ``[A-Za-z0-9._-]`` (others become ``_``). Raises ``ValueError`` on a non-positive interval, a
+    support or web-page URL that is not http(s), or an announce that is empty or too long.
+    """
+    if (
+        isinstance(update_interval_hours, bool)
+        or not isinstance(update_interval_hours, int)
+        or (update_interval_hours < 1)
+    ):
+        raise ValueError(f"update_interval_hours must be a positive integer, got {update_interval_hours!r}")
+    safe_name = _FILENAME_UNSAFE.sub("_", filename if filename is not None else title)[:64] or "subscription"
+    headers = {
+        "content-type": content_type,
+        "subscription-userinfo": userinfo.header_value(),
+        "profile-update-interval": str(update_interval_hours),
+        "profile-title": _b64_header(title),
+        "content-disposition": f'attachment; filename="{safe_name}"',
+    }
+    for name, url in (("support-url", support_url), ("profile-web-page-url", web_page_url)):
+        if url is None:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError(f"{name.replace('-', '_')} must be an http(s) URL, got {url!r}")
+        headers[name] = _header_safe(name, url)
+    if announce is not None:
+        if not announce.strip() or len(announce) > MAX_ANNOUNCE:
+            raise ValueError(f"announce must be 1..{MAX_ANNOUNCE} characters, got {len(announce)}")
+        headers["announce"] = _b64_header(announce)
+    return headers
+
+
 def render_subscription(
     links: Sequence[str],
     *,
@@ -73,36 +126,23 @@ def render_subscription(
     support_url: str | None = None,
     filename: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """Return ``(body, headers)`` for a subscription; header names are lower case.
+    """Return ``(body, headers)`` of a base64 list of ``links`` (see :func:`subscription_headers`).
 
-    ``title`` may be any Unicode (it is sent base64-encoded). ``filename`` defaults to the title,
-    reduced to ``[A-Za-z0-9._-]`` (others become ``_``). Raises ``ValueError`` on a link with a
-    line break, a non-positive interval, or a support URL that is not http(s).
+    Raises ``ValueError`` on a link with a line break, and as :func:`subscription_headers` does.
+    The ``/sub`` route renders every format through :mod:`atlas.vpn.formats`; this is the plain
+    list for callers that already hold links.
     """
     for index, link in enumerate(links):
         if not link or "\n" in link or "\r" in link:
             raise ValueError(f"links[{index}] must be a non-empty single line, got {link!r}")
-    if (
-        isinstance(update_interval_hours, bool)
-        or not isinstance(update_interval_hours, int)
-        or (update_interval_hours < 1)
-    ):
-        raise ValueError(f"update_interval_hours must be a positive integer, got {update_interval_hours!r}")
-    body = base64.b64encode("\n".join(links).encode("utf-8"))
-    safe_name = _FILENAME_UNSAFE.sub("_", filename if filename is not None else title)[:64] or "subscription"
-    headers = {
-        "content-type": "text/plain; charset=utf-8",
-        "subscription-userinfo": userinfo.header_value(),
-        "profile-update-interval": str(update_interval_hours),
-        "profile-title": "base64:" + base64.b64encode(title.encode("utf-8")).decode("ascii"),
-        "content-disposition": f'attachment; filename="{safe_name}"',
-    }
-    if support_url is not None:
-        parts = urlsplit(support_url)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise ValueError(f"support_url must be an http(s) URL, got {support_url!r}")
-        headers["support-url"] = _header_safe("support_url", support_url)
-    return body, headers
+    headers = subscription_headers(
+        userinfo=userinfo,
+        title=title,
+        update_interval_hours=update_interval_hours,
+        support_url=support_url,
+        filename=filename,
+    )
+    return base64.b64encode("\n".join(links).encode("utf-8")), headers
 
 
 def subscription_token() -> str:

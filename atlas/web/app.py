@@ -8,7 +8,8 @@ them.
 * ``GET /healthz``: the process is alive and its scheduler answers (always 200 while serving).
 * ``GET /readyz``: 200 when the database answers and the supervision tree is up, else 503 with
   the reason; load balancers and systemd use it.
-* ``GET /status``: a JSON snapshot for operators (budget, supervisors, latest crash reports).
+* ``GET /status``: the operator's page (HTML, auto-refreshing; :mod:`atlas.web.status_page`), or the
+  JSON snapshot when the request asks for ``application/json``; ``GET /status.json``: always JSON.
 * ``GET /metrics``: Prometheus text format.
 """
 
@@ -20,8 +21,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+
+from atlas.web.status_page import render_status_page
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -39,6 +42,14 @@ class WebProbes:
     metrics: Callable[[], bytes]
 
 
+def _wants_json(accept: str) -> bool:
+    """True when ``Accept`` names JSON and does not name HTML before it (browsers send text/html)."""
+    accept = accept.lower()
+    json_at = accept.find("application/json")
+    html_at = accept.find("text/html")
+    return json_at >= 0 and (html_at < 0 or json_at < html_at)
+
+
 def create_web_app(probes: WebProbes, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """Build the Starlette app from the probes and any feature routes."""
 
@@ -50,6 +61,12 @@ def create_web_app(probes: WebProbes, extra_routes: Sequence[BaseRoute] = ()) ->
         return JSONResponse({"ready": ready, "reasons": reasons}, status_code=200 if ready else 503)
 
     async def status(request: Request) -> Response:
+        snapshot = await probes.status()
+        if _wants_json(request.headers.get("accept", "")):
+            return JSONResponse(snapshot)
+        return HTMLResponse(render_status_page(snapshot))
+
+    async def status_json(request: Request) -> Response:
         return JSONResponse(await probes.status())
 
     async def metrics(request: Request) -> Response:
@@ -59,6 +76,7 @@ def create_web_app(probes: WebProbes, extra_routes: Sequence[BaseRoute] = ()) ->
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/status", status),
+        Route("/status.json", status_json),
         Route("/metrics", metrics),
         *extra_routes,
     ]

@@ -160,6 +160,7 @@ class SubscriptionAccess:
     key_uuid: uuid.UUID | None
     language: str
     is_active: bool
+    banned: bool = False
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -541,6 +542,7 @@ async def subscription_access(tx: Tx, *, token: str, now: dt.datetime) -> Subscr
 
     ``is_active``: status active and ``expires_at`` after ``now``. ``key_uuid`` is the key wanted
     present (None after expiry, for a banned user, or between a revocation and a purchase).
+    ``banned``: an admin blocked the user (whatever the subscription's own state).
     """
     check_now(now)
     if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
@@ -548,6 +550,7 @@ async def subscription_access(tx: Tx, *, token: str, now: dt.datetime) -> Subscr
     row = await tx.fetchrow(
         """
         SELECT s.id, s.user_id, s.kind, s.status, s.expires_at, u.language,
+               u.banned_at IS NOT NULL AS banned,
                (SELECT k.uuid FROM vpn_keys k
                 WHERE k.subscription_id = s.id AND k.desired = 'present') AS key_uuid
         FROM subscriptions s JOIN users u ON u.id = s.user_id
@@ -567,4 +570,5 @@ async def subscription_access(tx: Tx, *, token: str, now: dt.datetime) -> Subscr
         key_uuid=None if key is None else uuid.UUID(str(key)),
         language=row["language"],
         is_active=row["status"] == "active" and row["expires_at"] > now,
+        banned=row["banned"],
     )
