@@ -192,7 +192,9 @@ async def test_node_leases_are_shared_for_convergence_and_exclusive_for_reconcil
     # ...which already refuses new convergence (and renewals) on that node, not on others.
     assert not await db.run(take_converge_lease, node="n0", holder="a/converge", now=NOW, until=later)
     assert await db.run(take_converge_lease, node="n1", holder="a/converge", now=NOW, until=later)
-    # A claim under a refused lease claims nothing (None, not "no work").
+    # A claim under a refused lease claims nothing (None, not "no work"), though work is due.
+    await db.run(_new_key, user_id=42, now=NOW)
+    assert await db.run(plan_key_changes, nodes=["n0"], now=NOW, limit=10) == 1
     lease = {"now": NOW, "lease_until": later, "limit": 5}
     assert await db.run(claim_leased_node_work, node="n0", owner="a", holder="a/converge", **lease) is None
     # The convergence passes end and drop their leases: the reconcile gets in.
@@ -218,4 +220,11 @@ async def test_node_leases_are_shared_for_convergence_and_exclusive_for_reconcil
         until=expired + dt.timedelta(seconds=30),
         wait_until=expired + dt.timedelta(seconds=5),
     )
-    await db.run(plan_key_changes, nodes=["n0"], now=expired, limit=10)  # the lease table is not in the way
+    # Under the reconcile lease even a fresh converger is refused; once it is dropped, the due
+    # row is claimed (and an idle node needs no lease at all: "no work" is [], not None).
+    fresh = {"now": expired, "lease_until": expired + dt.timedelta(seconds=30), "limit": 5}
+    assert await db.run(claim_leased_node_work, node="n0", owner="c", holder="c/converge", **fresh) is None
+    assert await db.run(release_node_lease, node="n0", holder="r/reconcile")
+    (work,) = await db.run(claim_leased_node_work, node="n0", owner="c", holder="c/converge", **fresh)
+    assert work.desired == "present"
+    assert await db.run(claim_leased_node_work, node="n9", owner="c", holder="c/converge", **fresh) == []

@@ -313,6 +313,20 @@ async def claim_leased_node_work(
     claimed here (the controller bounds them by half the lease).
     """
     _check_node(node)
+    check_now(now)
+    # An idle node (the usual tick) costs one indexed read: no lease is taken without due work,
+    # and nothing can need excluding when nothing is claimed.
+    due = await tx.fetchval(
+        """
+        SELECT EXISTS (SELECT 1 FROM vpn_key_nodes
+                       WHERE node = $1 AND pending AND next_attempt_at <= $2
+                         AND (lease_until IS NULL OR lease_until <= $2))
+        """,
+        node,
+        now,
+    )
+    if not due:
+        return []
     if not await take_converge_lease(tx, node=node, holder=holder, now=now, until=lease_until):
         return None
     return await claim_node_work(tx, node=node, owner=owner, now=now, lease_until=lease_until, limit=limit)
