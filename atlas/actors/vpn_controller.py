@@ -31,17 +31,11 @@ rows are claimed again when the lease runs out. Node calls of one batch are boun
 lease, so an owner never records after its lease has run out; calls still running then are
 cancelled and recorded as failures. Set the child's ``stall_after`` above ``lease / 2``.
 
-Full reconcile (every ``reconcile_every`` seconds, and on the message ``"reconcile"``): for each
-node, merge-join the node's user list (pages sorted by email) with the wanted keys (keyset pages
-ordered by UUID, whose canonical text is the email): users the database does not want are deleted,
-wanted keys missing from the node (or there with another UUID or flow) are marked missing so that
-convergence puts them back. The deletion of each flush of orphans runs under the node's exclusive
-*reconcile lease*: take it (waiting up to ``lease`` seconds while convergence passes end), re-check
-which candidates are wanted now, delete the others in one batch request, drop it. So no
-convergence call is in flight on the node between the re-check and the delete, in this process or
-another, and a key wanted meanwhile is put back only after the delete. Memory is bounded by one
-page of each side plus one flush batch. A node added to the configuration later is filled this
-way: every wanted key is missing there. Heartbeats come with every page and every call.
+Full reconcile (every ``reconcile_every`` seconds, and on the message ``"reconcile"``): every
+enabled node concurrently, by :class:`~atlas.actors.vpn_reconcile.NodeReconciler` (merge-join of
+the node's users with the wanted keys; orphans deleted under the node's exclusive reconcile lease,
+missing keys marked for convergence). Node I/O of both goes through
+:class:`~atlas.actors.vpn_node_io.NodeOps` (batches; single calls to older agents).
 
 Messages: ``"reconcile"`` → :class:`ReconcileReport`; ``"converge"`` → :class:`ConvergeReport`.
 """
@@ -53,14 +47,14 @@ import logging
 import math
 import random
 import uuid
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from atlas.actors.base import Actor
+from atlas.actors.vpn_node_io import NodeOps, release_lease
+from atlas.actors.vpn_reconcile import NodeReconciler, ReconcileLeaseRefused, ReconcileReport, Repairs
 from atlas.clock import Clock
 from atlas.storage import Database
 from atlas.storage.units.vpn import (
@@ -69,23 +63,11 @@ from atlas.storage.units.vpn import (
     NodeResult,
     NodeWork,
     claim_leased_node_work,
-    mark_missing,
     plan_key_changes,
     record_node_results,
-    wanted_among,
-    wanted_keys_page,
 )
-from atlas.storage.units.vpn_node_lease import release_node_lease, take_reconcile_lease
 from atlas.vpn.breaker import BreakerState
-from atlas.vpn.node_client import (
-    MAX_PAGE,
-    Fleet,
-    NodeCircuitOpen,
-    NodeClient,
-    NodeError,
-    NodeRejected,
-    NodeUser,
-)
+from atlas.vpn.node_client import MAX_PAGE, Fleet, NodeCircuitOpen, NodeClient, NodeError
 from atlas.vpn.user_batch import MAX_BATCH_OPS, OpResult, UserOp
 
 _log = logging.getLogger("atlas.actors.vpn_controller")
@@ -103,15 +85,6 @@ class ConvergeReport:
     notified: int = 0
     skipped_nodes: tuple[str, ...] = ()
     busy_nodes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcileReport:
-    """One full reconcile: orphans deleted, missing keys marked, nodes whose listing failed."""
-
-    orphans_removed: int = 0
-    readded: int = 0
-    failed_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +109,8 @@ class _Tally:
     failed: int = 0
     stale: int = 0
     notified: int = 0
-    orphans_removed: int = 0
-    readded: int = 0
     skipped: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
-    failed_nodes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -150,13 +120,6 @@ class _NodePass:
     leased: bool = False
     refused: bool = False
     skipped: bool = False
-
-
-class _ReconcileLeaseRefused(Exception):
-    """The node's reconcile lease was not granted within the wait (convergence kept it)."""
-
-    def __init__(self, node: str, waited: float) -> None:
-        super().__init__(f"node {node}: reconcile lease not granted within {waited:g} s")
 
 
 def _positive(name: str, value: float) -> float:
@@ -230,8 +193,16 @@ class VpnController(Actor):
         self._page_size = _count("page_size", page_size, min(MAX_PAGE, MAX_BATCH))
         self.owner = owner if owner is not None else f"{name}:{uuid.uuid4().hex[:16]}"
         self._converge_holder = f"{self.owner}/converge"
-        self._reconcile_holder = f"{self.owner}/reconcile"
-        self._single_call_nodes: set[str] = set()  # agents without the batch route (HTTP 404)
+        self._ops = NodeOps(self.heartbeat)
+        self._reconciler = NodeReconciler(
+            db=db,
+            clock=clock,
+            ops=self._ops,
+            holder=f"{self.owner}/reconcile",
+            lease=self._lease,
+            page_size=self._page_size,
+            beat=self.heartbeat,
+        )
         self._node_names = tuple(client.name for client in fleet.enabled())
         self._next_reconcile: float | None = None
         self._planned = 0
@@ -333,7 +304,7 @@ class VpnController(Actor):
                     nursery.start_soon(self._converge_lane, client, lane, deadline, tally, node_pass)
         finally:
             if node_pass.leased:
-                await self._release(client.name, self._converge_holder)
+                await release_lease(self._db, client.name, self._converge_holder)
         if node_pass.skipped:
             tally.skipped.append(client.name)
         if node_pass.refused:
@@ -399,11 +370,6 @@ class VpnController(Actor):
             if len(work) < limit and state is BreakerState.CLOSED:
                 return
 
-    async def _release(self, node: str, holder: str) -> None:
-        """Drop a node lease, even while being cancelled (bounded; else the lease runs out)."""
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await self._db().run(release_node_lease, node=node, holder=holder)
-
     async def _call_node(self, client: NodeClient, work: Sequence[NodeWork]) -> list[NodeResult]:
         """Send a claimed batch to the node (one request); never raises a node error: each
         becomes a failed result."""
@@ -417,7 +383,7 @@ class VpnController(Actor):
         # Half the lease: the results are recorded well before another controller may claim them.
         with trio.move_on_after(self._lease / 2):
             try:
-                answers = await self._send_ops(client, ops)
+                answers = await self._ops.send(client, ops)
             except NodeCircuitOpen as exc:
                 return [NodeResult.failure(item, str(exc), retry_after=exc.retry_after) for item in work]
             except NodeError as exc:
@@ -434,62 +400,33 @@ class VpnController(Actor):
             for item, answer in zip(work, answers, strict=True)
         ]
 
-    async def _send_ops(self, client: NodeClient, ops: Sequence[UserOp]) -> list[OpResult]:
-        """One batch request, or single calls to an agent that lacks the batch route."""
-        if client.name not in self._single_call_nodes:
-            try:
-                return await client.apply_batch(ops)
-            except NodeRejected as exc:
-                if exc.status not in (404, 405):
-                    raise
-                _log.warning(
-                    "node %s has no batch route (HTTP %s): using single-user calls", client.name, exc.status
-                )
-                self._single_call_nodes.add(client.name)
-        return await self._send_singly(client, ops)
-
-    async def _send_singly(self, client: NodeClient, ops: Sequence[UserOp]) -> list[OpResult]:
-        """The single-user routes, concurrently (the client bounds how many run at once).
-
-        A failure of one call, an open circuit included, is that op's result, as in a batch
-        (nothing is raised out of the nursery, so no error arrives wrapped in a group).
-        """
-        results: list[OpResult | None] = [None] * len(ops)
-
-        async def one(index: int, op: UserOp) -> None:
-            try:
-                if op.kind == "put":
-                    changed = await client.put_user(op.email, op.uuid, flow=op.flow, level=op.level)
-                else:
-                    changed = await client.delete_user(op.email)
-            except NodeError as exc:
-                results[index] = OpResult.failed(exc.status or 503, f"{type(exc).__name__}: {exc}")
-            else:
-                results[index] = OpResult.done(changed)
-            self.heartbeat()  # progress, even inside a long batch
-
-        async with trio.open_nursery() as nursery:
-            for index, op in enumerate(ops):
-                nursery.start_soon(one, index, op)
-        return [r if r is not None else OpResult.failed(503, "not sent") for r in results]
-
     # -- full reconcile ----------------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
-        """Repair drift on every enabled node, concurrently; see the module docstring.
+        """Repair drift on every enabled node, concurrently (see :mod:`atlas.actors.vpn_reconcile`).
 
-        A node whose listing fails is reported in ``failed_nodes`` (its repairs so far stand).
+        A node whose listing or deletes fail, or whose lease is never granted, is reported in
+        ``failed_nodes``; its repairs so far stand and are counted.
         """
-        tally = _Tally()
+        repairs = Repairs()
+        failed: list[str] = []
+
+        async def one(client: NodeClient) -> None:
+            try:
+                await self._reconciler.reconcile(client, repairs)
+            except (NodeError, ReconcileLeaseRefused) as exc:
+                failed.append(client.name)
+                _log.warning("reconcile of node %s stopped: %s", client.name, exc)
+
         async with trio.open_nursery() as nursery:
             for client in self._fleet.enabled():
-                nursery.start_soon(self._reconcile_node, client, tally)
+                nursery.start_soon(one, client)
         self._reconciles += 1
-        self._reconcile_failures += len(tally.failed_nodes)
+        self._reconcile_failures += len(failed)
+        self._orphans_removed += repairs.orphans_removed
+        self._readded += repairs.readded
         report = ReconcileReport(
-            orphans_removed=tally.orphans_removed,
-            readded=tally.readded,
-            failed_nodes=tuple(tally.failed_nodes),
+            orphans_removed=repairs.orphans_removed, readded=repairs.readded, failed_nodes=tuple(failed)
         )
         _log.info(
             "vpn reconcile: orphans removed=%d, missing marked=%d, failed nodes=%s",
@@ -498,145 +435,3 @@ class VpnController(Actor):
             ",".join(report.failed_nodes) or "-",
         )
         return report
-
-    async def _reconcile_node(self, client: NodeClient, tally: _Tally) -> None:
-        try:
-            await self._merge_join(client, tally)
-        except (NodeError, _ReconcileLeaseRefused) as exc:
-            tally.failed_nodes.append(client.name)
-            _log.warning("reconcile of node %s stopped: %s", client.name, exc)
-
-    async def _merge_join(self, client: NodeClient, tally: _Tally) -> None:
-        orphans: list[str] = []
-        missing: list[uuid.UUID] = []
-        wanted = _WantedKeys(self._db, self._page_size, self.heartbeat)
-        async with aclosing(_users(client, self._page_size, self.heartbeat)) as node_users:
-            user = await anext(node_users, None)
-            key = await wanted.next()
-            while user is not None or key is not None:
-                email = None if key is None else str(key)
-                if email is None or (user is not None and user.email < email):
-                    assert user is not None
-                    orphans.append(user.email)
-                    user = await anext(node_users, None)
-                elif user is None or email < user.email:
-                    assert key is not None
-                    missing.append(key)
-                    key = await wanted.next()
-                else:
-                    assert key is not None
-                    if user.uuid.lower() != email or user.flow != client.node.flow:
-                        missing.append(key)  # the right name with the wrong account: put it again
-                    user = await anext(node_users, None)
-                    key = await wanted.next()
-                if len(orphans) >= self._page_size:
-                    await self._remove_orphans(client, orphans, tally)
-                if len(missing) >= self._page_size:
-                    await self._mark_missing(client, missing, tally)
-            await self._remove_orphans(client, orphans, tally)
-            await self._mark_missing(client, missing, tally)
-
-    async def _remove_orphans(self, client: NodeClient, emails: list[str], tally: _Tally) -> None:
-        if not emails:
-            return
-        candidates = list(dict.fromkeys(emails))  # a node's listing never repeats, but be sure
-        emails.clear()
-        await self._take_reconcile_lease(client)
-        try:
-            # Under the lease: no convergence call on this node is in flight, and none starts
-            # until the lease is dropped, so a key found unwanted here stays unwanted on the node
-            # until the delete below is done (a later wish puts it back after).
-            keep = await self._db().run(wanted_among, emails=candidates)
-            doomed: list[str] = []
-            folded: set[str] = set()
-            for email in candidates:
-                if email not in keep and email.casefold() not in folded:
-                    folded.add(email.casefold())
-                    doomed.append(email)
-            removed = 0
-            failures: list[str] = []
-            with trio.move_on_after(self._lease / 2) as scope:
-                for start in range(0, len(doomed), MAX_BATCH_OPS):
-                    chunk = [UserOp.delete(email) for email in doomed[start : start + MAX_BATCH_OPS]]
-                    for op, answer in zip(chunk, await self._send_ops(client, chunk), strict=True):
-                        if answer.ok:
-                            removed += answer.changed
-                        else:
-                            failures.append(f"{op.email}: HTTP {answer.status}: {answer.error}")
-        finally:
-            await self._release(client.name, self._reconcile_holder)
-        tally.orphans_removed += removed
-        self._orphans_removed += removed
-        self.heartbeat()
-        if scope.cancelled_caught:
-            raise NodeError(client.name, f"orphan deletes: no answer within {self._lease / 2:g} s")
-        if failures:
-            raise NodeError(client.name, f"{len(failures)} orphan deletes failed; first: {failures[0]}")
-
-    async def _take_reconcile_lease(self, client: NodeClient) -> None:
-        """Wait (up to ``lease`` seconds) for the node's exclusive reconcile lease.
-
-        While refused, the waiting row keeps new convergence claims off, so running passes end.
-        """
-        waited_until = trio.current_time() + self._lease
-        delay = 0.05
-        while True:
-            now = self._clock.now()
-            granted = await self._db().run(
-                take_reconcile_lease,
-                node=client.name,
-                holder=self._reconcile_holder,
-                now=now,
-                until=now + dt.timedelta(seconds=self._lease),
-                wait_until=now + dt.timedelta(seconds=min(self._lease, 5.0)),
-            )
-            self.heartbeat()
-            if granted:
-                return
-            if trio.current_time() >= waited_until:
-                await self._release(client.name, self._reconcile_holder)
-                raise _ReconcileLeaseRefused(client.name, self._lease)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    async def _mark_missing(self, client: NodeClient, keys: list[uuid.UUID], tally: _Tally) -> None:
-        if not keys:
-            return
-        marked = await self._db().run(mark_missing, node=client.name, keys=list(keys), now=self._clock.now())
-        keys.clear()
-        tally.readded += marked
-        self._readded += marked
-        self.heartbeat()
-
-
-async def _users(
-    client: NodeClient, page_size: int, beat: Callable[[], None]
-) -> AsyncGenerator[NodeUser, None]:
-    """Every user of the node, one page in memory at a time, sorted by email."""
-    async with aclosing(client.iter_all_users(page_size)) as pages:
-        async for page in pages:
-            beat()
-            for user in page:
-                yield user
-
-
-class _WantedKeys:
-    """The keys wanted present, in UUID order, read one keyset page at a time."""
-
-    def __init__(self, db: Callable[[], Database], page_size: int, beat: Callable[[], None]) -> None:
-        self._db = db
-        self._page_size = page_size
-        self._beat = beat
-        self._buffer: deque[uuid.UUID] = deque()
-        self._after: uuid.UUID | None = None
-        self._done = False
-
-    async def next(self) -> uuid.UUID | None:
-        if not self._buffer and not self._done:
-            page = await self._db().run(wanted_keys_page, after=self._after, limit=self._page_size)
-            self._buffer.extend(page)
-            if page:
-                self._after = page[-1]
-            self._done = len(page) < self._page_size
-            self._beat()
-        return self._buffer.popleft() if self._buffer else None
