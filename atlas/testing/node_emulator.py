@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import re
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,6 +57,14 @@ ROUTES: Final = ("health", "list_users", "put_user", "delete_user", "batch", "tr
 MAX_BODY: Final = MAX_BATCH_BODY_BYTES
 DEFAULT_LIMIT: Final = 500
 MAX_LIMIT: Final = 1000
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _plain(email: str) -> bool:
+    """Printable and without whitespace (whole-string checks: this runs for every op)."""
+    return email.isprintable() and _WHITESPACE.search(email) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +290,7 @@ class NodeEmulator:
     @staticmethod
     def _email(request: Request) -> str:
         email = str(request.path_params["email"])
-        if not 1 <= len(email) <= 255 or any(ch.isspace() or not ch.isprintable() for ch in email):
+        if not 1 <= len(email) <= 255 or not _plain(email):
             raise _BadRequest(f"bad email {email[:80]!r}")
         return email.lower()
 
@@ -382,7 +391,7 @@ class NodeEmulator:
             return OpResult.failed(400, op)
         email = op.email.lower()
         try:
-            if not 1 <= len(email) <= 255 or any(ch.isspace() or not ch.isprintable() for ch in email):
+            if not 1 <= len(email) <= 255 or not _plain(email):
                 raise _BadRequest(f"bad email {email[:80]!r}")
             wanted = self._checked_user(op.uuid, op.flow, op.level) if op.kind == "put" else None
         except _BadRequest as exc:
