@@ -567,6 +567,37 @@ async def test_failed_write_changes_nothing(tmp_path: Path) -> None:
     assert config.count() == 0
 
 
+async def test_a_batch_of_config_changes_is_one_write_and_a_failed_one_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    document = render_server_config(vless_port=1, api_port=2)
+    document["inbounds"][0]["settings"]["clients"] = [{"id": KEY, "email": "Hand@Made", "flow": "", "level": 0}]
+    path = write_config(directory / "config.json", document)
+    config = CoreConfigFile(path, TAG)
+    await config.load()
+    writes = counting_writes(monkeypatch)
+    same = VlessUser("Hand@Made", KEY)
+    fresh = [VlessUser(f"u{i}@atlas", new_uuid()) for i in range(10)]
+    # The unchanged user and the absent one are no-ops; the ten new ones are one write.
+    assert await config.apply([*fresh, same], ["nobody@atlas"]) == 10
+    assert len(writes) == 1
+    assert await config.apply([], ["HAND@made", "u0@atlas"]) == 2
+    assert len(writes) == 2
+    assert await config.apply([], ["hand@made"]) == 0
+    assert len(writes) == 2  # nothing to change: nothing written
+    assert [u.email for u in config.users()] == [f"u{i}@atlas" for i in range(1, 10)]
+    with pytest.raises(ValueError, match="both"):
+        await config.apply([VlessUser("u1@atlas", new_uuid())], ["U1@atlas"])
+
+    shutil.rmtree(directory)
+    with pytest.raises(CoreConfigError, match="cannot write"):
+        await config.apply([VlessUser("late@atlas", KEY)], ["u1@atlas"])
+    assert config.get("late@atlas") is None and config.get("u1@atlas") is not None
+    assert config.count() == 9
+
+
 async def test_rendered_configs_pass_the_cores_own_check(tmp_path: Path, v2ray_binary: str) -> None:
     users = [VlessUser("a@atlas", KEY)]
     server = write_config(tmp_path / "s.json", render_server_config(vless_port=1, api_port=2, users=users))
