@@ -573,7 +573,8 @@ async def test_a_batch_of_config_changes_is_one_write_and_a_failed_one_changes_n
     directory = tmp_path / "etc"
     directory.mkdir()
     document = render_server_config(vless_port=1, api_port=2)
-    document["inbounds"][0]["settings"]["clients"] = [{"id": KEY, "email": "Hand@Made", "flow": "", "level": 0}]
+    hand_made = {"id": KEY, "email": "Hand@Made", "flow": "", "level": 0}
+    document["inbounds"][0]["settings"]["clients"] = [hand_made]
     path = write_config(directory / "config.json", document)
     config = CoreConfigFile(path, TAG)
     await config.load()
