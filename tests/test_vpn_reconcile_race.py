@@ -35,7 +35,7 @@ ROUNDS = 4
 HOLD = 1.0  # how long the node holds the reconcile's delete, waiting for the competing put
 
 
-def controller(db: Database, fleet: Fleet) -> VpnController:
+def controller(db: Database, fleet: Fleet, lease: float = 30.0) -> VpnController:
     return VpnController(
         db=lambda: db,
         fleet=fleet,
@@ -43,7 +43,7 @@ def controller(db: Database, fleet: Fleet) -> VpnController:
         rng=random.Random(3),
         reconcile_every=None,
         batch=16,
-        lease=30.0,
+        lease=lease,
         backoff=Backoff(base=0.05, cap=0.2),
         period=3600.0,
         first_tick=(3600.0, 3600.0),
@@ -179,6 +179,26 @@ async def test_reconcile_racing_convergence_never_leaves_a_wanted_key_off_the_no
             assert raced == ROUNDS  # the competing put did come, every round
     finally:
         await other_db.close()
+
+
+async def test_a_reconcile_never_granted_its_lease_reports_the_node_and_deletes_nothing(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    emulator = NodeEmulator(TOKEN)
+    await nursery.start(emulator.run)
+    url = str(emulator.url)
+    node = NodeConfig(name="n0", agent_url=url, token=TOKEN, public_host="127.0.0.1", port=1, security="none")
+    orphan = str(uuid.uuid4())
+    emulator.put_orphan(orphan, orphan)
+    # Another process converges n0 for the next hour (a stuck pass, say).
+    hour = NOW + dt.timedelta(hours=1)
+    assert await db.run(take_converge_lease, node="n0", holder="other/converge", now=NOW, until=hour)
+    async with Fleet([node], timeout=5) as fleet:
+        report = await controller(db, fleet, lease=1.0).reconcile()  # waits at most 1 s
+    assert report.failed_nodes == ("n0",) and report.orphans_removed == 0
+    assert orphan in emulator.users and emulator.ops["delete"] == 0
+    # Its waiting row went with it: the other converger is not held off.
+    assert await db.run(take_converge_lease, node="n0", holder="other/converge", now=NOW, until=hour)
 
 
 async def test_node_leases_are_shared_for_convergence_and_exclusive_for_reconcile(db: Database) -> None:
