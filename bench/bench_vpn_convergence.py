@@ -6,16 +6,25 @@ subscription and a key wanted present (bulk SQL); ``--nodes`` node emulators ans
 ``--in-process`` serves them from this process and shares its CPU).
 
 Timed: from the first ``converge()`` (which also plans every key) until the database has no
-pending row and every emulator holds every key. The controller claims ``--batch`` rows per node per
-batch and the node client allows ``--limit`` calls in flight per node.
+pending row and every emulator holds every key. Per node the controller runs ``--limit`` lanes
+(the node client's calls in flight); each lane claims ``--batch`` rows and sends them in ONE
+``POST /v1/users:batch`` request, then records the results.
 
-Units: a *node-op* is one key applied on one node (one PUT); a *key* is one key applied on all
-nodes (``--nodes`` node-ops). Nodes are worked concurrently, so the ceiling is
-``limit / latency`` node-ops/s per node, ``limit / latency × nodes`` node-ops/s in all, which is
-``limit / latency`` keys/s. The ratio (measured / ceiling) is the same in both units.
+Units: a *node-op* is one key applied on one node (one op of a batch); a *key* is one key applied
+on all nodes (``--nodes`` node-ops). The ceiling is what node latency allows at this batch size:
+every request takes at least ``--latency`` and at most ``--limit`` are in flight per node, so a
+node does at most ``limit / latency`` requests/s, i.e. ``limit × batch / latency`` node-ops/s, and
+the fleet ``nodes`` times that. (With one user per request, ``--batch 1``, that is the old
+per-call ceiling ``limit / latency × nodes``.) The ratio measured / ceiling is the same in keys and
+node-ops. A ratio well below 1 means the time goes elsewhere than waiting for nodes: the CPU of
+the controller (its two database units per batch, HTTP, JSON) or of the emulators.
 
     .venv/bin/python bench/bench_vpn_convergence.py [--keys 10000] [--nodes 3] [--latency 0.02]
-        [--limit 8] [--batch 64]
+        [--limit 8] [--batch 64] [--single-user-routes] [--in-process]
+
+``--single-user-routes`` serves agents without the batch route, so the controller falls back to
+one request per user (the protocol before batches; its ceiling is the per-call one): run it
+interleaved with the default to get the batch / single ratio on the same machine state.
 """
 
 from __future__ import annotations
@@ -49,11 +58,11 @@ NOW = dt.datetime(2025, 3, 1, tzinfo=dt.UTC)
 # ---------------------------------------------------------------- the emulators' process
 
 
-async def _serve_emulators(count: int, latency: float) -> None:
+async def _serve_emulators(count: int, latency: float, batch_route: bool) -> None:
     async with trio.open_nursery() as nursery:
         urls = []
         for _ in range(count):
-            emulator = NodeEmulator(TOKEN, latency=latency)
+            emulator = NodeEmulator(TOKEN, latency=latency, batch_route=batch_route)
             urls.append(await nursery.start(emulator.run))
         print(json.dumps(urls), flush=True)
         # Until the parent closes our stdin.
@@ -63,9 +72,12 @@ async def _serve_emulators(count: int, latency: float) -> None:
         nursery.cancel_scope.cancel()
 
 
-def _spawn_emulators(count: int, latency: float) -> tuple[subprocess.Popen[str], list[str]]:
+def _spawn_emulators(
+    count: int, latency: float, batch_route: bool
+) -> tuple[subprocess.Popen[str], list[str]]:
+    extra = [] if batch_route else ["--single-user-routes"]
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve-emulators", str(count), "--latency", str(latency)],
+        [sys.executable, __file__, "--serve-emulators", str(count), "--latency", str(latency), *extra],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -123,6 +135,33 @@ async def _count_node_users(fleet: Fleet) -> dict[str, int]:
     return counts
 
 
+def _load_average() -> str:
+    """The 1-minute load average, as text ("?" where the platform has none)."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
+def _postgres_cpu(pgdata: Path) -> float:
+    """CPU seconds used so far by the embedded PostgreSQL: the postmaster and its live children."""
+    try:
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    total = _proc_cpu(postmaster)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _proc_cpu(pid: int | None) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
     if pid is None:
@@ -138,7 +177,7 @@ def _proc_cpu(pid: int | None) -> float:
 
 
 async def _run(
-    dsn: str, args: argparse.Namespace, urls: list[str] | None, emulator_pid: int | None
+    dsn: str, args: argparse.Namespace, urls: list[str] | None, emulator_pid: int | None, pgdata: Path
 ) -> dict[str, float]:
     async with open_bridge(), trio.open_nursery() as nursery:
         db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=10))
@@ -148,7 +187,9 @@ async def _run(
             if urls is None:
                 urls = []
                 for _ in range(args.nodes):
-                    emulator = NodeEmulator(TOKEN, latency=args.latency)
+                    emulator = NodeEmulator(
+                        TOKEN, latency=args.latency, batch_route=not args.single_user_routes
+                    )
                     urls.append(await nursery.start(emulator.run))
             nodes = [
                 NodeConfig(
@@ -175,6 +216,7 @@ async def _run(
                 started = time.perf_counter()
                 cpu_started = time.process_time()
                 emulator_cpu_started = _proc_cpu(emulator_pid)
+                postgres_cpu_started = _postgres_cpu(pgdata)
                 passes = 0
                 while True:
                     passes += 1
@@ -184,6 +226,8 @@ async def _run(
                 elapsed = time.perf_counter() - started
                 cpu = time.process_time() - cpu_started
                 emulator_cpu = _proc_cpu(emulator_pid) - emulator_cpu_started
+                postgres_cpu = _postgres_cpu(pgdata) - postgres_cpu_started
+                calls_before_listing = sum(stat.calls for stat in fleet.statistics())
                 counts = await _count_node_users(fleet)
                 if set(counts.values()) != {args.keys}:
                     raise SystemExit(f"not converged: users per node {counts}")
@@ -191,6 +235,8 @@ async def _run(
                 if counters.failed:
                     raise SystemExit(f"{counters.failed} node calls failed during the benchmark")
                 max_in_flight = max(stat.in_flight for stat in fleet.statistics())
+                # Calls of the timed part: every batch request (the counting listing is after).
+                batches = calls_before_listing
         finally:
             await db.close()
         nursery.cancel_scope.cancel()
@@ -198,9 +244,11 @@ async def _run(
         "elapsed": elapsed,
         "cpu": cpu,
         "emulator_cpu": emulator_cpu,
+        "postgres_cpu": postgres_cpu,
         "passes": passes,
         "converged": counters.converged,
         "max_in_flight_at_end": max_in_flight,
+        "batches": batches,
     }
 
 
@@ -212,22 +260,32 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--latency", type=float, default=0.02)
-    parser.add_argument("--limit", type=int, default=8, help="calls in flight per node")
-    parser.add_argument("--batch", type=int, default=64, help="rows claimed per node per batch")
+    parser.add_argument("--limit", type=int, default=8, help="requests in flight (lanes) per node")
+    parser.add_argument("--batch", type=int, default=64, help="rows per lane claim = ops per request")
     parser.add_argument("--in-process", action="store_true", help="serve the emulators from this process")
+    parser.add_argument(
+        "--single-user-routes",
+        action="store_true",
+        help="emulate agents without the batch route: one request per user (the pre-batch protocol)",
+    )
     parser.add_argument("--serve-emulators", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_emulators:
-        trio.run(_serve_emulators, args.serve_emulators, args.latency)
+        trio.run(_serve_emulators, args.serve_emulators, args.latency, not args.single_user_routes)
         return
 
-    child, urls = (None, None) if args.in_process else _spawn_emulators(args.nodes, args.latency)
+    load_before = _load_average()
+    child, urls = (None, None) if args.in_process else _spawn_emulators(
+        args.nodes, args.latency, not args.single_user_routes
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
             server = EmbeddedPostgres(Path(tmp), durable=False)
             dsn = trio.run(server.start)
             try:
-                result = trio.run(_run, dsn, args, urls, None if child is None else child.pid)
+                result = trio.run(
+                    _run, dsn, args, urls, None if child is None else child.pid, server.pgdata
+                )
             finally:
                 trio.run(server.stop)
     finally:
@@ -235,10 +293,12 @@ def main() -> None:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=30)
+    load_after = _load_average()
 
     node_ops = args.keys * args.nodes
     elapsed = result["elapsed"]
-    ceiling_ops = args.limit / args.latency * args.nodes
+    per_call_ceiling = args.limit / args.latency * args.nodes
+    ceiling_ops = per_call_ceiling * (1 if args.single_user_routes else args.batch)
     ceiling_keys = ceiling_ops / args.nodes
     ops_rate = node_ops / elapsed
     keys_rate = args.keys / elapsed
@@ -246,12 +306,14 @@ def main() -> None:
         f".venv/bin/python bench/bench_vpn_convergence.py --keys {args.keys} --nodes {args.nodes} "
         f"--latency {args.latency:g} --limit {args.limit} --batch {args.batch}"
         + (" --in-process" if args.in_process else "")
+        + (" --single-user-routes" if args.single_user_routes else "")
     )
     where = "this process" if args.in_process else "a separate process"
     print(f"command: `{command}`")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"PostgreSQL embedded (fsync off), emulators in {where}, {result['passes']:.0f} converge passes"
+        f"PostgreSQL embedded (fsync off), emulators in {where}, {result['passes']:.0f} converge passes, "
+        f"load average {load_before} before, {load_after} after"
     )
     print()
     print("| measure | value |")
@@ -263,14 +325,26 @@ def main() -> None:
     )
     print(f"| time to converge every key on every node | {elapsed:.2f} s |")
     print(f"| measured | {keys_rate:,.0f} keys/s = {ops_rate:,.0f} node-ops/s |")
+    per_request = node_ops / max(result["batches"], 1)
+    print(f"| requests to the nodes | {result['batches']:,.0f} ({per_request:.1f} ops each) |")
     print(
-        f"| ceiling (limit / latency × nodes) | {ceiling_keys:,.0f} keys/s = {ceiling_ops:,.0f} node-ops/s |"
+        f"| ceiling (limit × batch / latency × nodes) | {ceiling_keys:,.0f} keys/s = "
+        f"{ceiling_ops:,.0f} node-ops/s |"
     )
-    print(f"| ratio measured / ceiling | {ops_rate / ceiling_ops:.2f} |")
+    print(f"| ratio measured / ceiling | {ops_rate / ceiling_ops:.3f} |")
+    print(
+        f"| per-call ceiling (limit / latency × nodes, one user per request) | "
+        f"{per_call_ceiling:,.0f} node-ops/s; measured / that = {ops_rate / per_call_ceiling:.2f} |"
+    )
     print(
         f"| CPU of the controller process | {result['cpu']:.1f} s "
         f"({result['cpu'] / elapsed:.0%} of one core), "
         f"{result['cpu'] / node_ops * 1000:.2f} ms per node-op |"
+    )
+    print(
+        f"| CPU of PostgreSQL (postmaster and backends) | {result['postgres_cpu']:.1f} s "
+        f"({result['postgres_cpu'] / elapsed:.0%} of one core), "
+        f"{result['postgres_cpu'] / node_ops * 1000:.2f} ms per node-op |"
     )
     if not args.in_process:
         print(

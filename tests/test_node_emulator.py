@@ -57,6 +57,37 @@ async def test_put_and_delete_are_idempotent(emulator: NodeEmulator, http: httpx
     assert (emulator.calls["put_user"], emulator.calls["delete_user"]) == (3, 2)
 
 
+async def test_batch_applies_op_by_op_through_the_change_gate(
+    emulator: NodeEmulator, http: httpx.AsyncClient
+) -> None:
+    emulator.put_orphan(U2, U2)
+    seen: list[tuple[str, str]] = []
+
+    async def gate(kind: str, email: str) -> None:
+        seen.append((kind, email))
+
+    emulator.change_gate = gate
+    ops = [
+        {"op": "put", "email": U1, "uuid": U1, "flow": "xtls-rprx-vision"},
+        {"op": "delete", "email": U2},
+        {"op": "put", "email": "x@y", "uuid": "nope"},
+        {"op": "put", "email": U1.upper(), "uuid": U1},
+    ]
+    response = await http.post("/v1/users:batch", json={"ops": ops})
+    results = response.json()["results"]
+    assert results[:2] == [{"ok": True, "changed": True}, {"ok": True, "changed": True}]
+    assert (results[2]["status"], results[3]["status"]) == (400, 400)
+    assert "repeated" in results[3]["error"]
+    assert seen == [("put", U1), ("delete", U2)]
+    assert emulator.users == {U1: EmulatedUser(U1, "xtls-rprx-vision", 0)}
+    assert emulator.ops == {"put": 1, "delete": 1} and emulator.calls["batch"] == 1
+    bad = await http.post("/v1/users:batch", json={"ops": []})
+    assert bad.status_code == 400 and "1..1000" in bad.json()["error"]
+    emulator.core_up = False
+    down = await http.post("/v1/users:batch", json={"ops": ops[:1]})
+    assert down.json()["results"][0]["status"] == 502
+
+
 async def test_emails_are_case_insensitive(emulator: NodeEmulator, http: httpx.AsyncClient) -> None:
     await http.put(f"/v1/users/{U1.upper()}", json={"uuid": U1, "flow": "", "level": 0})
     assert list(emulator.users) == [U1]

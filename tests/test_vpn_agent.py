@@ -24,6 +24,7 @@ import pytest
 import trio
 from pydantic import SecretStr
 
+import atlas.vpn.core_config
 from atlas.vpn.agent import NodeAgent, run_agent
 from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core import CoreDriver
@@ -113,6 +114,7 @@ ROUTES = [
     ("PUT", "/v1/users/a@atlas"),
     ("DELETE", "/v1/users/a@atlas"),
     ("GET", "/v1/users/a@atlas/traffic"),
+    ("POST", "/v1/users:batch"),
     ("GET", "/no/such/path"),
 ]
 
@@ -202,6 +204,136 @@ async def test_concurrent_changes_keep_file_and_core_in_step(node: Node) -> None
     assert {c["email"]: c["id"] for c in clients_in(node.config_path)} == final
     for i, email in enumerate(emails):
         assert await node.core_has(email) == bool(i % 2), email
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def counting_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every atomic write of a config file (the agent runs in this process)."""
+    writes: list[Path] = []
+    original = atlas.vpn.core_config.write_atomically
+
+    def counted(path: Path, text: str) -> None:
+        writes.append(path)
+        original(path, text)
+
+    monkeypatch.setattr(atlas.vpn.core_config, "write_atomically", counted)
+    return writes
+
+
+async def test_a_batch_of_adds_and_removes_is_one_config_write_and_lives_in_the_core(
+    node: Node, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = {f"old{i}@atlas": new_uuid() for i in range(5)}
+    for email, key in old.items():
+        assert (await node.http.put(f"/v1/users/{email}", json={"uuid": key})).status_code == 200
+    replaced, kept = "old0@atlas", "old1@atlas"
+    fresh = {f"new{i}@atlas": new_uuid() for i in range(20)}
+    fresh[replaced] = new_uuid()  # new credentials for an existing user
+    removed = ["old2@atlas", "old3@atlas", "never@atlas"]
+    ops: list[dict[str, Any]] = [{"op": "put", "email": e, "uuid": k} for e, k in fresh.items()]
+    ops += [{"op": "put", "email": kept, "uuid": old[kept]}]  # unchanged
+    ops += [{"op": "delete", "email": e} for e in removed]
+    writes = counting_writes(monkeypatch)
+
+    response = await node.http.post("/v1/users:batch", json={"ops": ops})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results == (
+        [{"ok": True, "changed": True}] * len(fresh)
+        + [{"ok": True, "changed": False}]
+        + [{"ok": True, "changed": True}] * 2
+        + [{"ok": True, "changed": False}]
+    )
+    assert writes == [node.config_path]  # ONE write for 21 puts and 2 deletes
+    expected = {**old, **fresh}
+    for email in ("old2@atlas", "old3@atlas"):
+        del expected[email]
+    assert {c["email"]: c["id"] for c in clients_in(node.config_path)} == expected
+    for email in [*expected, *removed]:
+        assert await node.core_has(email) == (email in expected), email
+
+    # The core restarts from the file: every user of the batch is there, the removed ones are not.
+    await node.core.stop()
+    await node.core.start(nursery)
+    for email in [*expected, *removed]:
+        assert await node.core_has(email) == (email in expected), email
+    # The file, and so the listing, holds the replaced user's new credentials.
+    listing = (await node.http.get("/v1/users", params={"limit": 1000})).json()["users"]
+    assert {u["email"]: u["uuid"] for u in listing} == expected
+
+    # A batch that changes nothing writes nothing.
+    again = await node.http.post("/v1/users:batch", json={"ops": [{"op": "delete", "email": "never@atlas"}]})
+    assert again.json() == {"results": [{"ok": True, "changed": False}]}
+    assert writes == [node.config_path]
+
+
+async def test_a_bad_op_gets_its_own_400_and_the_rest_is_applied(node: Node) -> None:
+    good = new_uuid()
+    ops: list[Any] = [
+        {"op": "put", "email": "good@atlas", "uuid": good},
+        {"op": "put", "email": "bad@atlas", "uuid": "not-a-uuid"},
+        {"op": "frobnicate", "email": "x@atlas"},
+        "not an object",
+        {"op": "put", "email": "GOOD@atlas", "uuid": new_uuid()},  # repeats good@atlas
+        {"op": "delete", "email": "bad email"},
+        {"op": "put", "email": "level@atlas", "uuid": new_uuid(), "level": True},
+    ]
+    response = await node.http.post("/v1/users:batch", json={"ops": ops})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert results[0] == {"ok": True, "changed": True}
+    fragments = [
+        "ops[1]: uuid",
+        "ops[2].op",
+        "ops[3]: must be an object",
+        "ops[4].email: repeated",
+        "ops[5]: email",
+        "ops[6].level",
+    ]
+    for result, fragment in zip(results[1:], fragments, strict=True):
+        assert result["ok"] is False and result["status"] == 400, result
+        assert fragment in result["error"], (fragment, result)
+    assert {c["email"]: c["id"] for c in clients_in(node.config_path)} == {"good@atlas": good}
+    assert await node.core_has("good@atlas")
+
+
+async def test_batch_envelope_errors_and_bounds_are_400(node: Node) -> None:
+    too_many = [{"op": "delete", "email": f"u{i}@atlas"} for i in range(1001)]
+    for body, fragment in [
+        ([], "body: must be a JSON object"),
+        ({"ops": "x"}, "ops: must be a list"),
+        ({"ops": []}, "1..1000 ops"),
+        ({"ops": too_many}, "1..1000 ops, got 1001"),
+    ]:
+        response = await node.http.post("/v1/users:batch", json=body)
+        assert response.status_code == 400, body
+        assert fragment in response.json()["error"]
+    huge = {"ops": [{"op": "delete", "email": "a" * 100 + f"{i}@atlas"} for i in range(3000)]}
+    response = await node.http.post("/v1/users:batch", json=huge)
+    assert response.status_code == 400
+    assert "larger than 262144" in response.json()["error"]
+    assert clients_in(node.config_path) == []
+
+
+async def test_a_batch_while_the_core_is_down_is_502_per_op_and_heals_on_retry(
+    node: Node, nursery: trio.Nursery
+) -> None:
+    key = new_uuid()
+    await node.core.stop()
+    ops = [{"op": "put", "email": "late@atlas", "uuid": key}, {"op": "delete", "email": "gone@atlas"}]
+    response = await node.http.post("/v1/users:batch", json={"ops": ops})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [(r["ok"], r["status"]) for r in results] == [(False, 502), (False, 502)]
+    assert all(r["error"].startswith("core: ") for r in results)
+    # As for a single PUT: the grant reached the file first (the file over-approximates the core).
+    assert [c["email"] for c in clients_in(node.config_path)] == ["late@atlas"]
+    await node.core.start(nursery)
+    retry = await node.http.post("/v1/users:batch", json={"ops": ops})
+    assert retry.json() == {"results": [{"ok": True, "changed": False}, {"ok": True, "changed": False}]}
+    assert await node.core_has("late@atlas")
 
 
 # --- listing ----------------------------------------------------------------------------------
@@ -433,6 +565,38 @@ async def test_failed_write_changes_nothing(tmp_path: Path) -> None:
         await config.upsert(VlessUser("a@atlas", KEY))
     assert config.get("a@atlas") is None
     assert config.count() == 0
+
+
+async def test_a_batch_of_config_changes_is_one_write_and_a_failed_one_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    document = render_server_config(vless_port=1, api_port=2)
+    hand_made = {"id": KEY, "email": "Hand@Made", "flow": "", "level": 0}
+    document["inbounds"][0]["settings"]["clients"] = [hand_made]
+    path = write_config(directory / "config.json", document)
+    config = CoreConfigFile(path, TAG)
+    await config.load()
+    writes = counting_writes(monkeypatch)
+    same = VlessUser("Hand@Made", KEY)
+    fresh = [VlessUser(f"u{i}@atlas", new_uuid()) for i in range(10)]
+    # The unchanged user and the absent one are no-ops; the ten new ones are one write.
+    assert await config.apply([*fresh, same], ["nobody@atlas"]) == 10
+    assert len(writes) == 1
+    assert await config.apply([], ["HAND@made", "u0@atlas"]) == 2
+    assert len(writes) == 2
+    assert await config.apply([], ["hand@made"]) == 0
+    assert len(writes) == 2  # nothing to change: nothing written
+    assert [u.email for u in config.users()] == [f"u{i}@atlas" for i in range(1, 10)]
+    with pytest.raises(ValueError, match="both"):
+        await config.apply([VlessUser("u1@atlas", new_uuid())], ["U1@atlas"])
+
+    shutil.rmtree(directory)
+    with pytest.raises(CoreConfigError, match="cannot write"):
+        await config.apply([VlessUser("late@atlas", KEY)], ["u1@atlas"])
+    assert config.get("late@atlas") is None and config.get("u1@atlas") is not None
+    assert config.count() == 9
 
 
 async def test_rendered_configs_pass_the_cores_own_check(tmp_path: Path, v2ray_binary: str) -> None:

@@ -37,7 +37,7 @@ from atlas.storage.units.vpn import (
 )
 from atlas.supervision import Backoff as RestartBackoff
 from atlas.supervision import CrashReporter, RingSink, Strategy, Supervisor
-from atlas.testing.node_emulator import NodeEmulator
+from atlas.testing.node_emulator import EmulatedUser, NodeEmulator
 from atlas.vpn import Fleet, NodeConfig
 
 TOKEN = "node-token-0123456789abcdef"
@@ -48,15 +48,15 @@ NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class CountingEmulator(NodeEmulator):
-    """Counts PUTs per email (the base emulator counts per route only)."""
+    """Counts puts per email, single or batched (the base emulator counts per kind only)."""
 
     def __init__(self, token: str, *, latency: float = 0.0) -> None:
         super().__init__(token, latency=latency)
         self.puts: collections.Counter[str] = collections.Counter()
 
-    async def _put_user(self, request: Any) -> Any:
-        self.puts[str(request.path_params["email"]).lower()] += 1
-        return await super()._put_user(request)
+    async def _apply_put(self, email: str, wanted: EmulatedUser) -> bool:
+        self.puts[email] += 1
+        return await super()._apply_put(email, wanted)
 
 
 async def start_nodes(
@@ -216,10 +216,10 @@ async def test_converges_every_node_and_tells_each_user_once(db: Database, nurse
         assert all('"subscription_id"' in n["payload"] for n in notices)
 
         # Level-triggered and idle: nothing to do, no node call, no second notice.
-        puts = [emulator.calls["put_user"] for emulator in emulators]
+        puts = [emulator.ops["put"] for emulator in emulators]
         again = await controller.converge()
         assert (again.planned, again.converged, again.failed) == (0, 0, 0)
-        assert [emulator.calls["put_user"] for emulator in emulators] == puts
+        assert [emulator.ops["put"] for emulator in emulators] == puts
 
         # The first trial expires: its key is wanted absent, and removed from every node.
         expired = await db.run(expire_due, now=NOW + dt.timedelta(days=3, seconds=1), limit=10)
@@ -260,8 +260,10 @@ async def test_a_long_outage_loses_nothing_and_converges_after_recovery(
     assert any("NodeUnavailable" in (row["last_error"] or "") for row in rows)
     stats = fleet.for_node("n1").statistics()
     assert stats.breaker.opened >= 2  # opened, then re-opened by failed probes
-    assert stats.circuit_rejected > 0
-    assert stats.unavailable <= 3 + 60  # the threshold, then at most one probe per reset period
+    # Lanes stop claiming while the circuit is open, so the node sees at most the threshold (plus
+    # the other lanes' requests already in flight) and then one probe per reset period.
+    assert stats.successes == 0
+    assert stats.unavailable <= 4 + 60
     assert await outbox(db, KEY_ACTIVE_KIND) == []  # not active everywhere yet: nobody told
     await fleet.aclose()
 
@@ -288,20 +290,20 @@ async def test_garbage_answers_are_failures_never_success(
     (emulator,) = await start_nodes(nursery, 1)
     clock = Clock(NOW)
     wanted = await seed_keys(db, 3)
-    emulator.garbage_next(1, "not_json")
-    emulator.garbage_next(1, "wrong_shape")
-    emulator.garbage_next(1, "wrong_types")  # {"changed": "true"}: the right key, a string
     async with Fleet(node_configs([emulator]), timeout=5, failure_threshold=5) as fleet:
         controller = make_controller(db, fleet, clock)
-        report = await controller.converge()
-        assert (report.converged, report.failed) == (0, 3)
-        assert emulator.users == {}
-        rows = await node_rows(db, "n0")
-        assert all(row["pending"] and row["applied"] == "absent" for row in rows)
-        assert all("NodeProtocolError" in row["last_error"] for row in rows)
+        # One batch request carries all three keys; each garbage answer fails the whole batch.
+        for attempt, kind in enumerate(("not_json", "wrong_shape", "wrong_types")):
+            emulator.garbage_next(1, kind)  # wrong_types: {"ok": "true", ...}: the right keys, strings
+            report = await controller.converge()
+            assert (report.converged, report.failed) == (0, 3)
+            assert emulator.users == {}
+            rows = await node_rows(db, "n0")
+            assert all(row["pending"] and row["applied"] == "absent" for row in rows)
+            assert all("NodeProtocolError" in row["last_error"] for row in rows)
+            mock_clock.jump(10 * 2**attempt)  # the backoff step
         assert fleet.for_node("n0").statistics().protocol_errors == 3
 
-        mock_clock.jump(10)  # the first backoff step
         report = await controller.converge()
         assert (report.converged, report.failed, report.notified) == (3, 0, 3)
         assert set(emulator.users) == wanted
@@ -350,6 +352,26 @@ async def test_two_controllers_never_apply_the_same_key_twice(
     assert len(await outbox(db, KEY_ACTIVE_KIND)) == 150
 
 
+async def test_batches_carry_the_claimed_rows_and_an_older_agent_gets_single_calls(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    current = CountingEmulator(TOKEN)
+    older = NodeEmulator(TOKEN, batch_route=False)
+    for emulator in (current, older):
+        await nursery.start(emulator.run)
+    wanted = await seed_keys(db, 25)
+    async with Fleet(node_configs([current, older]), timeout=5, max_concurrency=2) as fleet:
+        controller = make_controller(db, fleet, Clock(NOW), batch=10)
+        report = await controller.converge()
+        assert (report.converged, report.failed) == (50, 0)
+    assert set(current.users) == set(older.users) == wanted
+    # 25 rows in claims of 10 over two lanes: three batch requests, no single-user call.
+    assert current.calls["batch"] == 3
+    assert current.calls["put_user"] == 0 and max(current.puts.values()) == 1
+    # The older agent answered 404 to the batch route; every row then went by PUT, once each.
+    assert "batch" not in older.calls and older.calls["put_user"] == 25
+
+
 async def test_no_node_call_inside_a_unit_of_work(db: Database, nursery: trio.Nursery) -> None:
     (emulator,) = await start_nodes(nursery, 1)
     async with Fleet(node_configs([emulator]), timeout=5) as fleet:
@@ -361,7 +383,7 @@ async def test_no_node_call_inside_a_unit_of_work(db: Database, nursery: trio.Nu
 
         with pytest.raises(ConnectionHeldAcrossIO, match="inside unit of work"):
             await db.run(sneaky)
-        assert emulator.calls["put_user"] == 0
+        assert emulator.ops["put"] == 0
         assert client.statistics().calls == 0  # refused before the breaker and the network
 
         # The controller does the same call with the guard on, outside its units: it works.
@@ -404,13 +426,13 @@ async def test_reconcile_removes_orphans_and_readds_missing_users(
         assert set(emulators[0].users) == still_wanted
         assert set(emulators[1].users) == still_wanted - {lost}
 
-        puts = emulators[1].calls["put_user"]
+        puts = emulators[1].ops["put"]
         await controller.converge()
         for emulator in emulators:
             assert {email: user.uuid for email, user in emulator.users.items()} == {
                 email: email for email in still_wanted
             }
-        assert emulators[1].calls["put_user"] == puts + 2  # the lost one and the wrong one
+        assert emulators[1].ops["put"] == puts + 2  # the lost one and the wrong one
 
         # Nothing left to repair; and the admin's "reconcile now" reaches the running actor.
         async with trio.open_nursery() as tree_nursery:

@@ -30,6 +30,7 @@ from atlas.vpn.node_client import (
     UnknownNode,
 )
 from atlas.vpn.nodes import NodeConfig
+from atlas.vpn.user_batch import OpResult, UserOp
 
 TOKEN = "node-token-0123456789abcdef"
 U1 = "11111111-1111-4111-8111-111111111111"
@@ -469,6 +470,79 @@ async def test_put_sends_the_contract_body_and_quotes_the_email() -> None:
     assert request.method == "PUT"
     assert request.url.raw_path == b"/v1/users/a%2Bb%40x"
     assert json.loads(request.content) == {"uuid": U1, "flow": "xtls-rprx-vision", "level": 2}
+
+
+async def test_a_batch_to_the_emulator_answers_per_op(emulator: NodeEmulator, client: NodeClient) -> None:
+    emulator.put_orphan("old@x", U2)
+    ops = [
+        UserOp.put("a@x", U1),
+        UserOp.put("b@x", U2, "xtls-rprx-vision"),
+        UserOp.delete("old@x"),
+        UserOp.delete("none@x"),
+        UserOp.put("A@Xy", "not-a-uuid"),
+    ]
+    results = await client.apply_batch(ops)
+    assert results[:4] == [OpResult.done(True)] * 3 + [OpResult.done(False)]
+    assert not results[4].ok and results[4].status == 400 and "uuid" in results[4].error
+    assert set(emulator.users) == {"a@x", "b@x"}
+    assert emulator.calls["batch"] == 1 and emulator.ops == {"put": 2, "delete": 2}
+    assert client.breaker.statistics().total_successes == 1
+
+    emulator.core_up = False  # every op fails on the node's side: the node is unavailable
+    with pytest.raises(NodeUnavailable, match="every op failed"):
+        await client.apply_batch([UserOp.put("c@x", U1), UserOp.delete("a@x")])
+    assert client.breaker.statistics().total_failures == 1
+
+
+async def test_a_batch_is_checked_before_any_io(emulator: NodeEmulator, client: NodeClient) -> None:
+    for ops, message in [
+        ([], "1..1000 ops"),
+        ([UserOp.delete("a@x")] * 1001, "1..1000 ops"),
+        ([UserOp.delete("a@x"), UserOp.put("A@x", U1)], "twice"),
+        ([UserOp.put("a@x", U1, "bogus-flow")], "flow"),
+        ([UserOp.delete("a b")], "email"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            await client.apply_batch(ops)
+    assert emulator.requests == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"results": [{"ok": True, "changed": True}]}, "sent 2 ops, got 1 results"),
+        ({"results": {"0": {}}}, "must be a list"),
+        ({"results": [{"ok": "true", "changed": True}] * 2}, "ok must be a boolean"),
+        ({"results": [{"ok": True, "changed": "yes"}] * 2}, "changed must be a boolean"),
+        ({"results": [{"ok": False, "status": 200, "error": "?"}] * 2}, "HTTP error status"),
+        ({"results": [{"ok": False, "status": 400}] * 2}, "missing field 'error'"),
+        ({"changed": True}, "missing field 'results'"),
+    ],
+)
+async def test_batch_garbage_is_a_protocol_error(body: Any, message: str) -> None:
+    with pytest.raises(NodeProtocolError, match=message):
+        await answering(200, body).apply_batch([UserOp.put("a@x", U1), UserOp.delete("b@x")])
+
+
+async def test_batch_sends_the_contract_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answers = [{"ok": True, "changed": True}, {"ok": False, "status": 400, "error": "ops[1]: email"}]
+        return httpx.Response(200, json={"results": answers})
+
+    ops = [UserOp.put("a@x", U1, level=3), UserOp.delete("b@x")]
+    results = await mock_client(handler).apply_batch(ops)
+    assert results == [OpResult.done(True), OpResult.failed(400, "ops[1]: email")]
+    (request,) = seen
+    assert (request.method, request.url.raw_path) == ("POST", b"/v1/users:batch")
+    assert json.loads(request.content) == {
+        "ops": [
+            {"op": "put", "email": "a@x", "uuid": U1, "flow": "", "level": 3},
+            {"op": "delete", "email": "b@x"},
+        ]
+    }
 
 
 # -- the fleet ----------------------------------------------------------------------------------

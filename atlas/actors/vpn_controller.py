@@ -1,33 +1,41 @@
 """``vpn_controller``: converge every enabled node to the keys' desired state; repair drift.
 
 Convergence (every tick, level-triggered as in Kubernetes controllers): plan changed keys, then for
-each enabled node concurrently, loop within the tick's time budget:
+each enabled node concurrently, run as many *lanes* as the node client allows calls in flight; each
+lane loops within the tick's time budget:
 
-    claim a leased batch (unit)  →  call the node, OUTSIDE any transaction  →  record (unit)
+    claim a leased batch (unit)  →  ONE batch request to the node, OUTSIDE any transaction  →  record (unit)
 
-Each call is ``put_user`` / ``delete_user`` (idempotent on the agent), so a call repeated after a
-crash is harmless. The node client bounds the calls in flight per node and runs the circuit
-breaker. Outcomes:
+The batch request (``POST /v1/users:batch``, :mod:`atlas.vpn.user_batch`) carries every put and
+delete of the claimed rows, and the agent writes the core's config file once for it. Every op is
+idempotent on the agent, so a batch repeated after a crash is harmless. The node client bounds the
+requests in flight per node and runs the circuit breaker. Outcomes, per row:
 
-* success → the row is applied at the claimed generation (see :mod:`atlas.storage.units.vpn`);
-* :class:`NodeUnavailable` (timeouts, 5xx, connection errors), :class:`NodeCircuitOpen`,
-  :class:`NodeProtocolError` (garbage is never success), :class:`NodeRejected` (4xx) → a failure
+* its op succeeded → the row is applied at the claimed generation (see :mod:`atlas.storage.units.vpn`);
+* its op failed (a per-op result: 400, 502, 500), or the whole request failed with
+  :class:`NodeUnavailable` (timeouts, 5xx, connection errors), :class:`NodeCircuitOpen`,
+  :class:`NodeProtocolError` (garbage is never success) or :class:`NodeRejected` (4xx) → a failure
   with persisted backoff; the row stays pending and nothing is lost. After an open circuit the
-  node is left alone for the rest of the tick; while the circuit is half-open a batch of one is
-  claimed, so only the breaker's probe is spent.
+  node is left alone for the rest of the tick; while the circuit is half-open one lane claims a
+  batch of one, so only the breaker's probe is spent.
+
+An agent that predates the batch route answers 404 to it; that node is then worked with the
+single-user routes (one call per row, as before) for the controller's lifetime.
+
+Every claim takes the node's shared *converge lease* in the same unit, and a pass drops it when
+its lanes end (:mod:`atlas.storage.units.vpn_node_lease`). A refused lease (a reconcile of the node
+holds it or waits for it) ends the node's pass for this tick (``busy_nodes``).
 
 Anything else (a bug, :class:`atlas.net.ConnectionHeldAcrossIO`) crashes the actor; its leased
 rows are claimed again when the lease runs out. Node calls of one batch are bounded by half the
 lease, so an owner never records after its lease has run out; calls still running then are
 cancelled and recorded as failures. Set the child's ``stall_after`` above ``lease / 2``.
 
-Full reconcile (every ``reconcile_every`` seconds, and on the message ``"reconcile"``): for each
-node, merge-join the node's user list (pages sorted by email) with the wanted keys (keyset pages
-ordered by UUID, whose canonical text is the email): users the database does not want are deleted
-(after a re-check, so a key wanted meanwhile survives), wanted keys missing from the node (or
-there with another UUID or flow) are marked missing so that convergence puts them back. Memory is
-bounded by one page of each side plus one flush batch. A node added to the configuration later is
-filled this way: every wanted key is missing there. Heartbeats come with every page and every call.
+Full reconcile (every ``reconcile_every`` seconds, and on the message ``"reconcile"``): every
+enabled node concurrently, by :class:`~atlas.actors.vpn_reconcile.NodeReconciler` (merge-join of
+the node's users with the wanted keys; orphans deleted under the node's exclusive reconcile lease,
+missing keys marked for convergence). Node I/O of both goes through
+:class:`~atlas.actors.vpn_node_io.NodeOps` (batches; single calls to older agents).
 
 Messages: ``"reconcile"`` → :class:`ReconcileReport`; ``"converge"`` → :class:`ConvergeReport`.
 """
@@ -39,14 +47,14 @@ import logging
 import math
 import random
 import uuid
-from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from atlas.actors.base import Actor
+from atlas.actors.vpn_node_io import NodeOps, release_lease
+from atlas.actors.vpn_reconcile import NodeReconciler, ReconcileLeaseRefused, ReconcileReport, Repairs
 from atlas.clock import Clock
 from atlas.storage import Database
 from atlas.storage.units.vpn import (
@@ -54,29 +62,21 @@ from atlas.storage.units.vpn import (
     Backoff,
     NodeResult,
     NodeWork,
-    claim_node_work,
-    mark_missing,
+    claim_leased_node_work,
     plan_key_changes,
     record_node_results,
-    wanted_among,
-    wanted_keys_page,
 )
 from atlas.vpn.breaker import BreakerState
-from atlas.vpn.node_client import (
-    MAX_PAGE,
-    Fleet,
-    NodeCircuitOpen,
-    NodeClient,
-    NodeError,
-    NodeUser,
-)
+from atlas.vpn.node_client import MAX_PAGE, Fleet, NodeCircuitOpen, NodeClient, NodeError
+from atlas.vpn.user_batch import MAX_BATCH_OPS, OpResult, UserOp
 
 _log = logging.getLogger("atlas.actors.vpn_controller")
 
 
 @dataclass(frozen=True, slots=True)
 class ConvergeReport:
-    """One convergence pass: rows planned, node calls recorded, nodes skipped (circuit open)."""
+    """One convergence pass: rows planned, node ops recorded, nodes skipped (circuit open) and
+    nodes busy (their lease refused: a reconcile of the node holds it or waits for it)."""
 
     planned: int = 0
     converged: int = 0
@@ -84,15 +84,7 @@ class ConvergeReport:
     stale: int = 0
     notified: int = 0
     skipped_nodes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcileReport:
-    """One full reconcile: orphans deleted, missing keys marked, nodes whose listing failed."""
-
-    orphans_removed: int = 0
-    readded: int = 0
-    failed_nodes: tuple[str, ...] = ()
+    busy_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +109,17 @@ class _Tally:
     failed: int = 0
     stale: int = 0
     notified: int = 0
-    orphans_removed: int = 0
-    readded: int = 0
     skipped: list[str] = field(default_factory=list)
-    failed_nodes: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _NodePass:
+    """What the lanes of one node's convergence pass share."""
+
+    leased: bool = False
+    refused: bool = False
+    skipped: bool = False
 
 
 def _positive(name: str, value: float) -> float:
@@ -142,8 +141,9 @@ class VpnController(Actor):
     - ``fleet``: one client per enabled node (breaker + concurrency limit live there).
     - ``clock``: business time for ``now``, leases and backoff. ``rng``: tick and reconcile jitter.
     - ``period`` (5 s): seconds between ticks. ``tick_budget`` (20 s): a tick stops claiming new
-      batches after this long. ``batch`` (64): rows claimed per node per batch; a multiple of the
-      node's concurrency limit keeps every slot busy.
+      batches after this long. ``batch`` (64): rows claimed per lane per batch, sent to the node
+      in ONE request (at most ``MAX_BATCH_OPS``); each node runs as many lanes as its client
+      allows calls in flight.
     - ``reconcile_every`` (600 s, None = only on request): seconds between full reconciles; the
       first comes ``first_reconcile`` (min, max) seconds after the first tick.
     - ``lease`` (120 s): how long claimed rows belong to this controller.
@@ -177,7 +177,7 @@ class VpnController(Actor):
         self._clock = clock
         self._random = rng
         self._tick_budget = _positive("tick_budget", tick_budget)
-        self._batch = _count("batch", batch, MAX_BATCH)
+        self._batch = _count("batch", batch, min(MAX_BATCH, MAX_BATCH_OPS))
         self._reconcile_every = (
             None if reconcile_every is None else _positive("reconcile_every", reconcile_every)
         )
@@ -192,6 +192,17 @@ class VpnController(Actor):
         self._backoff = backoff if backoff is not None else Backoff()
         self._page_size = _count("page_size", page_size, min(MAX_PAGE, MAX_BATCH))
         self.owner = owner if owner is not None else f"{name}:{uuid.uuid4().hex[:16]}"
+        self._converge_holder = f"{self.owner}/converge"
+        self._ops = NodeOps(self.heartbeat)
+        self._reconciler = NodeReconciler(
+            db=db,
+            clock=clock,
+            ops=self._ops,
+            holder=f"{self.owner}/reconcile",
+            lease=self._lease,
+            page_size=self._page_size,
+            beat=self.heartbeat,
+        )
         self._node_names = tuple(client.name for client in fleet.enabled())
         self._next_reconcile: float | None = None
         self._planned = 0
@@ -269,37 +280,63 @@ class VpnController(Actor):
             stale=tally.stale,
             notified=tally.notified,
             skipped_nodes=tuple(tally.skipped),
+            busy_nodes=tuple(tally.busy),
         )
         if report.converged or report.failed or report.stale:
             _log.info(
-                "vpn converge: planned=%d converged=%d failed=%d stale=%d notified=%d skipped=%s",
+                "vpn converge: planned=%d converged=%d failed=%d stale=%d notified=%d skipped=%s busy=%s",
                 report.planned,
                 report.converged,
                 report.failed,
                 report.stale,
                 report.notified,
                 ",".join(report.skipped_nodes) or "-",
+                ",".join(report.busy_nodes) or "-",
             )
         return report
 
     async def _converge_node(self, client: NodeClient, deadline: float, tally: _Tally) -> None:
-        while trio.current_time() < deadline:
+        node_pass = _NodePass()
+        lanes = max(1, int(client.limiter.total_tokens))
+        try:
+            async with trio.open_nursery() as nursery:
+                for lane in range(lanes):
+                    nursery.start_soon(self._converge_lane, client, lane, deadline, tally, node_pass)
+        finally:
+            if node_pass.leased:
+                await release_lease(self._db, client.name, self._converge_holder)
+        if node_pass.skipped:
+            tally.skipped.append(client.name)
+        if node_pass.refused:
+            tally.busy.append(client.name)
+
+    async def _converge_lane(
+        self, client: NodeClient, lane: int, deadline: float, tally: _Tally, node_pass: _NodePass
+    ) -> None:
+        while trio.current_time() < deadline and not node_pass.refused:
             state = client.breaker.state
             if state is BreakerState.OPEN:
-                tally.skipped.append(client.name)
+                node_pass.skipped = True
                 return
-            # Half-open: the breaker lets exactly one call through; claim only that one, so the
-            # rest of a batch does not burn an attempt each on an instant "circuit open".
+            # Half-open: the breaker lets exactly one call through; one lane claims only that one,
+            # so the rest of a batch does not burn an attempt each on an instant "circuit open".
+            if state is not BreakerState.CLOSED and lane > 0:
+                return
             limit = 1 if state is BreakerState.HALF_OPEN else self._batch
             now = self._clock.now()
             work = await self._db().run(
-                claim_node_work,
+                claim_leased_node_work,
                 node=client.name,
                 owner=self.owner,
+                holder=self._converge_holder,
                 now=now,
                 lease_until=now + dt.timedelta(seconds=self._lease),
                 limit=limit,
             )
+            if work is None:
+                node_pass.refused = True
+                return
+            node_pass.leased = True
             if not work:
                 return
             results = await self._call_node(client, work)
@@ -324,7 +361,7 @@ class VpnController(Actor):
             if outcome.failed:
                 first = next(r.error for r in results if r.error is not None)
                 _log.warning(
-                    "node %s: %d of %d calls failed; first: %s",
+                    "node %s: %d of %d ops failed; first: %s",
                     client.name,
                     outcome.failed,
                     len(results),
@@ -334,53 +371,62 @@ class VpnController(Actor):
                 return
 
     async def _call_node(self, client: NodeClient, work: Sequence[NodeWork]) -> list[NodeResult]:
-        """Make every call of a batch (the client bounds how many run at once); never raises a
-        node error: each becomes a failed result."""
-        results: list[NodeResult | None] = [None] * len(work)
-
-        async def one(index: int, item: NodeWork) -> None:
-            try:
-                if item.desired == "present":
-                    await client.put_user(item.email, str(item.uuid), flow=client.node.flow)
-                else:
-                    await client.delete_user(item.email)
-            except NodeCircuitOpen as exc:
-                results[index] = NodeResult.failure(item, str(exc), retry_after=exc.retry_after)
-            except NodeError as exc:
-                results[index] = NodeResult.failure(item, f"{type(exc).__name__}: {exc}")
-            else:
-                results[index] = NodeResult.success(item)
-            self.heartbeat()  # progress, even inside a long batch
-
+        """Send a claimed batch to the node (one request); never raises a node error: each
+        becomes a failed result."""
+        ops = [
+            UserOp.put(item.email, str(item.uuid), flow=client.node.flow)
+            if item.desired == "present"
+            else UserOp.delete(item.email)
+            for item in work
+        ]
+        answers: list[OpResult] | None = None
         # Half the lease: the results are recorded well before another controller may claim them.
         with trio.move_on_after(self._lease / 2):
-            async with trio.open_nursery() as nursery:
-                for index, item in enumerate(work):
-                    nursery.start_soon(one, index, item)
+            try:
+                answers = await self._ops.send(client, ops)
+            except NodeCircuitOpen as exc:
+                return [NodeResult.failure(item, str(exc), retry_after=exc.retry_after) for item in work]
+            except NodeError as exc:
+                return [NodeResult.failure(item, f"{type(exc).__name__}: {exc}") for item in work]
+        if answers is None:
+            return [
+                NodeResult.failure(item, f"no answer within {self._lease / 2:g} s (half the lease)")
+                for item in work
+            ]
         return [
-            result
-            if result is not None
-            else NodeResult.failure(item, f"no answer within {self._lease / 2:g} s (half the lease)")
-            for item, result in zip(work, results, strict=True)
+            NodeResult.success(item)
+            if answer.ok
+            else NodeResult.failure(item, f"op failed on the node: HTTP {answer.status}: {answer.error}")
+            for item, answer in zip(work, answers, strict=True)
         ]
 
     # -- full reconcile ----------------------------------------------------------------------
 
     async def reconcile(self) -> ReconcileReport:
-        """Repair drift on every enabled node, concurrently; see the module docstring.
+        """Repair drift on every enabled node, concurrently (see :mod:`atlas.actors.vpn_reconcile`).
 
-        A node whose listing fails is reported in ``failed_nodes`` (its repairs so far stand).
+        A node whose listing or deletes fail, or whose lease is never granted, is reported in
+        ``failed_nodes``; its repairs so far stand and are counted.
         """
-        tally = _Tally()
+        repairs = Repairs()
+        failed: list[str] = []
+
+        async def one(client: NodeClient) -> None:
+            try:
+                await self._reconciler.reconcile(client, repairs)
+            except (NodeError, ReconcileLeaseRefused) as exc:
+                failed.append(client.name)
+                _log.warning("reconcile of node %s stopped: %s", client.name, exc)
+
         async with trio.open_nursery() as nursery:
             for client in self._fleet.enabled():
-                nursery.start_soon(self._reconcile_node, client, tally)
+                nursery.start_soon(one, client)
         self._reconciles += 1
-        self._reconcile_failures += len(tally.failed_nodes)
+        self._reconcile_failures += len(failed)
+        self._orphans_removed += repairs.orphans_removed
+        self._readded += repairs.readded
         report = ReconcileReport(
-            orphans_removed=tally.orphans_removed,
-            readded=tally.readded,
-            failed_nodes=tuple(tally.failed_nodes),
+            orphans_removed=repairs.orphans_removed, readded=repairs.readded, failed_nodes=tuple(failed)
         )
         _log.info(
             "vpn reconcile: orphans removed=%d, missing marked=%d, failed nodes=%s",
@@ -389,108 +435,3 @@ class VpnController(Actor):
             ",".join(report.failed_nodes) or "-",
         )
         return report
-
-    async def _reconcile_node(self, client: NodeClient, tally: _Tally) -> None:
-        try:
-            await self._merge_join(client, tally)
-        except NodeError as exc:
-            tally.failed_nodes.append(client.name)
-            _log.warning("reconcile of node %s stopped: %s", client.name, exc)
-
-    async def _merge_join(self, client: NodeClient, tally: _Tally) -> None:
-        orphans: list[str] = []
-        missing: list[uuid.UUID] = []
-        wanted = _WantedKeys(self._db, self._page_size, self.heartbeat)
-        async with aclosing(_users(client, self._page_size, self.heartbeat)) as node_users:
-            user = await anext(node_users, None)
-            key = await wanted.next()
-            while user is not None or key is not None:
-                email = None if key is None else str(key)
-                if email is None or (user is not None and user.email < email):
-                    assert user is not None
-                    orphans.append(user.email)
-                    user = await anext(node_users, None)
-                elif user is None or email < user.email:
-                    assert key is not None
-                    missing.append(key)
-                    key = await wanted.next()
-                else:
-                    assert key is not None
-                    if user.uuid.lower() != email or user.flow != client.node.flow:
-                        missing.append(key)  # the right name with the wrong account: put it again
-                    user = await anext(node_users, None)
-                    key = await wanted.next()
-                if len(orphans) >= self._page_size:
-                    await self._remove_orphans(client, orphans, tally)
-                if len(missing) >= self._page_size:
-                    await self._mark_missing(client, missing, tally)
-            await self._remove_orphans(client, orphans, tally)
-            await self._mark_missing(client, missing, tally)
-
-    async def _remove_orphans(self, client: NodeClient, emails: list[str], tally: _Tally) -> None:
-        if not emails:
-            return
-        keep = await self._db().run(wanted_among, emails=list(emails))
-        doomed = [email for email in emails if email not in keep]
-        emails.clear()
-        removed = 0
-        errors: list[NodeError] = []
-
-        async def delete(email: str) -> None:
-            nonlocal removed
-            try:
-                if await client.delete_user(email):
-                    removed += 1
-            except NodeError as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            for email in doomed:
-                nursery.start_soon(delete, email)
-        tally.orphans_removed += removed
-        self._orphans_removed += removed
-        self.heartbeat()
-        if errors:
-            raise errors[0]
-
-    async def _mark_missing(self, client: NodeClient, keys: list[uuid.UUID], tally: _Tally) -> None:
-        if not keys:
-            return
-        marked = await self._db().run(mark_missing, node=client.name, keys=list(keys), now=self._clock.now())
-        keys.clear()
-        tally.readded += marked
-        self._readded += marked
-        self.heartbeat()
-
-
-async def _users(
-    client: NodeClient, page_size: int, beat: Callable[[], None]
-) -> AsyncGenerator[NodeUser, None]:
-    """Every user of the node, one page in memory at a time, sorted by email."""
-    async with aclosing(client.iter_all_users(page_size)) as pages:
-        async for page in pages:
-            beat()
-            for user in page:
-                yield user
-
-
-class _WantedKeys:
-    """The keys wanted present, in UUID order, read one keyset page at a time."""
-
-    def __init__(self, db: Callable[[], Database], page_size: int, beat: Callable[[], None]) -> None:
-        self._db = db
-        self._page_size = page_size
-        self._beat = beat
-        self._buffer: deque[uuid.UUID] = deque()
-        self._after: uuid.UUID | None = None
-        self._done = False
-
-    async def next(self) -> uuid.UUID | None:
-        if not self._buffer and not self._done:
-            page = await self._db().run(wanted_keys_page, after=self._after, limit=self._page_size)
-            self._buffer.extend(page)
-            if page:
-                self._after = page[-1]
-            self._done = len(page) < self._page_size
-            self._beat()
-        return self._buffer.popleft() if self._buffer else None

@@ -3,9 +3,10 @@
 Tests and ``atlas demo`` run it as a real HTTP server on 127.0.0.1 (Hypercorn via
 :func:`atlas.web.server.serve_asgi`), so the bot's :class:`atlas.vpn.NodeClient` is exercised over
 real sockets. It speaks exactly the contract in :mod:`atlas.vpn.node_client` (bearer token, health,
-keyset-paginated user list, idempotent PUT/DELETE, traffic counters, 400/401/502 errors) and lets
-a test break it on purpose:
+keyset-paginated user list, idempotent PUT/DELETE, the batch route of :mod:`atlas.vpn.user_batch`
+with its per-op results, traffic counters, 400/401/502 errors) and lets a test break it on purpose:
 
+* ``batch_route=False``: no ``POST /v1/users:batch`` (404), as an agent that predates it.
 * ``latency``: seconds every request waits (``trio.sleep``, so ``MockClock`` controls it).
 * :meth:`fail_next`: the next ``n`` requests answer ``status`` (503 by default) with an error body.
 * :meth:`garbage_next`: the next ``n`` requests answer 200 with garbage (not JSON, the wrong
@@ -14,12 +15,16 @@ a test break it on purpose:
   refused, open ones are dropped, in-flight requests die) and later re-opened on the same port,
   which is what a crashed agent looks like. ``outage(refuse_connections=False)`` keeps listening
   and answers 503 to everything instead (a proxy in front of a dead agent).
-* ``core_up = False``: health reports ``"core": "down"`` and user changes answer 502 ``core: ...``.
+* ``core_up = False``: health reports ``"core": "down"`` and user changes answer 502 ``core: ...``
+  (in a batch, every op gets a 502 result).
+* ``change_gate``: an async callable ``(kind, email)`` awaited before each put or delete is applied
+  (single or batched), so a test can hold a change at the exact moment a race needs.
 
 Faults are consumed in the order they were queued, by any request, before the token is checked.
 
 Direct access for assertions: ``users`` (email -> :class:`EmulatedUser`), :meth:`put_orphan`,
 :meth:`add_traffic`, ``calls`` (requests per route name, unauthorized ones included),
+``ops`` (user changes applied per kind, ``"put"``/``"delete"``, whichever route carried them),
 ``unauthorized``, ``in_flight`` and ``max_concurrent`` (the most requests seen at once).
 
 Like Xray, emails are case-insensitive: the emulator stores them lower-cased.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import re
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,13 +49,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from atlas.vpn.nodes import FLOWS
+from atlas.vpn.user_batch import MAX_BATCH_BODY_BYTES, BadBatch, OpResult, UserOp, read_ops
 from atlas.web.server import serve_asgi
 
 GarbageKind = Literal["not_json", "wrong_shape", "wrong_types"]
-ROUTES: Final = ("health", "list_users", "put_user", "delete_user", "traffic")
-MAX_BODY: Final = 64 * 1024
+ROUTES: Final = ("health", "list_users", "put_user", "delete_user", "batch", "traffic")
+MAX_BODY: Final = MAX_BATCH_BODY_BYTES
 DEFAULT_LIMIT: Final = 500
 MAX_LIMIT: Final = 1000
+
+
+_WHITESPACE = re.compile(r"\s")
+
+
+def _plain(email: str) -> bool:
+    """Printable and without whitespace (whole-string checks: this runs for every op)."""
+    return email.isprintable() and _WHITESPACE.search(email) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +87,13 @@ class _BadRequest(Exception):
 
 
 Handler = Callable[[Request], Awaitable[Any]]
+ChangeGate = Callable[[str, str], Awaitable[None]]
 
 
 class NodeEmulator:
     """An in-memory node agent served over HTTP; see the module docstring for the faults."""
 
-    def __init__(self, token: str, *, latency: float = 0.0) -> None:
+    def __init__(self, token: str, *, latency: float = 0.0, batch_route: bool = True) -> None:
         if not token:
             raise ValueError("the emulator needs a non-empty token")
         self._token = token.encode()
@@ -86,6 +102,8 @@ class NodeEmulator:
         self.users: dict[str, EmulatedUser] = {}
         self.traffic_counters: dict[str, tuple[int, int]] = {}
         self.calls: collections.Counter[str] = collections.Counter()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.change_gate: ChangeGate | None = None
         self.unauthorized = 0
         self.in_flight = 0
         self.max_concurrent = 0
@@ -110,6 +128,10 @@ class NodeEmulator:
             ],
             max_body_size=MAX_BODY,
         )
+        if batch_route:  # without it: an agent older than the batch route (404 to it)
+            self.app.router.routes.insert(
+                2, Route("/v1/users:batch", self._endpoint("batch", self._batch), methods=["POST"])
+            )
 
     def __repr__(self) -> str:
         return f"<NodeEmulator {self.url or 'not started'} users={len(self.users)} state={self._state}>"
@@ -131,8 +153,9 @@ class NodeEmulator:
         return sum(self.calls.values())
 
     def reset_counters(self) -> None:
-        """Zero ``calls``, ``unauthorized`` and ``max_concurrent`` (the user table is kept)."""
+        """Zero ``calls``, ``ops``, ``unauthorized`` and ``max_concurrent`` (the user table is kept)."""
         self.calls.clear()
+        self.ops.clear()
         self.unauthorized = 0
         self.max_concurrent = self.in_flight
 
@@ -267,7 +290,7 @@ class NodeEmulator:
     @staticmethod
     def _email(request: Request) -> str:
         email = str(request.path_params["email"])
-        if not 1 <= len(email) <= 255 or any(ch.isspace() or not ch.isprintable() for ch in email):
+        if not 1 <= len(email) <= 255 or not _plain(email):
             raise _BadRequest(f"bad email {email[:80]!r}")
         return email.lower()
 
@@ -297,6 +320,36 @@ class NodeEmulator:
             "next": page[-1] if more else None,
         }
 
+    @staticmethod
+    def _checked_user(raw_uuid: object, flow: object, level: object) -> EmulatedUser:
+        try:
+            user_uuid = str(uuidlib.UUID(raw_uuid)) if isinstance(raw_uuid, str) else None
+        except ValueError:
+            user_uuid = None
+        if user_uuid is None:
+            raise _BadRequest(f"uuid must be a UUID string, got {raw_uuid!r:.80}")
+        if not isinstance(flow, str) or flow not in FLOWS:
+            raise _BadRequest(f"flow must be one of {sorted(FLOWS)}, got {flow!r:.80}")
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 255:
+            raise _BadRequest(f"level must be an integer in 0..255, got {level!r:.80}")
+        return EmulatedUser(uuid=user_uuid, flow=flow, level=level)
+
+    async def _apply_put(self, email: str, wanted: EmulatedUser) -> bool:
+        """Make ``email`` present as ``wanted`` (both routes end here); return whether it changed."""
+        if self.change_gate is not None:
+            await self.change_gate("put", email)
+        self.ops["put"] += 1
+        changed = self.users.get(email) != wanted
+        self.users[email] = wanted
+        return changed
+
+    async def _apply_delete(self, email: str) -> bool:
+        """Make ``email`` absent (both routes end here); return whether it changed."""
+        if self.change_gate is not None:
+            await self.change_gate("delete", email)
+        self.ops["delete"] += 1
+        return self.users.pop(email, None) is not None
+
     async def _put_user(self, request: Request) -> Any:
         email = self._email(request)
         try:
@@ -305,31 +358,52 @@ class NodeEmulator:
             raise _BadRequest("body must be JSON") from exc
         if not isinstance(body, dict):
             raise _BadRequest("body must be a JSON object")
-        raw_uuid, flow, level = body.get("uuid"), body.get("flow", ""), body.get("level", 0)
-        try:
-            user_uuid = str(uuidlib.UUID(raw_uuid)) if isinstance(raw_uuid, str) else None
-        except ValueError:
-            user_uuid = None
-        if user_uuid is None:
-            raise _BadRequest(f"uuid must be a UUID string, got {raw_uuid!r:.80}")
-        if flow not in FLOWS:
-            raise _BadRequest(f"flow must be one of {sorted(FLOWS)}, got {flow!r:.80}")
-        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 255:
-            raise _BadRequest(f"level must be an integer in 0..255, got {level!r:.80}")
+        wanted = self._checked_user(body.get("uuid"), body.get("flow", ""), body.get("level", 0))
         down = self._core_down()
         if down is not None:
             return down
-        wanted = EmulatedUser(uuid=user_uuid, flow=flow, level=level)
-        changed = self.users.get(email) != wanted
-        self.users[email] = wanted
-        return {"changed": changed}
+        return {"changed": await self._apply_put(email, wanted)}
 
     async def _delete_user(self, request: Request) -> Any:
         email = self._email(request)
         down = self._core_down()
         if down is not None:
             return down
-        return {"changed": self.users.pop(email, None) is not None}
+        return {"changed": await self._apply_delete(email)}
+
+    async def _batch(self, request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise _BadRequest("body must be JSON") from exc
+        try:
+            parsed = read_ops(body)
+        except BadBatch as exc:
+            raise _BadRequest(str(exc)) from exc
+        results: list[OpResult] = []
+        seen: set[str] = set()
+        for index, op in enumerate(parsed):
+            results.append(await self._batch_op(index, op, seen))
+        return {"results": [result.to_json() for result in results]}
+
+    async def _batch_op(self, index: int, op: UserOp | str, seen: set[str]) -> OpResult:
+        if isinstance(op, str):
+            return OpResult.failed(400, op)
+        email = op.email.lower()
+        try:
+            if not 1 <= len(email) <= 255 or not _plain(email):
+                raise _BadRequest(f"bad email {email[:80]!r}")
+            wanted = self._checked_user(op.uuid, op.flow, op.level) if op.kind == "put" else None
+        except _BadRequest as exc:
+            return OpResult.failed(400, f"ops[{index}]: {exc}")
+        if email in seen:
+            return OpResult.failed(400, f"ops[{index}].email: repeated in this batch")
+        seen.add(email)
+        if not self.core_up:
+            return OpResult.failed(502, "core: connection refused (core is down)")
+        if wanted is not None:
+            return OpResult.done(await self._apply_put(email, wanted))
+        return OpResult.done(await self._apply_delete(email))
 
     async def _traffic(self, request: Request) -> dict[str, Any]:
         uplink, downlink = self.traffic_counters.get(self._email(request), (0, 0))
@@ -350,6 +424,8 @@ class NodeEmulator:
             }
         elif route == "traffic":
             plausible = {"uplink": 1, "downlink": 2}
+        elif route == "batch":
+            plausible = {"results": [{"ok": True, "changed": True}]}
         else:
             plausible = {"changed": True}
         if kind == "wrong_shape":

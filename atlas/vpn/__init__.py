@@ -53,5 +53,8 @@ from atlas.vpn.subscription import SubscriptionUserInfo as SubscriptionUserInfo
 from atlas.vpn.subscription import render_subscription as render_subscription
 from atlas.vpn.subscription import subscription_headers as subscription_headers
 from atlas.vpn.subscription import subscription_token as subscription_token
+from atlas.vpn.user_batch import MAX_BATCH_OPS as MAX_BATCH_OPS
+from atlas.vpn.user_batch import OpResult as OpResult
+from atlas.vpn.user_batch import UserOp as UserOp
 from atlas.vpn.vless_user import InvalidUser as InvalidUser
 from atlas.vpn.vless_user import VlessUser as VlessUser

@@ -6,6 +6,7 @@ The contract (bearer token on every route; JSON in and out)::
     GET    /v1/users?after=&limit=    -> 200 {"users": [{"email", "uuid", "flow"}], "next": email|null}
     PUT    /v1/users/<email>          {"uuid", "flow"="", "level"=0} -> 200 {"changed": bool}
     DELETE /v1/users/<email>          -> 200 {"changed": bool}
+    POST   /v1/users:batch            {"ops": [...]} -> 200 {"results": [...]}  (atlas.vpn.user_batch)
     GET    /v1/users/<email>/traffic  -> 200 {"uplink": int, "downlink": int}
     errors: 400 {"error": "<field>: ..."}, 401 {"error": "unauthorized"}, 502 {"error": "core: ..."},
             500 {"error": "config: ..."} when the config file cannot be written.
@@ -32,6 +33,15 @@ because after a half-done replace it may hold older credentials). Writes to one 
 are serialised by a per-email lock held across its file write and core calls; different emails
 proceed concurrently, and the file lock is held only for the file write itself.
 
+A batch (:meth:`NodeAgent.apply_batch`) keeps the same order for every op, in three phases, and
+writes the file ONCE: (1) core removals that must precede the file change (old credentials of a
+replaced user, users to delete), op by op; (2) one atomic file write holding every put and dropping
+every delete whose phase 1 succeeded; (3) core grants of the puts and the second removal of the
+deletes, op by op. An op whose core call fails gets its own 502 result (its file change is left
+out when the failure came before the write) and the others go on; a failed file write is a 500
+for every op that needed it. The per-email locks of all the batch's emails are taken in sorted
+order (so two batches, or a batch and a single call, cannot deadlock) and held for the batch.
+
 Cancellation: a request cancelled mid-way (client gone, shutdown) may stop between the steps
 above; the invariant holds at every step, and the bot's retry finishes the job.
 """
@@ -41,8 +51,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -56,6 +67,7 @@ from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core import CoreDriver
 from atlas.vpn.core_config import CoreConfigError, CoreConfigFile
 from atlas.vpn.core_errors import CoreError, CoreUserExists, CoreUserNotFound
+from atlas.vpn.user_batch import MAX_BATCH_BODY_BYTES, BadBatch, OpResult, UserOp, read_ops
 from atlas.vpn.vless_user import InvalidUser, VlessUser, check_email, email_key
 from atlas.web.server import serve_asgi
 
@@ -137,6 +149,65 @@ class NodeAgent:
             await self.config.remove(current.email)
             await self._revoke(current.email)  # a core restarted in between reloaded the old file
             return True
+
+    async def apply_batch(self, ops: Sequence[VlessUser | str]) -> list[OpResult]:
+        """Apply puts (a :class:`VlessUser`) and deletes (an email) with ONE config file write.
+
+        Emails must not repeat (case-insensitively; ``ValueError``). Returns one result per op,
+        in order; see the module docstring for the phases and what each failure means.
+        """
+        keys = [op.key if isinstance(op, VlessUser) else email_key(op) for op in ops]
+        if len(set(keys)) != len(keys):
+            raise ValueError("a batch must not repeat an email")
+        results: list[OpResult | None] = [None] * len(ops)
+        changes: dict[int, VlessUser | str] = {}  # op index -> what the file write does for it
+        async with AsyncExitStack() as held:
+            for key in sorted(keys):
+                await held.enter_async_context(self._locks.hold(key))
+            # Phase 1: removals from the core that must come before the file forgets a user.
+            for index, op in enumerate(ops):
+                try:
+                    if isinstance(op, VlessUser):
+                        current = self.config.get(op.email)
+                        if current is None or not current.same_as(op):
+                            if current is not None:
+                                await self._revoke(current.email)
+                            changes[index] = op
+                    else:
+                        await self._revoke(op)
+                        current = self.config.get(op)
+                        if current is None:
+                            results[index] = OpResult.done(False)
+                        else:
+                            changes[index] = current.email
+                except CoreError as exc:
+                    results[index] = OpResult.failed(502, f"core: {exc}")
+            # Phase 2: one atomic write for the whole batch.
+            if changes:
+                try:
+                    await self.config.apply(
+                        [c for c in changes.values() if isinstance(c, VlessUser)],
+                        [c for c in changes.values() if isinstance(c, str)],
+                    )
+                except CoreConfigError as exc:
+                    _log.error("config file write failed (batch of %d): %s", len(changes), exc)
+                    for index in changes:
+                        results[index] = OpResult.failed(500, f"config: {exc}")
+            # Phase 3: grants, and the second removal (a core restarted meanwhile reloaded the old file).
+            for index, op in enumerate(ops):
+                if results[index] is not None:
+                    continue
+                try:
+                    if isinstance(op, VlessUser):
+                        current = self.config.get(op.email)
+                        await self._grant(current if current is not None else op)
+                    else:
+                        await self._revoke(op)
+                except CoreError as exc:
+                    results[index] = OpResult.failed(502, f"core: {exc}")
+                else:
+                    results[index] = OpResult.done(index in changes)
+        return [result if result is not None else OpResult.failed(500, "not applied") for result in results]
 
     async def traffic(self, email: str) -> tuple[int, int]:
         """``(uplink, downlink)`` bytes of ``email`` (as spelled in the file when present)."""
@@ -223,15 +294,15 @@ class BearerAuth:
         await self._app(scope, receive, send)
 
 
-async def _read_json_body(request: Request) -> Any:
+async def _read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise InvalidUser(f"body: larger than {MAX_BODY_BYTES} bytes")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise InvalidUser(f"body: larger than {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise InvalidUser(f"body: larger than {MAX_BODY_BYTES} bytes")
+        if len(body) > limit:
+            raise InvalidUser(f"body: larger than {limit} bytes")
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -247,7 +318,7 @@ def _translating(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> JSONResponse:
         try:
             return await handler(request)
-        except InvalidUser as exc:
+        except (InvalidUser, BadBatch) as exc:
             return _error(400, str(exc))
         except CoreError as exc:
             return _error(502, f"core: {exc}")
@@ -256,6 +327,32 @@ def _translating(handler: Handler) -> Handler:
             return _error(500, f"config: {exc}")
 
     return wrapped
+
+
+def _checked_ops(parsed: Sequence[UserOp | str]) -> list[VlessUser | str | OpResult]:
+    """Each op as the agent applies it (a user to put, an email to delete), or its 400 result."""
+    seen: set[str] = set()
+    checked: list[VlessUser | str | OpResult] = []
+    for index, op in enumerate(parsed):
+        if isinstance(op, str):
+            checked.append(OpResult.failed(400, op))
+            continue
+        try:
+            item: VlessUser | str = (
+                VlessUser.checked(op.email, op.uuid, op.flow, op.level)
+                if op.kind == "put"
+                else check_email(op.email)
+            )
+        except InvalidUser as exc:
+            checked.append(OpResult.failed(400, f"ops[{index}]: {exc}"))
+            continue
+        key = item.key if isinstance(item, VlessUser) else email_key(item)
+        if key in seen:
+            checked.append(OpResult.failed(400, f"ops[{index}].email: repeated in this batch"))
+            continue
+        seen.add(key)
+        checked.append(item)
+    return checked
 
 
 def build_agent_app(agent: NodeAgent, *, token: str) -> ASGIApp:
@@ -297,6 +394,14 @@ def build_agent_app(agent: NodeAgent, *, token: str) -> ASGIApp:
         email = check_email(request.path_params["email"])
         return JSONResponse({"changed": await agent.delete_user(email)})
 
+    async def batch(request: Request) -> JSONResponse:
+        parsed = read_ops(await _read_json_body(request, MAX_BATCH_BODY_BYTES))
+        checked = _checked_ops(parsed)
+        valid = [op for op in checked if not isinstance(op, OpResult)]
+        applied = iter(await agent.apply_batch(valid) if valid else [])
+        results = [op if isinstance(op, OpResult) else next(applied) for op in checked]
+        return JSONResponse({"results": [result.to_json() for result in results]})
+
     async def traffic(request: Request) -> JSONResponse:
         email = check_email(request.path_params["email"])
         uplink, downlink = await agent.traffic(email)
@@ -305,6 +410,7 @@ def build_agent_app(agent: NodeAgent, *, token: str) -> ASGIApp:
     routes = [
         Route("/v1/health", _translating(health), methods=["GET"]),
         Route("/v1/users", _translating(list_users), methods=["GET"]),
+        Route("/v1/users:batch", _translating(batch), methods=["POST"]),
         Route("/v1/users/{email}", _translating(put_user), methods=["PUT"]),
         Route("/v1/users/{email}", _translating(delete_user), methods=["DELETE"]),
         Route("/v1/users/{email}/traffic", _translating(traffic), methods=["GET"]),
@@ -318,9 +424,9 @@ async def run_agent(
     """Run the node agent until cancelled; ``task_status.started`` gets its base URL.
 
     Loads the config file (a bad file fails here with :class:`CoreConfigError`, before serving),
-    serves the HTTP API, and re-applies every file user to the core in the background until that
-    succeeds once (the core may still be starting). Cancellation stops the server gracefully and
-    closes the connection to the core.
+    serves the HTTP API (HTTPS with the settings' TLS files), and re-applies every file user to
+    the core in the background until that succeeds once (the core may still be starting).
+    Cancellation stops the server gracefully and closes the connection to the core.
     """
     config = CoreConfigFile(settings.config_path, settings.inbound_tag)
     await config.load()
@@ -330,7 +436,17 @@ async def run_agent(
         agent = NodeAgent(config, driver)
         app = build_agent_app(agent, token=settings.token.get_secret_value())
         async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(serve_asgi, app, settings.listen_host, settings.listen_port)
+            tls = settings.tls_cert_file, settings.tls_key_file
+            url: str = await nursery.start(
+                partial(
+                    serve_asgi,
+                    certfile=None if tls[0] is None else str(tls[0]),
+                    keyfile=None if tls[1] is None else str(tls[1]),
+                ),
+                app,
+                settings.listen_host,
+                settings.listen_port,
+            )
             nursery.start_soon(agent.keep_core_in_step)
             _log.info("node agent listening on %s, core API %s", url, settings.core_api)
             task_status.started(url)

@@ -11,10 +11,15 @@ variable                       meaning                                default
 ``ATLAS_NODE_INBOUND_TAG``     tag of the VLESS inbound               ``vless-in``
 ``ATLAS_NODE_CONFIG_PATH``     the core's JSON config file            ``/usr/local/etc/xray/config.json``
 ``ATLAS_NODE_CORE_TIMEOUT``    seconds allowed per gRPC call          ``5``
+``ATLAS_NODE_TLS_CERT_FILE``   PEM certificate (chain): serve HTTPS   unset: plain HTTP
+``ATLAS_NODE_TLS_KEY_FILE``    PEM private key of that certificate    unset (set both or neither)
 =============================  =====================================  ===========================
 
-The agent speaks plain HTTP: expose it beyond localhost only behind TLS (a reverse proxy) or on a
-private network.
+Without the TLS files the agent speaks plain HTTP: keep it on localhost or a private network, or
+put it behind a TLS reverse proxy (nginx, Caddy: terminate TLS there and proxy to
+``http://127.0.0.1:8765``; the bearer token then never crosses a network in clear). With them it
+serves HTTPS itself; a self-signed certificate needs the bot's node entry to name its CA
+(``agent_ca_file`` in the nodes file).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from atlas.vpn.wire.grpc import split_address
@@ -41,6 +46,8 @@ class NodeAgentSettings(BaseSettings):
     inbound_tag: str = Field(default="vless-in", min_length=1)
     config_path: Path = Path("/usr/local/etc/xray/config.json")
     core_timeout: float = Field(default=5.0, gt=0, le=120)
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
 
     @field_validator("token")
     @classmethod
@@ -48,6 +55,12 @@ class NodeAgentSettings(BaseSettings):
         if len(value.get_secret_value()) < 16:
             raise ValueError("token must be at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> NodeAgentSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both ATLAS_NODE_TLS_CERT_FILE and ATLAS_NODE_TLS_KEY_FILE, or neither")
+        return self
 
     @field_validator("core_api")
     @classmethod

@@ -6,6 +6,8 @@ atomically (temp file in the same directory, fsync, ``os.replace``, fsync of the
 the file on disk is always either the old or the new complete document, and a core (re)starting
 at any moment loads a valid user list. Everything else in the document is preserved.
 
+A batch of changes (:meth:`CoreConfigFile.apply`) costs one write, like a single change.
+
 Concurrency: changes are serialised by a ``trio.Lock`` held only for the read-modify-write of
 the document and the file write, never for network calls. The blocking file I/O runs in a worker
 thread (``trio.to_thread.run_sync``, not abandonable): once started, a write finishes and the
@@ -28,6 +30,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +210,35 @@ class CoreConfigFile:
             await self._write(document)
             return True
 
+    async def apply(self, upserts: Iterable[VlessUser], removals: Iterable[str]) -> int:
+        """Store every user of ``upserts`` and drop every email of ``removals`` in ONE write.
+
+        This is what a batch of the node agent costs on disk: one atomic rewrite whatever the
+        number of changes. An email must not appear twice across both (``ValueError``). Returns
+        how many entries changed; with none, nothing is written. Raises :class:`CoreConfigError`
+        if the write fails (nothing changed then).
+        """
+        puts = {user.key: user for user in upserts}
+        drops = {email_key(email) for email in removals}
+        if len(puts) + len(drops) != len(puts.keys() | drops):
+            raise ValueError("an email appears both among the upserts and the removals")
+        async with self._lock:
+            puts = {
+                key: user
+                for key, user in puts.items()
+                if (current := self._users.get(key)) is None or not current.same_as(user)
+            }
+            drops = {key for key in drops if key in self._users}
+            if not puts and not drops:
+                return 0
+            document = copy.deepcopy(self._loaded())
+            clients = _clients_of(document, self.inbound_tag)
+            touched = puts.keys() | drops
+            clients[:] = [entry for entry in clients if not _entry_key_in(entry, touched)]
+            clients.extend(user.to_client_entry() for user in puts.values())
+            await self._write(document)
+            return len(touched)
+
     async def _write(self, document: Any) -> None:
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         try:
@@ -214,6 +246,12 @@ class CoreConfigFile:
         except OSError as exc:
             raise CoreConfigError(f"cannot write core config {self.path}: {exc}") from exc
         self._swap(document)
+
+
+def _entry_key_in(entry: Any, keys: AbstractSet[str]) -> bool:
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("email"), str) and email_key(entry["email"]) in keys
+    )
 
 
 def _entry_has_key(entry: Any, key: str) -> bool:

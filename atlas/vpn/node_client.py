@@ -6,6 +6,7 @@ The agent contract (``Authorization: Bearer <token>`` on every call)::
     GET    /v1/users?after=<email>&limit=<n> -> {"users": [{"email", "uuid", "flow"}], "next": email|null}
     PUT    /v1/users/<email>  {"uuid", "flow", "level"}  -> {"changed": bool}
     DELETE /v1/users/<email>                 -> {"changed": bool}
+    POST   /v1/users:batch  {"ops": [...]}   -> {"results": [...]}   (see atlas.vpn.user_batch)
     GET    /v1/users/<email>/traffic         -> {"uplink": int, "downlink": int}
 
 Errors, named by who caused them::
@@ -17,6 +18,13 @@ Errors, named by who caused them::
     │   └── NodeAuthFailed       401: our token is wrong (a configuration problem, not an outage)
     └── NodeProtocolError        the node answered garbage: not JSON, wrong shape, wrong types,
                                  a body over the size bound, a broken page order
+
+A batch (:meth:`NodeClient.apply_batch`) is one call for the breaker and the limiter, however many
+ops it carries. Its answer has one result per op; a result that failed is the op's own business
+(returned, not raised), except when EVERY op failed on the node's side (5xx results: its core or
+its disk is down), which is :class:`NodeUnavailable` like a 502 of a single call. An agent older
+than the batch route answers 404: :class:`NodeRejected` with ``status`` 404, so the caller can fall
+back to the single-user routes.
 
 A garbage answer is never taken for success: every field of every answer is checked. Unavailable
 and protocol errors count as failures in the node's :class:`CircuitBreaker`; rejections do not
@@ -33,17 +41,21 @@ from __future__ import annotations
 
 import json as jsonlib
 import math
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+import re
+import ssl
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 from urllib.parse import quote
 
+import httpx
 import trio
 
 from atlas.net import OutboundError, OutboundHttp, ensure_no_connection_held
 from atlas.net.http import OutboundTooLarge
 from atlas.vpn.breaker import BreakerStatistics, CircuitBreaker, CircuitOpen
 from atlas.vpn.nodes import FLOWS, NodeConfig
+from atlas.vpn.user_batch import MAX_BATCH_OPS, OpResult, UserOp
 
 T = TypeVar("T")
 
@@ -142,12 +154,16 @@ class NodeClientStatistics:
 # -- validation helpers -------------------------------------------------------------------------
 
 
+_WHITESPACE = re.compile(r"\s")  # the characters str.isspace() accepts
+
+
 def _check_email(email: str) -> str:
     if (
         not isinstance(email, str)
         or not 1 <= len(email) <= MAX_EMAIL_LENGTH
         or "/" in email
-        or any(ch.isspace() or not ch.isprintable() for ch in email)
+        or not email.isprintable()  # whole-string checks: this runs for every op of every batch
+        or _WHITESPACE.search(email) is not None
     ):
         raise ValueError(
             f"email must be 1..{MAX_EMAIL_LENGTH} printable characters without '/' or spaces, got {email!r}"
@@ -157,6 +173,15 @@ def _check_email(email: str) -> str:
 
 def _is_int(value: object, minimum: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_put(uuid: str, flow: str, level: int) -> None:
+    if flow not in FLOWS:
+        raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
+    if not isinstance(uuid, str) or not 1 <= len(uuid) <= 64:
+        raise ValueError(f"uuid must be a non-empty string of at most 64 characters, got {uuid!r}")
+    if not _is_int(level) or level > 255:
+        raise ValueError(f"level must be an integer in 0..255, got {level!r}")
 
 
 class _Shape:
@@ -241,6 +266,38 @@ def _parse_changed(shape: _Shape) -> bool:
     return shape.bool_field("changed")
 
 
+def _parse_batch(shape: _Shape, ops: int) -> list[OpResult]:
+    raw_results = shape.field("results")
+    if not isinstance(raw_results, list):
+        shape.fail(f"field 'results' must be a list, got {type(raw_results).__name__}")
+    if len(raw_results) != ops:
+        shape.fail(f"sent {ops} ops, got {len(raw_results)} results")
+    results: list[OpResult] = []
+    for index, raw in enumerate(raw_results):
+        if not isinstance(raw, dict):
+            shape.fail(f"results[{index}] must be an object, got {type(raw).__name__}")
+        ok = shape.field("ok", raw)
+        if ok is True:
+            changed = shape.field("changed", raw)
+            if not isinstance(changed, bool):
+                shape.fail(f"results[{index}].changed must be a boolean, got {changed!r:.80}")
+            results.append(OpResult.done(changed))
+        elif ok is False:
+            status = shape.int_field("status", raw)
+            if not 400 <= status <= 599:
+                shape.fail(f"results[{index}].status must be an HTTP error status, got {status}")
+            results.append(OpResult.failed(status, shape.str_field("error", raw, max_len=2000)))
+        else:
+            shape.fail(f"results[{index}].ok must be a boolean, got {ok!r:.80}")
+    if results and all(not r.ok and r.status >= 500 for r in results):
+        # The node answered, but could apply nothing: as unhealthy as a 502 to a single call.
+        first = results[0]
+        raise NodeUnavailable(
+            shape.node, f"{shape.what}: every op failed, first: {first.error[:200]}", status=first.status
+        )
+    return results
+
+
 def _parse_traffic(shape: _Shape) -> NodeTraffic:
     return NodeTraffic(uplink=shape.int_field("uplink"), downlink=shape.int_field("downlink"))
 
@@ -278,7 +335,10 @@ class NodeClient:
             http
             if http is not None
             else OutboundHttp(
-                timeout=timeout, max_response_bytes=MAX_RESPONSE_BYTES, max_connections=max_concurrency
+                timeout=timeout,
+                max_response_bytes=MAX_RESPONSE_BYTES,
+                max_connections=max_concurrency,
+                transport=_trusting_transport(node.agent_ca_file, max_concurrency),
             )
         )
         self._base = node.agent_url.rstrip("/")
@@ -362,12 +422,7 @@ class NodeClient:
 
     async def put_user(self, email: str, uuid: str, flow: str = "", level: int = 0) -> bool:
         """Make the node have ``email`` with ``uuid``/``flow``; return whether anything changed."""
-        if flow not in FLOWS:
-            raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
-        if not isinstance(uuid, str) or not 1 <= len(uuid) <= 64:
-            raise ValueError(f"uuid must be a non-empty string of at most 64 characters, got {uuid!r}")
-        if not _is_int(level) or level > 255:
-            raise ValueError(f"level must be an integer in 0..255, got {level!r}")
+        _check_put(uuid, flow, level)
         body = {"uuid": uuid, "flow": flow, "level": level}
         return await self._call(
             "PUT", self._user_path(email), json=body, what="put user", parse=_parse_changed
@@ -376,6 +431,32 @@ class NodeClient:
     async def delete_user(self, email: str) -> bool:
         """Make the node not have ``email``; return whether anything changed."""
         return await self._call("DELETE", self._user_path(email), what="delete user", parse=_parse_changed)
+
+    async def apply_batch(self, ops: Sequence[UserOp]) -> list[OpResult]:
+        """Send 1..``MAX_BATCH_OPS`` user changes in ONE request; return one result per op, in order.
+
+        Ops are checked before any I/O (``ValueError``): fields as for :meth:`put_user`, and no
+        email twice (case-insensitively). Raises :class:`NodeError` for the call as a whole (see
+        the module docstring); a failed op is a result with ``ok`` False.
+        """
+        if not 1 <= len(ops) <= MAX_BATCH_OPS:
+            raise ValueError(f"a batch holds 1..{MAX_BATCH_OPS} ops, got {len(ops)}")
+        seen: set[str] = set()
+        for op in ops:
+            _check_email(op.email)
+            if op.email.casefold() in seen:
+                raise ValueError(f"email {op.email!r} appears twice in the batch")
+            seen.add(op.email.casefold())
+            if op.kind == "put":
+                _check_put(op.uuid, op.flow, op.level)
+            elif op.kind != "delete":
+                raise ValueError(f"op kind must be 'put' or 'delete', got {op.kind!r}")
+        body = {"ops": [op.to_json() for op in ops]}
+
+        def parse(shape: _Shape) -> list[OpResult]:
+            return _parse_batch(shape, len(ops))
+
+        return await self._call("POST", "/v1/users:batch", json=body, what="batch", parse=parse)
 
     async def traffic(self, email: str) -> NodeTraffic:
         """Return the traffic counters the node keeps for ``email``."""
@@ -477,6 +558,21 @@ class NodeClient:
         if 400 <= status <= 499:
             raise NodeRejected(name, f"{what}: HTTP {status}{detail}", status=status)
         raise NodeProtocolError(name, f"{what}: unexpected HTTP {status}{detail}", status=status)
+
+
+def _trusting_transport(ca_file: str, max_connections: int) -> httpx.AsyncHTTPTransport | None:
+    """A transport that trusts ``ca_file`` (a self-signed agent), or None for the system store.
+
+    Raises ``ValueError`` naming the file when it cannot be read as PEM certificates.
+    """
+    if not ca_file:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"agent_ca_file {ca_file!r}: {exc}") from exc
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncHTTPTransport(verify=context, limits=limits)
 
 
 def _error_detail(content: bytes) -> str:

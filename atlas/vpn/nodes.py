@@ -23,6 +23,7 @@ The nodes file is TOML (``tomllib`` is in the standard library, and operators ca
     label = "Amsterdam"                  # shown in the client app (default: name)
     path = "/ws"                         # ws only (default "/")
     host_header = "cdn.example.com"      # ws only, optional
+    agent_ca_file = "/etc/atlas/ams-1-ca.pem"  # optional: CA of a self-signed https agent
 
 Every problem is reported at once, each naming its field the way a JSON path would (zero-based):
 ``nodes[1].port: must be an integer in 1..65535, got 70000``. A node with a problem is never half
@@ -110,6 +111,7 @@ class NodeConfig:
     label: str = ""
     path: str = "/"
     host_header: str = ""
+    agent_ca_file: str = ""
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -155,6 +157,8 @@ def _problems(node: NodeConfig) -> list[str]:
     if len(node.token) < MIN_TOKEN_LENGTH or not _TOKEN_RE.fullmatch(node.token):
         # Never echo the token itself.
         out.append(f"token: must be at least {MIN_TOKEN_LENGTH} printable ASCII characters without spaces")
+    if node.agent_ca_file and parts.scheme != "https":
+        bad("agent_ca_file", "is only allowed with an https:// agent_url")
     if node.public_host.startswith("["):
         bad("public_host", "write an IPv6 address without brackets")
     elif not _is_host(node.public_host):

@@ -25,14 +25,22 @@ async def serve_asgi(
     port: int = 0,
     *,
     graceful_timeout: float = 2.0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until cancelled; ``task_status.started`` gets the base URL.
 
-    The URL is the first bound address, e.g. ``http://127.0.0.1:43127``.
+    The URL is the first bound address, e.g. ``http://127.0.0.1:43127``. With ``certfile`` and
+    ``keyfile`` (PEM; both or neither) it serves HTTPS (TLS 1.2+, Hypercorn's defaults) and the
+    URL starts with ``https://``.
     """
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("serve_asgi needs both certfile and keyfile, or neither")
     config = Config()
     config.bind = [f"{host}:{port}"]
+    config.certfile = certfile
+    config.keyfile = keyfile
     config.graceful_timeout = graceful_timeout
     config.accesslog = None
     config.errorlog = _log

@@ -11,6 +11,8 @@ into node calls in four short steps, none of which does I/O (contract 1):
    ``FOR UPDATE SKIP LOCKED LIMIT n`` and, in the same transaction, writes a lease
    (``lease_owner``, ``lease_until``). The row locks end with the transaction; the lease is what
    keeps a second controller (another process) off those rows while the node calls run.
+   :func:`claim_leased_node_work` does the same under the node's converge lease
+   (:mod:`atlas.storage.units.vpn_node_lease`), which a full reconcile of the node refuses.
 3. The controller calls the node outside any transaction.
 4. :func:`record_node_results` records the outcomes, only for rows whose lease is still the
    caller's. Success: ``applied`` = the wish AT THE CLAIMED GENERATION; if the key changed
@@ -47,6 +49,7 @@ from typing import Final, Literal
 from atlas.storage.tx import Tx
 from atlas.storage.units._rows import check_limit, check_now, status_count
 from atlas.storage.units.outbox import enqueue_many
+from atlas.storage.units.vpn_node_lease import take_converge_lease
 
 Desired = Literal["present", "absent"]
 
@@ -290,6 +293,43 @@ async def claim_node_work(
     ]
     work.sort(key=lambda item: item.key_id)
     return work
+
+
+async def claim_leased_node_work(
+    tx: Tx,
+    *,
+    node: str,
+    owner: str,
+    holder: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    limit: int,
+) -> list[NodeWork] | None:
+    """:func:`claim_node_work` under ``holder``'s converge lease of ``node``, in one transaction.
+
+    Returns None, claiming nothing, when the node's lease is refused (a reconcile holds or waits
+    for it; see :mod:`atlas.storage.units.vpn_node_lease`). The converge lease is kept covering
+    at least three quarters of ``lease_until - now``, so it outlives every call made for the rows
+    claimed here (the controller bounds them by half the lease).
+    """
+    _check_node(node)
+    check_now(now)
+    # An idle node (the usual tick) costs one indexed read: no lease is taken without due work,
+    # and nothing can need excluding when nothing is claimed.
+    due = await tx.fetchval(
+        """
+        SELECT EXISTS (SELECT 1 FROM vpn_key_nodes
+                       WHERE node = $1 AND pending AND next_attempt_at <= $2
+                         AND (lease_until IS NULL OR lease_until <= $2))
+        """,
+        node,
+        now,
+    )
+    if not due:
+        return []
+    if not await take_converge_lease(tx, node=node, holder=holder, now=now, until=lease_until):
+        return None
+    return await claim_node_work(tx, node=node, owner=owner, now=now, lease_until=lease_until, limit=limit)
 
 
 # -- 4. record ----------------------------------------------------------------------------------
