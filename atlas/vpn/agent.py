@@ -39,7 +39,6 @@ above; the invariant holds at every step, and the bot's retry finishes the job.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -52,6 +51,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from atlas.net.json_limits import loads_bounded
 from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core import CoreDriver
 from atlas.vpn.core_config import CoreConfigError, CoreConfigFile
@@ -233,7 +233,7 @@ async def _read_json_body(request: Request) -> Any:
         if len(body) > MAX_BODY_BYTES:
             raise InvalidUser(f"body: larger than {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(body)
+        return loads_bounded(body)
     except ValueError as exc:
         raise InvalidUser(f"body: not valid JSON ({exc})") from exc
 
