@@ -46,7 +46,7 @@ def json_depth(data: bytes) -> int:
 
 
 def loads_bounded(
-    data: bytes | str,
+    data: bytes | bytearray | str,
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     parse_float: Callable[[str], Any] | None = None,
