@@ -158,18 +158,23 @@ class EmbeddedPostgres:
 
     async def _prepare(self) -> _Account:
         account = await trio.to_thread.run_sync(_server_account)
+        if account.is_other:  # before creating anything: a refused start leaves no trace
+            await self._check_reachable(account)
         await trio.to_thread.run_sync(_prepare_data_dir, self.data_dir, account)
         if account.is_other:
-            await self._check_reachable(account)
             await trio.to_thread.run_sync(_stage_install, self._source_bin, self.data_dir / "server")
         if self.socket_dir != self.data_dir:
             await trio.to_thread.run_sync(_private_dir, self.socket_dir, account)
         return account
 
     async def _check_reachable(self, account: _Account) -> None:
-        # The kernel decides (ACLs included): try to enter the directory as the server's user.
+        # The kernel decides (ACLs included): the server's user tries to enter the deepest part of
+        # the path that exists (what Atlas creates below it is open to that user, or its own).
+        existing = next(p for p in (self.data_dir, *self.data_dir.parents) if p.is_dir())
+        if existing == self.data_dir:
+            existing = existing.parent  # the data dir itself is made the server user's own
         done = await trio.run_process(
-            ["/bin/sh", "-c", 'cd -- "$1"', "sh", str(self.data_dir)],
+            ["/bin/sh", "-c", 'cd -- "$1"', "sh", str(existing)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
