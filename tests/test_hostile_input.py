@@ -39,6 +39,7 @@ from atlas.telegram import make_bot
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import t
 from atlas.telegram.intake import SECRET_HEADER, telegram_webhook_route
+from atlas.telegram.routers.admin import ADMIN_COMMANDS
 from atlas.testing.cryptopay_emulator import CryptoPayEmulator
 from atlas.vpn.agent import run_agent
 from atlas.vpn.agent_settings import NodeAgentSettings
@@ -367,6 +368,49 @@ async def test_admin_texts_with_nul_surrogates_and_sql_get_a_clear_answer_and_st
             admin.send_command("/admin")  # leaves the prompt (a refused text keeps it open)
             await settle(h)
         assert h.dispatch.failed == 0, [r.message for r in h.reports.latest()]
+
+
+ADMIN_PREFIXES = ["adm", "ads", "adg", "adb", "adu", "adp"]
+stranger_actions = st.one_of(
+    st.tuples(
+        st.just("command"),
+        st.sampled_from(ADMIN_COMMANDS),
+        st.one_of(st.none(), hostile_text, st.just(f"{TARGET} 30 because"), st.just(f"{TARGET} +100 x")),
+    ),
+    st.tuples(
+        st.just("forge"),
+        st.builds(
+            lambda prefix, parts: ":".join([prefix, *parts])[:64],
+            st.sampled_from(ADMIN_PREFIXES),
+            st.lists(st.one_of(st.integers(-5, 10**12).map(str), st.text(max_size=8)), max_size=4),
+        ),
+        st.none(),
+    ),
+    st.tuples(st.just("text"), hostile_text, st.none()),
+)
+
+
+async def test_a_non_admin_with_drawn_commands_callbacks_and_texts_changes_nothing(db: Database) -> None:
+    await db.run(add_users, ids=[TARGET], now=NOW)
+    before = await db.run(_state)
+    # What Telegram can deliver: valid UTF-8 (a lone surrogate cannot come from a chat).
+    cases = [c for c in drawn(stranger_actions, 80) if all(_utf8(part or "") for part in c)]
+    async with admin_bot(db) as h:
+        mallory = h.emulator.add_user(600, "Mallory", language_code="en")
+        for kind, value, payload in cases:
+            if kind == "command":
+                mallory.send_command(f"/{value}", payload)
+            elif kind == "forge":
+                _forge(h.emulator, mallory, value)
+            elif value.strip():
+                mallory.send_text(value)
+            await settle(h)
+        texts = {r.plain_text for r in mallory.chat_log()}
+        assert texts <= {"Unknown command. Open the menu: /start"}, texts  # no admin screen, ever
+        answers = {a.text for a in h.emulator.callback_answers if a.user_id == mallory.id}
+        assert answers <= {"This button is outdated."}, answers
+        assert h.dispatch.failed == 0
+    assert await db.run(_state) == before
 
 
 async def test_units_refuse_unstorable_admin_text_before_writing_anything(db: Database) -> None:
