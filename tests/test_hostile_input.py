@@ -209,6 +209,54 @@ async def test_the_telegram_webhook_answers_every_hostile_request_and_queues_onl
     await trio_asyncio.aio_as_trio(bot.session.close)()
 
 
+# ----------------------------------------------------------------------------- the Crypto Pay webhook route
+
+CRYPTO_TOKEN = "31337:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
+
+
+async def test_the_cryptopay_webhook_route_answers_hostile_requests_and_records_nothing(
+    db: Database, nursery: trio.Nursery
+) -> None:
+    from atlas.clock import Clock
+    from atlas.payments.cryptopay_webhook import compute_signature
+    from atlas.web.cryptopay_webhook import cryptopay_webhook_route
+    from tests._money_support import POLICY
+
+    route = cryptopay_webhook_route(
+        "/hook", token=CRYPTO_TOKEN, db_provider=lambda: db, clock=Clock(NOW), referral_policy=POLICY,
+        balance_currency=RUB,
+    )  # fmt: skip
+    base = await nursery.start(serve_asgi, Starlette(routes=[route]))
+    bodies = st.one_of(
+        webhook_bodies.filter(lambda b: len(b) < 1024 * 1024), st.just(b"x" * (64 * 1024 + 1))
+    )
+    signatures = st.sampled_from(["valid", "none", "garbage", "other token"])
+    before = await db.run(_payments_state)
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base, timeout=20, limits=fresh) as client:
+        for body, how in drawn(st.tuples(bodies, signatures), 100):
+            headers = {
+                "valid": {"crypto-pay-api-signature": compute_signature(CRYPTO_TOKEN, body)},
+                "none": {},
+                "garbage": {"crypto-pay-api-signature": "zz" * 32},
+                "other token": {"crypto-pay-api-signature": compute_signature("1:another", body)},
+            }[how]
+            answer = await client.post("/hook", content=body, headers=headers)
+            if len(body) > 64 * 1024:
+                assert answer.status_code == 413
+            elif how != "valid":
+                assert answer.status_code == 401, (answer.status_code, body[:60])
+            else:  # signed, but none of these is an invoice_paid update of ours
+                assert answer.status_code in (200, 400), (answer.status_code, answer.text, body[:60])
+    assert await db.run(_payments_state) == before
+
+
+async def _payments_state(tx: Tx) -> list[dict[str, Any]]:
+    rows_ = await tx.fetch("SELECT * FROM payments ORDER BY id LIMIT 1000")
+    ledger = await tx.fetch("SELECT * FROM ledger ORDER BY id LIMIT 1000")
+    return [dict(r) for r in [*rows_, *ledger]]
+
+
 # ----------------------------------------------------------------------------- the node agent
 
 AGENT_TOKEN = "agent-token-0123456789abcdef"
