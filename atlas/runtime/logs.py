@@ -28,7 +28,7 @@ import queue
 import re
 import sys
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -107,19 +107,22 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 class LogPipeline:
     """The installed handler and listener; :meth:`stop` flushes what is queued."""
 
-    def __init__(self, handler: DroppingQueueHandler, listener: logging.handlers.QueueListener) -> None:
+    def __init__(
+        self,
+        handler: DroppingQueueHandler,
+        listener: logging.handlers.QueueListener,
+        previous_showwarning: Callable[..., None] | None = None,
+    ) -> None:
         self.handler = handler
         self.listener = listener
+        self.previous_showwarning = previous_showwarning
 
     def stop(self) -> None:
         """Stop the listener thread after it has written everything already queued."""
         self.listener.stop()
         logging.getLogger().removeHandler(self.handler)
-        if warnings.showwarning is _log_warning:
-            warnings.showwarning = _ORIGINAL_SHOWWARNING
-
-
-_ORIGINAL_SHOWWARNING = warnings.showwarning
+        if warnings.showwarning is _log_warning and self.previous_showwarning is not None:
+            warnings.showwarning = self.previous_showwarning
 
 
 def _shared_processors() -> list[Any]:
@@ -169,6 +172,7 @@ def configure_logging(
     root.setLevel(level)
     for name in _URL_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    previous_showwarning = warnings.showwarning
     warnings.showwarning = _log_warning
     structlog.configure(
         processors=[
@@ -180,4 +184,4 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     listener.start()
-    return LogPipeline(handler, listener)
+    return LogPipeline(handler, listener, previous_showwarning)
