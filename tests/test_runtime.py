@@ -287,6 +287,8 @@ def test_the_log_masks_vpn_uuids_and_bot_tokens_and_drops_httpx_request_lines() 
     try:
         logging.getLogger("httpx").info('HTTP Request: PUT http://node/v1/users/%s "HTTP/1.1 200 OK"', key)
         logging.getLogger("atlas.test").warning("key %s failed via /bot123456:AAEhBP0av28-secret/x", key)
+        batch_fields = {"keys": [key, {"node": "a", "uuid": key}], "n": 2}
+        logging.getLogger("atlas.test").info("batch", extra=batch_fields)
         try:
             raise ValueError(f"uuid {key.upper()} refused")
         except ValueError:
@@ -309,6 +311,8 @@ def test_the_log_masks_vpn_uuids_and_bot_tokens_and_drops_httpx_request_lines() 
     assert not any(r.get("logger") == "httpx" for r in records)
     masked = next(r for r in records if r["event"].startswith("key "))
     assert masked["event"] == "key <uuid> failed via /bot<redacted>/x"
+    batch = next(r for r in records if r["event"] == "batch")  # structure kept, strings masked
+    assert batch["keys"] == ["<uuid>", {"node": "a", "uuid": "<uuid>"}] and batch["n"] == 2
     crashed = next(r for r in records if r["event"] == "crashed")
     assert "uuid <uuid> refused" in crashed["exception"]
     warned = next(r for r in records if r.get("category") == "RuntimeWarning")

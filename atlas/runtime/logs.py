@@ -48,13 +48,25 @@ def redact(text: str) -> str:
     return _BOT_TOKEN.sub("bot<redacted>", _UUID.sub("<uuid>", text))
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with secrets masked in every string it holds; structure (lists, dicts) kept."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    text = str(value)  # a path, a datetime, an exception: left to the renderer unless it leaks
+    masked = redact(text)
+    return value if masked == text else masked
+
+
 def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask secrets in every string field (after exceptions are formatted)."""
+    """structlog processor: mask secrets in every field (after exceptions are formatted)."""
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = redact(value)
-        elif value is not None and not isinstance(value, int | float | bool):
-            event[key] = redact(str(value))
+        event[key] = _redacted(value)
     return event
 
 
