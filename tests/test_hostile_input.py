@@ -502,8 +502,16 @@ async def test_a_forged_tiny_top_up_and_an_invoice_flood_are_refused_with_a_reas
         _user_bot(db, config, client) as (emulator, dispatch, reports),
     ):
         gus = emulator.add_user(9701, "Gus", language_code="en")
-        gus.send_command("/start")
+        gus.send_command("/start", "ref_\x00'; DROP TABLE users; --")
         await _settle(emulator, dispatch)
+        for text in [*SQL_LIKE, *UNSTORABLE[:2], *ABUSIVE]:  # typed anywhere a user can type
+            mark = len(gus.chat_log())
+            gus.send_command("/promo", text)
+            gus.send_text(text)
+            await _settle(emulator, dispatch)
+            said = "\n".join(r.plain_text or "" for r in _messages(gus, mark))
+            assert said and t("en", "errors.apology") not in said, (text, said)
+        assert await scalar(db, "SELECT count(*) FROM users") == 1
         for forged in ("t:1", "t:0", "t:9999", "t:-5", "t:99999999999999999"):
             _forge(emulator, gus, forged)
             await _settle(emulator, dispatch)
