@@ -5,6 +5,11 @@ database is migrated once; every test that asks for ``db`` gets its own ``CREATE
 TEMPLATE`` copy (tens of milliseconds), so tests never see each other's rows and can run in any
 order. Set ``ATLAS_TEST_DATABASE_URL`` to run against another PostgreSQL server instead (the user
 needs CREATEDB).
+
+The server's data directory is a fresh ``mkdtemp`` directory of its own (not under pytest's
+``tmp_path_factory``, whose base is 0700): when the suite runs as root the server runs as
+``atlas-pg``, which must be able to reach its data directory, and Atlas opens no directory outside
+its own to make that so.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import datetime as dt
 import itertools
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -67,21 +73,23 @@ async def _build_template(server: PgServer) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     """The session's PostgreSQL server with a migrated template database."""
     external = os.environ.get("ATLAS_TEST_DATABASE_URL")
     embedded: EmbeddedPostgres | None = None
     if external:
         server = PgServer(external)
     else:
-        embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")), durable=False, max_connections=300)
+        data_dir = Path(tempfile.mkdtemp(prefix="atlas-test-pg-"))
+        embedded = EmbeddedPostgres(data_dir, durable=False, max_connections=300)
         server = PgServer(trio.run(embedded.start))
-    trio.run(_build_template, server)
     try:
+        trio.run(_build_template, server)
         yield server
     finally:
         if embedded is not None:
             trio.run(embedded.stop)
+            shutil.rmtree(embedded.data_dir, ignore_errors=True)
 
 
 async def _scratch_database(server: PgServer, template: str) -> AsyncIterator[str]:

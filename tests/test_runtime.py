@@ -148,3 +148,172 @@ async def test_readiness_names_a_database_that_cannot_answer(bridge: None, fresh
         await db.close()
     assert ready is False
     assert reasons == ["database: BudgetExhausted"]
+
+
+# ----------------------------------------------------------------------------- secrets in settings errors
+
+_SECRETS = {
+    "ATLAS_BOT_TOKEN": "123456:BOT-SECRET-never-print-me",
+    "ATLAS_CRYPTOPAY_TOKEN": "12345:CRYPTO-SECRET-never-print-me",
+    "ATLAS_DATABASE_URL": "postgresql://atlas:DB-PASSWORD-never-print-me@db.internal/atlas",
+    "ATLAS_OPERATOR_TOKEN": "OPERATOR-SECRET-never-print-me",
+}
+
+
+def _assert_no_secret(text: str) -> None:
+    for name, value in _SECRETS.items():
+        for fragment in (value, "never-print-me"):
+            assert fragment not in text, f"{name} leaked: {text}"
+
+
+async def test_a_rule_about_two_settings_names_them_and_prints_no_secret() -> None:
+    env = {**_SECRETS, "ATLAS_TELEGRAM_WEBHOOK_URL": "https://bot.example/hook"}
+    result = await _run_cli("check", env=env)
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "ATLAS_TELEGRAM_WEBHOOK_URL and ATLAS_TELEGRAM_WEBHOOK_SECRET" in err
+    _assert_no_secret(err)
+
+
+async def test_bad_secrets_and_a_bad_list_are_named_without_their_values() -> None:
+    result = await _run_cli(
+        "check",
+        env={
+            **_SECRETS,
+            "ATLAS_TELEGRAM_WEBHOOK_SECRET": "x" * 5,
+            "ATLAS_TELEGRAM_WEBHOOK_URL": "https://bot.example/hook",
+            "ATLAS_OPERATOR_TOKEN": "short-never-print-me"[:9],
+            "ATLAS_DB_POOL_SIZE": "many",
+        },
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "ATLAS_OPERATOR_TOKEN=<secret>: Value error, must be at least 16 characters" in err
+    assert "ATLAS_DB_POOL_SIZE='many'" in err
+    _assert_no_secret(err)
+    assert "short-nev" not in err
+
+    listed = await _run_cli("check", env={**_SECRETS, "ATLAS_ADMIN_IDS": "12345,oops"})
+    assert listed.returncode == 2
+    assert "ATLAS_ADMIN_IDS: could not be parsed" in listed.stderr.decode()
+    _assert_no_secret(listed.stderr.decode())
+
+
+def test_min_topup_is_an_exact_amount_in_the_balance_currency() -> None:
+    from atlas.runtime.settings import SettingsError
+
+    assert load_settings().min_topup_minor == 10_000  # 100 RUB
+    assert load_settings(min_topup="2.50", currency="USD").min_topup_minor == 250
+    for bad, reason in (("0", "zero"), ("1e3", "malformed"), ("0.001", "too_precise"), ("-5", "negative")):
+        try:
+            load_settings(min_topup=bad)
+        except SettingsError as exc:
+            assert f"ATLAS_MIN_TOPUP={bad!r} is not a positive amount in RUB ({reason})" in str(exc), exc
+        else:
+            raise AssertionError(f"ATLAS_MIN_TOPUP={bad!r} was accepted")
+
+
+# ----------------------------------------------------------------------------- operator endpoints
+
+OPERATOR_TOKEN = "operator-token-0123456789"
+_BEARER = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+_WRONG_BEARER = {"Authorization": "Bearer not-the-operator-token"}
+
+
+async def _serve_briefly(settings_overrides: dict[str, object], database: str) -> dict[str, int]:
+    """Start the tree, ask each listener each endpoint (with and without the token); the codes."""
+    settings = load_settings(database_url=database, http_port=0, seed=1, **settings_overrides)
+    services = make_services(settings)
+    stop = trio.Event()
+    codes: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: serve_tree(services, database, stop=stop, task_status=task_status)
+        )
+        listeners = {"public": services.web_url or ""}
+        if services.operator_url is not None:
+            listeners["operator"] = services.operator_url
+        async with httpx.AsyncClient() as client:
+            for where, base in listeners.items():
+                for path in ("/healthz", "/readyz", "/status", "/metrics"):
+                    plain = await client.get(base + path)
+                    codes[f"{where} {path}"] = plain.status_code
+                    authed = await client.get(base + path, headers=_BEARER)
+                    codes[f"{where} {path} +token"] = authed.status_code
+                wrong = await client.get(base + "/status", headers=_WRONG_BEARER)
+                codes[f"{where} /status +wrong"] = wrong.status_code
+        stop.set()
+    return codes
+
+
+async def test_status_and_metrics_need_the_operator_token_but_health_stays_open(
+    bridge: None, fresh_database: str
+) -> None:
+    codes = await _serve_briefly({"operator_token": OPERATOR_TOKEN}, fresh_database)
+    assert codes["public /healthz"] == codes["public /readyz"] == 200
+    assert codes["public /status"] == codes["public /metrics"] == 401
+    assert codes["public /status +wrong"] == 401
+    assert codes["public /status +token"] == codes["public /metrics +token"] == 200
+
+
+async def test_a_separate_operator_listener_takes_status_and_metrics_off_the_public_one(
+    bridge: None, fresh_database: str
+) -> None:
+    codes = await _serve_briefly({"operator_http_port": 0}, fresh_database)
+    assert codes["public /healthz"] == 200
+    assert codes["public /status"] == codes["public /metrics"] == 404
+    assert codes["operator /status"] == codes["operator /metrics"] == codes["operator /healthz"] == 200
+
+    both = await _serve_briefly({"operator_http_port": 0, "operator_token": OPERATOR_TOKEN}, fresh_database)
+    assert both["public /status +token"] == 404
+    assert both["operator /status"] == both["operator /metrics"] == 401
+    assert both["operator /status +token"] == 200 and both["operator /readyz"] == 200
+
+
+# ----------------------------------------------------------------------------- what the log keeps out
+
+
+def test_the_log_masks_vpn_uuids_and_bot_tokens_and_drops_httpx_request_lines() -> None:
+    import io
+    import json
+    import logging
+    import warnings
+
+    from atlas.runtime.logs import configure_logging
+
+    stream = io.StringIO()
+    pipeline = configure_logging("INFO", "json", stream=stream)
+    key = "0f8c2b9e-1d4a-4c6b-9e3f-7a5d2c1b0e9f"
+    try:
+        logging.getLogger("httpx").info('HTTP Request: PUT http://node/v1/users/%s "HTTP/1.1 200 OK"', key)
+        logging.getLogger("atlas.test").warning("key %s failed via /bot123456:AAEhBP0av28-secret/x", key)
+        batch_fields = {"keys": [key, {"node": "a", "uuid": key}], "n": 2}
+        logging.getLogger("atlas.test").info("batch", extra=batch_fields)
+        try:
+            raise ValueError(f"uuid {key.upper()} refused")
+        except ValueError:
+            logging.getLogger("atlas.test").exception("crashed")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn(
+                "Detected unknown update type.\nSeems like Telegram Bot API was updated\n"
+                'Update: {"update_id": 42, "message": {"text": "my secret text"}}',
+                RuntimeWarning,
+                stacklevel=1,
+            )
+    finally:
+        pipeline.stop()
+    lines = stream.getvalue().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON, the warning's included
+    text = stream.getvalue()
+    assert key not in text and key.upper() not in text
+    assert "AAEhBP0av28" not in text and "my secret text" not in text
+    assert not any(r.get("logger") == "httpx" for r in records)
+    masked = next(r for r in records if r["event"].startswith("key "))
+    assert masked["event"] == "key <uuid> failed via /bot<redacted>/x"
+    batch = next(r for r in records if r["event"] == "batch")  # structure kept, strings masked
+    assert batch["keys"] == ["<uuid>", {"node": "a", "uuid": "<uuid>"}] and batch["n"] == 2
+    crashed = next(r for r in records if r["event"] == "crashed")
+    assert "uuid <uuid> refused" in crashed["exception"]
+    warned = next(r for r in records if r.get("category") == "RuntimeWarning")
+    assert warned["event"] == "Detected unknown update type." and warned["update_id"] == 42

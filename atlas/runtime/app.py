@@ -5,7 +5,8 @@
     process: logging → asyncio bridge → database server (embedded or external) → instruments
     root (rest_for_one)
     ├── storage    the pool and the budget; migrations and plan sync; up when the pool is open
-    ├── web        Hypercorn + Starlette: health, status, metrics, /sub, webhooks
+    ├── web        Hypercorn + Starlette: health, status, metrics, /sub, webhooks (status and
+    │              metrics behind ATLAS_OPERATOR_TOKEN and/or on their own listener)
     ├── workers    one_for_one: one actor per job (renewal, expiry, vpn_controller, outbox_sender...)
     └── telegram   rest_for_one: dispatch → intake (see telegram_tree.py); only with a bot token
 
@@ -69,7 +70,7 @@ from atlas.supervision import (
 from atlas.telegram.intake import telegram_webhook_route
 from atlas.telegram.session import make_bot
 from atlas.vpn import Fleet
-from atlas.web.app import WebProbes, create_web_app
+from atlas.web.app import WebProbes, create_operator_app, create_web_app
 from atlas.web.cryptopay_webhook import cryptopay_webhook_route
 from atlas.web.server import serve_asgi
 from atlas.web.subscription import subscription_routes
@@ -149,24 +150,36 @@ def web_child(services: Services) -> ChildSpec:
                 services.bot,
             )
         )
-    app = create_web_app(
-        WebProbes(
-            ready=lambda: readiness(services),
-            status=lambda: status_snapshot(services),
-            metrics=lambda: render(registry),
-        ),
-        extra_routes=routes,
+    probes = WebProbes(
+        ready=lambda: readiness(services),
+        status=lambda: status_snapshot(services),
+        metrics=lambda: render(registry),
     )
+    token = None if settings.operator_token is None else settings.operator_token.get_secret_value()
+    operator_port = settings.operator_http_port
+    separate = operator_port is not None
+    app = create_web_app(probes, extra_routes=routes, operator_token=token, operator_routes=not separate)
+    operator_app = create_operator_app(probes, operator_token=token) if separate else None
+    if not separate and token is None and settings.http_host not in ("127.0.0.1", "::1", "localhost"):
+        _log.warning(
+            "/status and /metrics are served unauthenticated on %s: set ATLAS_OPERATOR_TOKEN or "
+            "ATLAS_OPERATOR_HTTP_PORT",
+            settings.http_host,
+        )
 
     async def start(
         ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async with trio.open_nursery() as nursery:
-            url = await nursery.start(
-                serve_asgi, app, services.settings.http_host, services.settings.http_port
-            )
+            url = await nursery.start(serve_asgi, app, settings.http_host, settings.http_port)
             services.web_url = url
             _log.info("web server listening on %s", url)
+            if operator_app is not None and operator_port is not None:
+                operator_url = await nursery.start(
+                    serve_asgi, operator_app, settings.operator_http_host, operator_port
+                )
+                services.operator_url = operator_url
+                _log.info("operator endpoints (/status, /metrics) listening on %s", operator_url)
             task_status.started()
 
     return ChildSpec(name="web", start=start, shutdown_timeout=5.0)

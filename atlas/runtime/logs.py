@@ -7,7 +7,17 @@ queue is full, records are dropped and counted rather than blocking the schedule
 reported with the next record that gets through and in ``/status``.
 
 Records are rendered as one JSON object per line by structlog's processors, for stdlib loggers and
-structlog loggers alike.
+structlog loggers alike. Python warnings (aiogram's "unknown update type", deprecations) become
+records too, shortened to their first line: aiogram's warning would otherwise print the whole
+update, a user's message included, as a multi-line non-JSON block on stderr.
+
+What is kept out of the log (see ``docs/security.md``):
+
+* httpx's and httpcore's per-request INFO lines are off at every level: their URLs hold what Atlas
+  must never log, a user's VPN UUID (the node agent's ``/v1/users/<uuid>``) and the bot token
+  (``/bot<token>/<method>``).
+* As a last line of defence, the writer masks every UUID (``<uuid>``) and every Bot API token
+  (``bot<redacted>``) in every rendered field, exception text included, whoever logged it.
 """
 
 from __future__ import annotations
@@ -15,12 +25,67 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue
+import re
 import sys
+import warnings
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 
 _DEFAULT_QUEUE_SIZE = 10_000
+
+# Loggers whose INFO lines carry request URLs (credentials in the path): warnings and up only.
+_URL_LOGGERS = ("httpx", "httpcore", "hpack")
+_UUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
+_BOT_TOKEN = re.compile(r"bot\d{3,}:[A-Za-z0-9_-]{10,}")
+_UPDATE_ID = re.compile(r'"update_id"\s*:\s*(\d+)')
+_warnings_log = logging.getLogger("atlas.warnings")
+
+
+def redact(text: str) -> str:
+    """``text`` with every UUID and Bot API token masked."""
+    return _BOT_TOKEN.sub("bot<redacted>", _UUID.sub("<uuid>", text))
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with secrets masked in every string it holds; structure (lists, dicts) kept."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    text = str(value)  # a path, a datetime, an exception: left to the renderer unless it leaks
+    masked = redact(text)
+    return value if masked == text else masked
+
+
+def _redact_event(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask secrets in every field (after exceptions are formatted)."""
+    for key, value in event.items():
+        event[key] = _redacted(value)
+    return event
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` replacement: one short log record, never the warning's payload."""
+    text = str(message)
+    first = text.strip().splitlines()[0] if text.strip() else category.__name__
+    extra: dict[str, Any] = {"category": category.__name__, "source": f"{filename}:{lineno}"}
+    update = _UPDATE_ID.search(text)
+    if update is not None:
+        extra["update_id"] = int(update.group(1))
+    _warnings_log.warning("%s", first[:300], extra=extra)
 
 
 class DroppingQueueHandler(logging.handlers.QueueHandler):
@@ -54,14 +119,22 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 class LogPipeline:
     """The installed handler and listener; :meth:`stop` flushes what is queued."""
 
-    def __init__(self, handler: DroppingQueueHandler, listener: logging.handlers.QueueListener) -> None:
+    def __init__(
+        self,
+        handler: DroppingQueueHandler,
+        listener: logging.handlers.QueueListener,
+        previous_showwarning: Callable[..., None] | None = None,
+    ) -> None:
         self.handler = handler
         self.listener = listener
+        self.previous_showwarning = previous_showwarning
 
     def stop(self) -> None:
         """Stop the listener thread after it has written everything already queued."""
         self.listener.stop()
         logging.getLogger().removeHandler(self.handler)
+        if warnings.showwarning is _log_warning and self.previous_showwarning is not None:
+            warnings.showwarning = self.previous_showwarning
 
 
 def _shared_processors() -> list[Any]:
@@ -92,6 +165,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_event,
             renderer,
         ],
     )
@@ -108,6 +182,10 @@ def configure_logging(
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in _URL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _log_warning
     structlog.configure(
         processors=[
             *_shared_processors(),
@@ -118,4 +196,4 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     listener.start()
-    return LogPipeline(handler, listener)
+    return LogPipeline(handler, listener, previous_showwarning)

@@ -54,6 +54,7 @@ class Services:
     telegram_slot: DispatcherSlot = field(default_factory=DispatcherSlot)
     db: Database | None = None
     web_url: str | None = None
+    operator_url: str | None = None  # the operator listener (/status, /metrics), when configured
     crash_counts: dict[str, int] = field(default_factory=dict)
     supervisors: list[Supervisor] = field(default_factory=list)
     actors: dict[str, Actor] = field(default_factory=dict)

@@ -2,16 +2,24 @@
 
 Every setting is validated when the process starts; a bad one stops it with a :class:`SettingsError`
 that names the variable and the value, never a traceback from deep inside pydantic. Secrets are
-``SecretStr`` so that they cannot end up in a log line or a crash report by accident.
+``SecretStr`` so that they cannot end up in a log line or a crash report by accident, and the error
+never shows a secret's value: a bad secret is shown as ``<secret>``, and a rule about several
+settings at once (the webhook URL without its secret) names the variables, never the input (which
+pydantic would otherwise print whole: every token and the database password).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+from atlas.domain import Currency, InvalidAmount, check_amount
+from atlas.domain.money import parse_amount
 
 PREFIX = "ATLAS_"
 
@@ -38,6 +46,11 @@ class Settings(BaseSettings):
     # Web server: health, readiness, status, metrics, webhooks, subscription URLs.
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
+    # Operator endpoints (/status, /metrics): a bearer token they require, and/or a listener of
+    # their own (then the public one no longer serves them). /healthz and /readyz stay open.
+    operator_token: SecretStr | None = None
+    operator_http_host: str = "127.0.0.1"
+    operator_http_port: int | None = Field(None, ge=0, le=65535)
 
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -61,6 +74,10 @@ class Settings(BaseSettings):
     renew_window_hours: float = Field(24.0, gt=0)
     renew_retry_hours: float = Field(6.0, gt=0)
     referral_percent: int = Field(10, ge=0, le=100)
+    # Top-ups: the smallest amount a user may top up (a decimal in the balance currency, parsed
+    # exactly, never through float), and how many invoices one user may open per hour.
+    min_topup: str = "100"
+    invoices_per_hour: int = Field(10, ge=1, le=1000)
 
     # VPN nodes (a TOML file of [[nodes]]; unset = no nodes, keys stay pending) and the public URL
     # users import subscriptions from.
@@ -91,26 +108,76 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (or postgres://)")
         return value
 
+    @field_validator("operator_token")
+    @classmethod
+    def _operator_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
     @model_validator(mode="after")
     def _webhook_pair(self) -> Settings:
         if (self.telegram_webhook_url is None) != (self.telegram_webhook_secret is None):
             raise ValueError("set ATLAS_TELEGRAM_WEBHOOK_URL and ATLAS_TELEGRAM_WEBHOOK_SECRET together")
         return self
 
+    @model_validator(mode="after")
+    def _min_topup_is_an_amount(self) -> Settings:
+        money = Currency.of(self.currency)
+        try:
+            check_amount(parse_amount(self.min_topup, exponent=money.exponent), money)
+        except InvalidAmount as exc:
+            raise ValueError(
+                f"ATLAS_MIN_TOPUP={self.min_topup!r} is not a positive amount in {money.code} "
+                f"({exc.params['reason']})"
+            ) from None
+        return self
+
+    @property
+    def min_topup_minor(self) -> int:
+        """``min_topup`` in minor units of the balance currency."""
+        return parse_amount(self.min_topup, exponent=Currency.of(self.currency).exponent)
+
+
+def _secret_fields() -> frozenset[str]:
+    """Fields whose value must never be shown: their type is (or contains) ``SecretStr``."""
+    return frozenset(
+        name for name, info in Settings.model_fields.items() if "SecretStr" in repr(info.annotation)
+    )
+
 
 def _describe(error: ValidationError) -> str:
+    secret = _secret_fields()
     lines = []
     for item in error.errors():
-        name = PREFIX + "_".join(str(part) for part in item["loc"]).upper()
-        value = item.get("input")
-        shown = "<secret>" if "url" in name.lower() or "token" in name.lower() else repr(value)
+        loc: tuple[Any, ...] = tuple(item["loc"])
+        if not loc:
+            # A rule about several settings (a model validator): pydantic's "input" is the whole
+            # environment, secrets included. Its message names the variables; show only that.
+            lines.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
+        field = str(loc[0])
+        name = PREFIX + "_".join(str(part) for part in loc).upper()
+        hidden = field in secret or "url" in field or "token" in field
+        shown = "<secret>" if hidden else repr(item.get("input"))
         lines.append(f"{name}={shown}: {item['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the environment (and ``.env``); raise :class:`SettingsError` naming each bad variable."""
+    """Read the environment (and ``.env``); raise :class:`SettingsError` naming each bad variable.
+
+    The message never holds a secret's value (see the module docstring).
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except SourceError as exc:
+        # pydantic-settings could not decode a complex value (ATLAS_ADMIN_IDS=abc is not JSON); its
+        # message names the field and the source, never the value.
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = PREFIX + found.group(1).upper() if found else "a setting"
+        raise SettingsError(
+            f"invalid settings:\n  {name}: could not be parsed (list settings take JSON, e.g. [12345])"
+        ) from None

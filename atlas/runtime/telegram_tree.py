@@ -132,6 +132,8 @@ def telegram_child(
             nodes=nodes,
             trial_days=settings.trial_days,
             support=settings.support_url,
+            min_topup_minor=settings.min_topup_minor,
+            invoices_per_hour=settings.invoices_per_hour,
         )
         database = db()
         dispatcher = build_dispatcher(

@@ -34,6 +34,10 @@ class BotConfig:
     - ``crypto_assets`` (USDT, TON, BTC): what a Crypto Pay invoice accepts.
     - ``topup_amounts_minor`` (100, 300, 500, 1000 in major units): the top-up buttons.
     - ``stars_enabled`` (True): offer Telegram Stars for plans that have a Stars price.
+    - ``min_topup_minor`` (1): the smallest top-up the unit accepts (a forged button is refused);
+      buttons below it are not shown.
+    - ``invoices_per_hour`` (None: no limit): invoices (Stars or Crypto Pay) one user may open per
+      hour; the unit that records the intent enforces it.
 
     Construction checks every field and raises ``ValueError`` naming the field and the value.
     """
@@ -49,6 +53,8 @@ class BotConfig:
     crypto_assets: tuple[str, ...] = ("USDT", "TON", "BTC")
     topup_amounts_minor: tuple[int, ...] = field(default=(10_000, 30_000, 50_000, 100_000))
     stars_enabled: bool = True
+    min_topup_minor: int = 1
+    invoices_per_hour: int | None = None
 
     def __post_init__(self) -> None:
         money = Currency.of(self.currency) if isinstance(self.currency, str) else None
@@ -84,11 +90,24 @@ class BotConfig:
         amounts = self.topup_amounts_minor
         if not amounts or not all(isinstance(a, int) and not isinstance(a, bool) and a > 0 for a in amounts):
             raise ValueError(f"BotConfig.topup_amounts_minor must be positive ints, got {amounts!r}")
+        minimum = self.min_topup_minor
+        if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
+            raise ValueError(f"BotConfig.min_topup_minor must be a positive int, got {minimum!r}")
+        limit = self.invoices_per_hour
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"BotConfig.invoices_per_hour must be a positive int or None, got {limit!r}")
 
     @property
     def money(self) -> Currency:
         """The balance currency as a :class:`~atlas.domain.Currency`."""
         return Currency(self.currency)
+
+    @property
+    def topup_buttons(self) -> tuple[int, ...]:
+        """The top-up amounts to offer: those at or above the minimum (the minimum itself if none)."""
+        return tuple(a for a in self.topup_amounts_minor if a >= self.min_topup_minor) or (
+            self.min_topup_minor,
+        )
 
     @property
     def enabled_nodes(self) -> tuple[NodeConfig, ...]:

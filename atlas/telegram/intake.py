@@ -43,7 +43,6 @@ Errors::
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import random
 import re
@@ -68,6 +67,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from atlas.net.json_limits import loads_bounded
 from atlas.storage import Database
 from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, hold_advisory_lock
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
@@ -340,8 +340,8 @@ def telegram_webhook_route(
         if body is None:
             return Response(status_code=413)
         try:
-            update = Update.model_validate(json.loads(body), context={"bot": bot})
-        except ValueError:  # json.JSONDecodeError and pydantic's ValidationError are both ValueErrors
+            update = Update.model_validate(loads_bounded(body), context={"bot": bot})
+        except ValueError:  # bad or too deeply nested JSON, and pydantic's ValidationError: all ValueErrors
             return Response(status_code=400)
         try:
             dispatcher.submit_nowait(update)

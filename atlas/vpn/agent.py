@@ -49,7 +49,6 @@ above; the invariant holds at every step, and the bot's retry finishes the job.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -63,6 +62,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from atlas.net.json_limits import loads_bounded
 from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core import CoreDriver
 from atlas.vpn.core_config import CoreConfigError, CoreConfigFile
@@ -304,7 +304,7 @@ async def _read_json_body(request: Request, limit: int = MAX_BODY_BYTES) -> Any:
         if len(body) > limit:
             raise InvalidUser(f"body: larger than {limit} bytes")
     try:
-        return json.loads(body)
+        return loads_bounded(body)
     except ValueError as exc:
         raise InvalidUser(f"body: not valid JSON ({exc})") from exc
 

@@ -38,6 +38,7 @@ from atlas.storage.units.errors import NothingToPay as NothingToPay
 from atlas.storage.units.errors import PaymentConflict as PaymentConflict
 from atlas.storage.units.errors import PaymentNotFound as PaymentNotFound
 from atlas.storage.units.errors import RefundRefused as RefundRefused
+from atlas.storage.units.errors import TooManyInvoices as TooManyInvoices
 from atlas.storage.units.errors import UnitError as UnitError
 from atlas.storage.units.errors import UnknownUser as UnknownUser
 from atlas.storage.units.errors import UserBanned as UserBanned

@@ -26,6 +26,21 @@ SUBSCRIPTION_COLUMNS = (
 )
 
 
+def unstorable_character(text: str) -> str | None:
+    """Why PostgreSQL would refuse to store ``text``, or None when it can.
+
+    ``"nul"``: a NUL character (PostgreSQL's text types cannot hold U+0000; asyncpg raises deep in
+    the unit). ``"surrogate"``: a lone UTF-16 surrogate (JSON's ``"\\ud800"`` decodes to one, and it
+    has no UTF-8 encoding). Units check user-typed text with this before writing anything, so the
+    person gets a clear refusal and nothing is stored half-way.
+    """
+    if "\x00" in text:
+        return "nul"
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        return "surrogate"
+    return None
+
+
 def check_user_id(user_id: int) -> int:
     """Telegram user ids are positive ints; anything else is a caller's bug (``ValueError``)."""
     if isinstance(user_id, bool) or not isinstance(user_id, int) or user_id <= 0:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from atlas.storage.tx import Tx
-from atlas.storage.units._rows import USER_COLUMNS, check_limit, check_now, user_view
+from atlas.storage.units._rows import USER_COLUMNS, check_limit, check_now, unstorable_character, user_view
 from atlas.storage.units.audit import check_admin_id, record_audit
 from atlas.storage.units.errors import InvalidAdminInput
 from atlas.storage.units.records import SubscriptionView, UserView
@@ -141,6 +141,8 @@ async def set_maintenance(
     check_now(now)
     if not isinstance(message, str) or len(message) > MAX_MAINTENANCE_MESSAGE:
         raise InvalidAdminInput("message", message, "too_long")
+    if unstorable_character(message) is not None:
+        raise InvalidAdminInput("message", message, "unstorable")
     await tx.execute(
         """
         INSERT INTO maintenance (id, enabled, message, changed_by, changed_at) VALUES (true, $1, $2, $3, $4)

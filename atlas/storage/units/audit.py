@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 
 from atlas.storage.tx import Tx
-from atlas.storage.units._rows import check_limit, from_json, to_json
+from atlas.storage.units._rows import check_limit, from_json, to_json, unstorable_character
 from atlas.storage.units.errors import InvalidAdminInput
 from atlas.storage.units.records import AuditEntry
 
@@ -23,6 +23,8 @@ def check_reason(reason: str) -> str:
         raise InvalidAdminInput("reason", reason, "empty")
     if len(reason) > MAX_REASON:
         raise InvalidAdminInput("reason", reason, "too_long")
+    if unstorable_character(reason) is not None:
+        raise InvalidAdminInput("reason", reason, "unstorable")
     return reason.strip()
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from atlas.domain import DomainError
 from atlas.storage.tx import Record, Tx
-from atlas.storage.units._rows import check_limit, check_now, to_json
+from atlas.storage.units._rows import check_limit, check_now, to_json, unstorable_character
 from atlas.storage.units.audit import check_admin_id
 
 SEGMENTS: tuple[str, ...] = ("all", "active", "expired", "trial", "never_paid")
@@ -59,7 +59,8 @@ _COLUMNS = (
 class BroadcastError(DomainError):
     """A broadcast request that cannot be done: ``reason`` names why (also the locale key suffix).
 
-    Reasons: ``unknown_segment``, ``empty_text``, ``text_too_long``, ``not_found``, ``not_draft``.
+    Reasons: ``unknown_segment``, ``empty_text``, ``text_too_long``, ``unstorable_text`` (a NUL or
+    a lone surrogate), ``not_found``, ``not_draft``.
     """
 
     code = "admin.broadcast.refused"
@@ -129,6 +130,9 @@ def check_text(text: str) -> str:
         raise BroadcastError("empty_text", text)
     if len(text) > MAX_TEXT:
         raise BroadcastError("text_too_long", len(text))
+    problem = unstorable_character(text)
+    if problem is not None:
+        raise BroadcastError("unstorable_text", problem)
     return text
 
 

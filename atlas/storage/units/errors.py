@@ -12,6 +12,7 @@ Raising one inside a unit rolls the whole transaction back: nothing is changed::
         ├── PaymentNotFound        payment.not_found     payment
         ├── PaymentConflict        payment.conflict      payment, reason
         ├── NothingToPay           payment.nothing_to_pay   plan  (a 100% code: buy from balance)
+        ├── TooManyInvoices        payment.too_many      limit  (invoices opened within the hour)
         ├── RefundRefused          refund.refused        payment, reason
         └── InvalidAdminInput      admin.invalid_input   field, value, reason
 """
@@ -81,6 +82,16 @@ class NothingToPay(UnitError):
 
     def __init__(self, plan: str) -> None:
         super().__init__(f"plan {plan!r} costs nothing with this code", plan=plan)
+
+
+class TooManyInvoices(UnitError):
+    """The user opened ``limit`` invoices within the last hour; a new one is refused for now."""
+
+    code = "payment.too_many"
+
+    def __init__(self, user_id: int, limit: int) -> None:
+        super().__init__(f"user {user_id} opened {limit} invoices within an hour", limit=limit)
+        self.limit = limit
 
 
 class RefundRefused(UnitError):

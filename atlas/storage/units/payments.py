@@ -27,7 +27,13 @@ from atlas.domain import (
 )
 from atlas.storage.tx import Tx
 from atlas.storage.units._rows import check_limit, check_now, check_user_id, lock_user, status_count
-from atlas.storage.units.errors import NothingToPay, PaymentConflict, PaymentNotFound, UserBanned
+from atlas.storage.units.errors import (
+    NothingToPay,
+    PaymentConflict,
+    PaymentNotFound,
+    TooManyInvoices,
+    UserBanned,
+)
 from atlas.storage.units.plans import load_plan
 from atlas.storage.units.promo import quote_with_promo
 from atlas.storage.units.records import PaymentIntent, PendingPayment
@@ -35,6 +41,7 @@ from atlas.storage.units.records import PaymentIntent, PendingPayment
 MIN_TTL = dt.timedelta(minutes=1)
 MAX_TTL = dt.timedelta(days=31)  # Crypto Pay's expires_in ceiling
 MAX_EXTERNAL_ID = 256
+INVOICE_WINDOW = dt.timedelta(hours=1)
 
 
 class Provider(enum.StrEnum):
@@ -80,6 +87,7 @@ async def create_payment_intent(
     promo_code: str | None = None,
     min_topup_minor: int = 1,
     max_topup_minor: int = MAX_AMOUNT_MINOR,
+    invoices_per_hour: int | None = None,
 ) -> PaymentIntent:
     """Quote a plan (``plan_code``) or a top-up (``amount_minor``) and record a pending payment.
 
@@ -88,7 +96,12 @@ async def create_payment_intent(
     ``max_topup_minor``), :class:`~atlas.domain.UnknownPlan`, :class:`~atlas.domain.PlanNotForSale`,
     :class:`~atlas.domain.UnsupportedCurrency` (Stars for a top-up, fiat through Stars, a plan not
     priced in it), a :class:`~atlas.domain.PromoError`, :class:`NothingToPay` (a free quote: use
-    ``buy_plan_from_balance``), :class:`UserBanned`. Wrong argument combinations are ``ValueError``.
+    ``buy_plan_from_balance``), :class:`UserBanned`, :class:`TooManyInvoices` (the user already
+    has ``invoices_per_hour`` intents created within the hour before ``now``; None: no limit).
+    Wrong argument combinations are ``ValueError``.
+
+    The user's row is locked before counting, so two concurrent requests of one user cannot both
+    squeeze under the limit.
     """
     check_user_id(user_id)
     check_now(now)
@@ -99,9 +112,21 @@ async def create_payment_intent(
     money = Currency.of(currency)
     if (chosen is Provider.STARS) != money.is_stars:
         raise UnsupportedCurrency(money.code, f"{chosen.value} payments are not made in {money.code}")
+    if invoices_per_hour is not None and (isinstance(invoices_per_hour, bool) or invoices_per_hour < 1):
+        raise ValueError(f"invoices_per_hour must be a positive int or None, got {invoices_per_hour!r}")
     user = await lock_user(tx, user_id)
     if user["banned_at"] is not None:
         raise UserBanned(user_id)
+    if invoices_per_hour is not None:
+        recent = await tx.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM payments WHERE user_id = $1 AND created_at > $2 "
+            "LIMIT $3) AS recent",
+            user_id,
+            now - INVOICE_WINDOW,
+            invoices_per_hour,
+        )
+        if recent >= invoices_per_hour:
+            raise TooManyInvoices(user_id, invoices_per_hour)
     is_new = user["first_paid_at"] is None
     if goal is Purpose.PLAN:
         if plan_code is None or amount_minor is not None:

@@ -37,6 +37,7 @@ async def send_stars_invoice(ui: Screen, *, plan_code: str, title: str) -> Payme
         ttl=ui.config.payment_ttl,
         now=ui.clock.now(),
         plan_code=plan_code,
+        invoices_per_hour=ui.config.invoices_per_hour,
     )
     await ui.bot.send_invoice(
         ui.chat_id,
@@ -77,6 +78,8 @@ async def send_crypto_invoice(
         now=ui.clock.now(),
         plan_code=plan_code,
         amount_minor=amount_minor,
+        min_topup_minor=ui.config.min_topup_minor,
+        invoices_per_hour=ui.config.invoices_per_hour,
     )
     try:
         invoice = await ui.trio(

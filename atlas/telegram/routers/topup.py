@@ -1,6 +1,7 @@
 """Balance top-up through Crypto Pay (Stars cannot top up a fiat balance): amount buttons, then an
 invoice. Amounts come from the configuration; a forged amount is checked by the unit's limits
-(``InvalidAmount``) and answered with its text.
+(``InvalidAmount`` below ``ATLAS_MIN_TOPUP``, ``TooManyInvoices`` past the hourly limit) and
+answered with its text.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def build_router() -> Router:
         if ui.cryptopay is None:
             await ui.say(ui.t("user.pay.crypto_disabled"), keyboards.back_to_menu(ui.lang))
             return
-        options = [(amount, ui.money(amount)) for amount in ui.config.topup_amounts_minor]
+        options = [(amount, ui.money(amount)) for amount in ui.config.topup_buttons]
         await ui.say(
             ui.t("user.topup.choose", balance=ui.money(ui.user.balance_minor)),
             keyboards.topup_amounts(ui.lang, options),
