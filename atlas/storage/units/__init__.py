@@ -72,6 +72,7 @@ from atlas.storage.units.records import BalanceChange as BalanceChange
 from atlas.storage.units.records import ExpiryCounts as ExpiryCounts
 from atlas.storage.units.records import KeyReissue as KeyReissue
 from atlas.storage.units.records import LedgerEntry as LedgerEntry
+from atlas.storage.units.records import PaidDetails as PaidDetails
 from atlas.storage.units.records import PaymentIntent as PaymentIntent
 from atlas.storage.units.records import PaymentResult as PaymentResult
 from atlas.storage.units.records import PendingPayment as PendingPayment

@@ -93,10 +93,14 @@ LIMIT 2
 #               $13 new expiry, $14 new token, $15 want a present key, $16 new key uuid,
 # promo: $17 code or NULL, $18 redemption reference,
 # referral: $19 referrer id, $20 reward (0: none),
-# outbox: $21 chat ids, $22 kinds, $23 payloads (JSON text), $24 dedupe keys
+# outbox: $21 chat ids, $22 kinds, $23 payloads (JSON text), $24 dedupe keys,
+# what the provider says was paid: $25 asset, $26 amount, $27 fiat rate, $28 USD rate, $29 fee asset,
+# $30 fee amount (numeric, exact; NULL when the provider does not say)
 APPLY_EFFECTS = """
 WITH applied AS (
-    UPDATE payments SET status = 'applied', applied_at = $2, external_id = coalesce(external_id, $3)
+    UPDATE payments SET status = 'applied', applied_at = $2, external_id = coalesce(external_id, $3),
+        paid_asset = $25, paid_amount = $26, paid_fiat_rate = $27, paid_usd_rate = $28,
+        fee_asset = $29, fee_amount = $30
     WHERE id = $1 AND status IN ('pending', 'expired')
     RETURNING id
 ),
@@ -204,17 +208,22 @@ SELECT (SELECT id FROM applied) AS applied_id,
        (SELECT count(*) FROM notices) AS notices
 """
 
-# $1 payment id, $2 reason, $3 external_id
+# $1 payment id, $2 reason, $3 external_id, $4..$9 what the provider says was paid (as above)
 FLAG_MISMATCH = """
-UPDATE payments SET status = 'flagged', status_reason = $2, external_id = coalesce(external_id, $3)
+UPDATE payments SET status = 'flagged', status_reason = $2, external_id = coalesce(external_id, $3),
+    paid_asset = $4, paid_amount = $5, paid_fiat_rate = $6, paid_usd_rate = $7, fee_asset = $8,
+    fee_amount = $9
 WHERE id = $1 AND status IN ('pending', 'expired')
 """
 
+# $12..$17 what the provider says was paid (as above)
 RECORD_SECOND_CHARGE = """
 INSERT INTO payments (user_id, provider, external_id, payload, purpose, plan_code, amount_minor,
                       currency, credit_minor, bonus_days, days, promo_code, status, status_reason,
-                      created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, NULL, 'flagged', $10, $11, $11)
+                      created_at, expires_at, paid_asset, paid_amount, paid_fiat_rate, paid_usd_rate,
+                      fee_asset, fee_amount)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, NULL, 'flagged', $10, $11, $11,
+        $12, $13, $14, $15, $16, $17)
 ON CONFLICT DO NOTHING
 RETURNING id
 """

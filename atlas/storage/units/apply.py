@@ -64,7 +64,7 @@ from atlas.storage.units.errors import SnapshotMoved
 from atlas.storage.units.ledger import LedgerKind
 from atlas.storage.units.outbox import MAX_DEDUPE_KEY
 from atlas.storage.units.payments import Provider, Purpose, check_external_id, new_payload
-from atlas.storage.units.records import ApplyOutcome, PaymentResult
+from atlas.storage.units.records import NOTHING_PAID_KNOWN, ApplyOutcome, PaidDetails, PaymentResult
 from atlas.storage.units.subscriptions import new_token
 
 
@@ -100,15 +100,18 @@ async def apply_payment(
     external_id: str | None = None,
     payload: str | None = None,
     payment_id: int | None = None,
+    paid: PaidDetails = NOTHING_PAID_KNOWN,
 ) -> PaymentResult:
     """Apply a paid payment found by ``external_id``, else ``payload``, else ``payment_id``.
 
     Returns the outcome (:class:`ApplyOutcome`); never raises for a payment that is unknown,
     already applied or mismatched. Stars: pass ``external_id=telegram_payment_charge_id`` and
-    ``payload=invoice_payload``. See the module docstring for the guarantees.
+    ``payload=invoice_payload``. ``paid`` (what the provider says was paid: asset, amount, rates,
+    fee) is stored with the payment, applied or flagged. See the module docstring for the guarantees.
     """
     check_now(now)
     chosen = Provider(provider).value
+    paid_columns = paid.columns()
     if external_id is not None:
         check_external_id(external_id)
     if external_id is None and payload is None and payment_id is None:
@@ -122,17 +125,19 @@ async def apply_payment(
     if payer["u_referrer_id"] is not None and payer["u_referrer_id"] not in users:
         raise SnapshotMoved(f"payment {payment['id']}: the payer's referrer was set during the lock wait")
     if external_id is not None and payment["external_id"] not in (None, external_id):
-        return await _record_second_charge(tx, payment, external_id, paid_amount_minor, paid_currency, now)
+        return await _record_second_charge(
+            tx, payment, external_id, paid_amount_minor, paid_currency, paid_columns, now
+        )
     if payment["status"] in ("applied", "refunded"):
         return _result(ApplyOutcome.ALREADY_APPLIED, payment)
     if payment["status"] == "flagged":
         return _result(ApplyOutcome.FLAGGED, payment, payment["status_reason"])
     mismatch = _mismatch(payment, paid_amount_minor, paid_currency)
     if mismatch is not None:
-        await tx.execute(FLAG_MISMATCH, payment["id"], mismatch, external_id)
+        await tx.execute(FLAG_MISMATCH, payment["id"], mismatch, external_id, *paid_columns)
         return _result(ApplyOutcome.FLAGGED, payment, mismatch)
     return await _apply(
-        tx, payment, users, external_id, referral_policy, Currency.of(balance_currency), now
+        tx, payment, users, external_id, paid_columns, referral_policy, Currency.of(balance_currency), now
     )
 
 
@@ -158,7 +163,13 @@ def _mismatch(payment: Record, paid_amount_minor: int, paid_currency: str) -> st
 
 
 async def _record_second_charge(
-    tx: Tx, payment: Record, external_id: str, paid_amount_minor: int, paid_currency: str, now: dt.datetime
+    tx: Tx,
+    payment: Record,
+    external_id: str,
+    paid_amount_minor: int,
+    paid_currency: str,
+    paid_columns: tuple[object, ...],
+    now: dt.datetime,
 ) -> PaymentResult:
     currency = paid_currency.strip().upper() if isinstance(paid_currency, str) else ""
     valid_amount = isinstance(paid_amount_minor, int) and 0 < paid_amount_minor <= 10**15
@@ -175,6 +186,7 @@ async def _record_second_charge(
         payment["days"],
         f"second_charge: payload of payment {payment['id']} was already paid",
         now,
+        *paid_columns,
     )
     return PaymentResult(
         ApplyOutcome.FLAGGED,
@@ -198,6 +210,7 @@ async def _apply(
     payment: Record,
     users: dict[int, Record],
     external_id: str | None,
+    paid_columns: tuple[object, ...],
     policy: ReferralPolicy,
     balance_currency: Currency,
     now: dt.datetime,
@@ -271,6 +284,7 @@ async def _apply(
         [n[1] for n in effects.notices],
         [n[2] for n in effects.notices],
         [n[3] for n in effects.notices],
+        *paid_columns,
     )
     assert done is not None
     if done["applied_id"] is None:  # cannot happen under the locks; nothing was written
