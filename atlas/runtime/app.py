@@ -42,6 +42,7 @@ from atlas.actors.vpn_controller import VpnController
 from atlas.clock import seeded_random
 from atlas.domain import SubscriptionKind
 from atlas.payments import CryptoPayClient
+from atlas.payments.cryptopay_fiats import CryptoPayCurrencyUnsupported, check_currency_supported
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.metrics import MetricSources, build_registry, render
@@ -348,6 +349,12 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None
                 network=settings.cryptopay_network,
                 base_url=settings.cryptopay_base_url,
             )
+            try:
+                await check_currency_supported(services.cryptopay, settings.currency)
+            except CryptoPayCurrencyUnsupported as exc:
+                _log.critical("%s", exc)
+                await _close_clients(services)
+                return 2
         nursery.start_soon(watchdog.run)
         nursery.start_soon(_stop_on_signals, stop)
         code = await serve_tree(services, dsn, stop=stop)

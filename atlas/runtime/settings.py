@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from atlas.payments.cryptopay_fiats import DOCUMENTED_FIATS
 
 PREFIX = "ATLAS_"
 
@@ -83,6 +85,19 @@ class Settings(BaseSettings):
     def _database_url_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql:// (or postgres://)")
+        return value
+
+    @field_validator("cryptopay_token")
+    @classmethod
+    def _cryptopay_prices_in_currency(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Every Crypto Pay invoice is priced in the balance currency (checked live at start too).
+        # A field validator, so the error names this variable and never shows the token.
+        currency = info.data.get("currency")
+        if value is not None and isinstance(currency, str) and currency not in DOCUMENTED_FIATS:
+            raise ValueError(
+                f"ATLAS_CURRENCY={currency}: Crypto Pay cannot price invoices in it; "
+                f"use one of {', '.join(sorted(DOCUMENTED_FIATS))} or unset ATLAS_CRYPTOPAY_TOKEN"
+            )
         return value
 
     @model_validator(mode="after")

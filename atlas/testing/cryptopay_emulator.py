@@ -40,7 +40,7 @@ import datetime as dt
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal
 from typing import Any, Final, Literal
@@ -292,7 +292,8 @@ class CryptoPayEmulator:
     the web app's port is known. ``webhook_secret_token``, if given, is appended to the URL as its
     last path segment: the real service only knows the URL registered for the app, so a secret
     path segment is the one extra secret a deployment can have. ``seed`` makes invoice hashes and
-    out-of-order delivery reproducible.
+    out-of-order delivery reproducible. ``fiats`` narrows the fiats it prices in (all the
+    documented ones by default), to play a service that stopped offering one.
     """
 
     def __init__(
@@ -310,6 +311,7 @@ class CryptoPayEmulator:
         min_amount: Decimal = Decimal("0.01"),
         app_id: int = 1001,
         app_name: str = "Atlas emulator",
+        fiats: Collection[str] | None = None,
     ) -> None:
         if not token:
             raise ValueError("token must be a non-empty string")
@@ -330,6 +332,10 @@ class CryptoPayEmulator:
         self._min_amount = min_amount
         self._app_id = app_id
         self._app_name = app_name
+        offered = frozenset(FIAT_USD_RATES if fiats is None else fiats)
+        if not offered <= FIAT_USD_RATES.keys():
+            raise ValueError(f"fiats must be documented Crypto Pay fiats, got {sorted(offered)}")
+        self._fiats = offered
         self._invoices: dict[int, _StoredInvoice] = {}
         self._next_invoice_id = 1
         self._next_update_id = 1
@@ -696,7 +702,7 @@ class CryptoPayEmulator:
         if api_method == "getInvoices":
             return {"items": [_answered(stored) for stored in self._get_invoices(params)]}
         if api_method == "getCurrencies":
-            return currencies()
+            return currencies(self._fiats)
         if api_method == "getExchangeRates":
             return exchange_rates()
         if api_method == "getBalance":
@@ -724,7 +730,7 @@ class CryptoPayEmulator:
                 raise _ApiFailure(400, "ASSET_INVALID")
         elif currency_type == "fiat":
             fiat = _p_str(params, "fiat")
-            if fiat not in FIAT_USD_RATES:
+            if fiat not in self._fiats:
                 raise _ApiFailure(400, "FIAT_INVALID")
             accepted = tuple(_p_list(params, "accepted_assets") or ASSET_USD_RATES)
             if any(item not in ASSET_USD_RATES for item in accepted):

@@ -8,7 +8,7 @@ nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from decimal import Decimal
 from typing import Any, Final
 
@@ -86,8 +86,8 @@ SWAP_TARGETS: Final = ("USDT", "TON", "TRX", "ETH", "SOL", "BTC", "LTC")
 _EIGHT_PLACES = Decimal("0.00000001")
 
 
-def currencies() -> list[dict[str, Any]]:
-    """The ``getCurrencies`` result: every asset, then every fiat."""
+def currencies(fiats: Collection[str] = FIAT_USD_RATES.keys()) -> list[dict[str, Any]]:
+    """The ``getCurrencies`` result: every asset, then the fiats offered (all documented by default)."""
     assets = [
         {
             "is_blockchain": True,
@@ -99,12 +99,13 @@ def currencies() -> list[dict[str, Any]]:
         }
         for code in ASSET_USD_RATES
     ]
-    fiats = [
+    offered = [
         {"is_blockchain": False, "is_stablecoin": False, "is_fiat": True, "name": FIAT_NAMES[code],
          "code": code, "decimals": 8}
         for code in FIAT_USD_RATES
+        if code in fiats
     ]
-    return assets + fiats
+    return assets + offered
 
 
 def exchange_rates() -> list[dict[str, Any]]:
