@@ -11,7 +11,10 @@ Set-up rows are inserted in bulk with SQL (not timed). Then ``--rounds`` interle
   own process: the baseline never imports Atlas);
 * apply: ``--payments`` pending top-ups (a fresh set each round) applied by ``--concurrency``
   concurrent callers, one ``db.run(apply_payment)`` each (lock-and-read, then one write statement:
-  state change + ledger row + balance + first-paid + outbox row).
+  state change + ledger row + balance + first-paid + outbox row);
+* floor: the same number of ``db.run`` calls of a unit with two ``SELECT 1`` statements, same
+  callers: what ``db.run`` itself costs for a two-statement unit, so the distance between "apply"
+  and "floor" is the cost of apply's own SQL and Python.
 
 The ratio is the median of the per-round ratios (each apply round against the pgbench round just
 before it), so both sides carry the same machine load. Finally, unless ``--subscriptions 0``:
@@ -129,6 +132,25 @@ async def _bench_apply(db: Database, *, first: int, count: int, concurrency: int
     return count / (time.perf_counter() - started)
 
 
+async def _two_selects(tx: Tx) -> None:
+    await tx.fetchval("SELECT 1")
+    await tx.fetchval("SELECT 1")
+
+
+async def _bench_floor(db: Database, *, count: int, concurrency: int) -> float:
+    left = iter(range(count))
+
+    async def worker() -> None:
+        for _ in left:
+            await db.run(_two_selects)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
 async def _bench_renewal(db: Database, *, count: int, batch: int) -> tuple[float, int]:
     renewed = 0
 
@@ -205,6 +227,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             env = await _pgbench_init(server)
             pgbench: list[float] = []
             apply: list[float] = []
+            floor: list[float] = []
             for n in range(args.rounds):
                 pgbench.append(await _pgbench(env, clients=args.concurrency, seconds=args.seconds))
                 apply.append(
@@ -212,7 +235,8 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
                         db, first=1 + n * args.payments, count=args.payments, concurrency=args.concurrency
                     )
                 )
-            results["pgbench"], results["apply"] = pgbench, apply
+                floor.append(await _bench_floor(db, count=args.payments, concurrency=args.concurrency))
+            results["pgbench"], results["apply"], results["floor"] = pgbench, apply, floor
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
                 results["renewal"], results["renewed"] = rate, renewed
@@ -245,7 +269,9 @@ def main() -> None:
     load_after = os.getloadavg()
     pgbench = cast(list[float], r["pgbench"])
     apply = cast(list[float], r["apply"])
+    floor = cast(list[float], r["floor"])
     ratios = [a / p for a, p in zip(apply, pgbench, strict=True)]
+    floor_ratios = [f / p for f, p in zip(floor, pgbench, strict=True)]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         "PostgreSQL embedded (fsync off)"
@@ -257,13 +283,15 @@ def main() -> None:
         f"--seconds {args.seconds}"
     )
     print()
-    print("| round | pgbench -N TPS | apply_payment/s | ratio |")
-    print("|---|---|---|---|")
-    for n, (p, a, q) in enumerate(zip(pgbench, apply, ratios, strict=True), 1):
-        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} |")
+    print("| round | pgbench -N TPS | apply_payment/s | ratio | db.run floor/s | floor ratio |")
+    print("|---|---|---|---|---|---|")
+    rounds = zip(pgbench, apply, ratios, floor, floor_ratios, strict=True)
+    for n, (p, a, q, f, fq) in enumerate(rounds, 1):
+        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} |")
     print(
         f"| **median** | {statistics.median(pgbench):.0f} | {statistics.median(apply):.0f} | "
-        f"**{statistics.median(ratios):.3f}** |"
+        f"**{statistics.median(ratios):.3f}** | {statistics.median(floor):.0f} | "
+        f"{statistics.median(floor_ratios):.3f} |"
     )
     if args.subscriptions:
         after = cast(float, r["pgbench_after"])
