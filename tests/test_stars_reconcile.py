@@ -10,6 +10,10 @@ import datetime as dt
 import json
 import random
 
+import pytest
+import trio_asyncio
+from aiogram.exceptions import TelegramBadRequest
+
 from atlas.actors.stars_reconciler import CURSOR, StarsReconciler
 from atlas.clock import Clock
 from atlas.payments.stars import send_stars_invoice
@@ -127,3 +131,6 @@ async def test_get_star_transactions_pages_oldest_first_with_refunds(db: Databas
         assert [t.incoming for t in first + rest] == [True, True, True, False]
         assert [t.payload for t in first] == ["p1", "p2"] and rest[-1].user_id == 721
         assert await ledger.transactions(offset=10, limit=5) == []
+        for bad in ({"limit": 101}, {"limit": 0}, {"offset": -1}):
+            with pytest.raises(TelegramBadRequest):
+                await trio_asyncio.aio_as_trio(s.bot.get_star_transactions)(**bad)
