@@ -12,6 +12,9 @@ Set-up rows are inserted in bulk with SQL (not timed). Then ``--rounds`` interle
 * apply: ``--payments`` pending top-ups (a fresh set each round) applied by ``--concurrency``
   concurrent callers, one ``db.run(apply_payment)`` each (lock-and-read, then one write statement:
   state change + ledger row + balance + first-paid + outbox row);
+* plain: a diagnostic, not a baseline: the same ``apply_payment`` on a fresh set of top-ups, run
+  in a child process on plain ``asyncio.run`` + an asyncpg pool (no trio, no bridge, no budget):
+  what ``apply_payment`` could reach if ``db.run`` cost nothing (the storage layer's ceiling);
 * floor: the same number of ``db.run`` calls of a unit with two ``SELECT 1`` statements, same
   callers: what ``db.run`` itself costs for a two-statement unit, so the distance between "apply"
   and "floor" is the cost of apply's own SQL and Python.
@@ -33,6 +36,7 @@ import os
 import platform
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -221,13 +225,14 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
         try:
             await migrate(db, now=NOW)
             await db.run(sync_plans, catalog=CATALOG, now=NOW)
-            await db.run(_seed_payments, count=args.payments * args.rounds)
+            await db.run(_seed_payments, count=args.payments * args.rounds * 2)
             if args.subscriptions:
                 await db.run(_seed_subscriptions, count=args.subscriptions)
             env = await _pgbench_init(server)
             pgbench: list[float] = []
             apply: list[float] = []
             floor: list[float] = []
+            plain: list[float] = []
             for n in range(args.rounds):
                 pgbench.append(await _pgbench(env, clients=args.concurrency, seconds=args.seconds))
                 apply.append(
@@ -236,7 +241,10 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
                     )
                 )
                 floor.append(await _bench_floor(db, count=args.payments, concurrency=args.concurrency))
+                first_plain = 1 + (args.rounds + n) * args.payments
+                plain.append(await _plain_in_child(dsn, first_plain, args.payments, args.concurrency))
             results["pgbench"], results["apply"], results["floor"] = pgbench, apply, floor
+            results["plain"] = plain
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
                 results["renewal"], results["renewed"] = rate, renewed
@@ -247,8 +255,58 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
     return results
 
 
+async def _plain_in_child(dsn: str, first: int, count: int, concurrency: int) -> float:
+    done = await trio.run_process(
+        [sys.executable, __file__, "--plain-asyncio", dsn, str(first), str(count), str(concurrency)],
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    return float(done.stdout.decode().strip().splitlines()[-1])
+
+
+def _plain_asyncio_apply(dsn: str, first: int, count: int, concurrency: int) -> float:
+    """``apply_payment`` on ``asyncio.run`` with a plain asyncpg pool (the child process's work)."""
+    import asyncio
+
+    import asyncpg
+
+    # Importing atlas imported trio_asyncio, which replaces asyncio's loop policy; undo that here.
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+
+    async def run() -> float:
+        pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+        ids = iter(range(first, first + count))
+
+        async def worker() -> None:
+            for n in ids:
+                async with pool.acquire() as conn, conn.transaction():
+                    await apply_payment(
+                        Tx(conn, "apply_payment"),
+                        provider="cryptopay",
+                        external_id=f"inv-{n}",
+                        paid_amount_minor=5000,
+                        paid_currency="RUB",
+                        referral_policy=POLICY,
+                        balance_currency="RUB",
+                        now=NOW,
+                    )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rate = count / (time.perf_counter() - started)
+        await pool.close()
+        return rate
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     """Run the benchmark and print a Markdown table."""
+    if len(sys.argv) == 6 and sys.argv[1] == "--plain-asyncio":
+        dsn, first, count, concurrency = sys.argv[2], *map(int, sys.argv[3:])
+        print(f"{_plain_asyncio_apply(dsn, first, count, concurrency):.3f}")
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -272,6 +330,8 @@ def main() -> None:
     floor = cast(list[float], r["floor"])
     ratios = [a / p for a, p in zip(apply, pgbench, strict=True)]
     floor_ratios = [f / p for f, p in zip(floor, pgbench, strict=True)]
+    plain = cast(list[float], r["plain"])
+    plain_ratios = [q / p for q, p in zip(plain, pgbench, strict=True)]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         "PostgreSQL embedded (fsync off)"
@@ -283,15 +343,19 @@ def main() -> None:
         f"--seconds {args.seconds}"
     )
     print()
-    print("| round | pgbench -N TPS | apply_payment/s | ratio | db.run floor/s | floor ratio |")
-    print("|---|---|---|---|---|---|")
-    rounds = zip(pgbench, apply, ratios, floor, floor_ratios, strict=True)
-    for n, (p, a, q, f, fq) in enumerate(rounds, 1):
-        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} |")
     print(
-        f"| **median** | {statistics.median(pgbench):.0f} | {statistics.median(apply):.0f} | "
-        f"**{statistics.median(ratios):.3f}** | {statistics.median(floor):.0f} | "
-        f"{statistics.median(floor_ratios):.3f} |"
+        "| round | pgbench -N TPS | apply_payment/s | ratio | db.run floor/s | floor ratio "
+        "| plain asyncio apply/s | plain ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    rounds = zip(pgbench, apply, ratios, floor, floor_ratios, plain, plain_ratios, strict=True)
+    for n, (p, a, q, f, fq, pa, pq) in enumerate(rounds, 1):
+        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} | {pa:.0f} | {pq:.3f} |")
+    median = statistics.median
+    print(
+        f"| **median** | {median(pgbench):.0f} | {median(apply):.0f} | **{median(ratios):.3f}** | "
+        f"{median(floor):.0f} | {median(floor_ratios):.3f} | {median(plain):.0f} | "
+        f"{median(plain_ratios):.3f} |"
     )
     if args.subscriptions:
         after = cast(float, r["pgbench_after"])
