@@ -213,7 +213,7 @@ async def test_a_request_not_signed_by_crypto_pay_is_401_and_changes_nothing(
         assert TOKEN not in caplog.text and intent.payload not in caplog.text  # no secret, no body dump
 
 
-async def test_missing_signature_oversized_body_and_malformed_update_are_refused(
+async def test_missing_signature_and_oversized_body_are_refused_a_signed_unusable_update_is_kept(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with crypto(db) as c, httpx.AsyncClient() as http:
@@ -224,11 +224,21 @@ async def test_missing_signature_oversized_body_and_malformed_update_are_refused
             huge = await http.post(url, content=b"x" * 70_000, headers={"crypto-pay-api-signature": "00"})
             body = b'{"update_type":"something_else","update_id":1}'
             signature = hmac.new(hashlib.sha256(TOKEN.encode()).digest(), body, hashlib.sha256).hexdigest()
-            malformed = await http.post(url, content=body, headers={"crypto-pay-api-signature": signature})
-        assert (missing.status_code, huge.status_code, malformed.status_code) == (401, 413, 400)
+            unusable = await http.post(url, content=body, headers={"crypto-pay-api-signature": signature})
+            again = await http.post(url, content=body, headers={"crypto-pay-api-signature": signature})
+        # Authentic but unusable: 200, so the provider neither retries it nor switches the webhook off.
+        assert (missing.status_code, huge.status_code, unusable.status_code, again.status_code) == (
+            401,
+            413,
+            200,
+            200,
+        )
         assert "missing crypto-pay-api-signature" in caplog.text
         assert "update.update_type" in caplog.text
-        assert await snapshot(db) == before
+        assert await snapshot(db) == before  # no money table changed
+        kept = await rows(db, "SELECT source, body, reason FROM provider_messages_kept LIMIT 10")
+        assert kept == [{"source": "webhook", "body": body, "reason": kept[0]["reason"]}]
+        assert "update.update_type" in kept[0]["reason"]
 
 
 async def test_unknown_invoice_is_200_with_a_warning_and_changes_nothing(

@@ -7,11 +7,18 @@ inside one — and applies the paid ones through the same function as the webhoo
 (:func:`atlas.payments.apply_flow.apply_paid_invoice`), so a webhook, a watcher and a replay racing
 on one invoice apply it exactly once. After a complete walk it expires stale intents.
 
+One unreadable invoice (an item of the answer that fails the strict parser) is skipped, reported
+(an error line, the ``unreadable`` counter) and kept for an operator
+(:func:`~atlas.storage.units.provider_records.keep_provider_message`, once per distinct item); the
+rest of the page is applied and the walk goes on. Before, such an item made the whole answer a
+protocol error: later pages and expiry never ran and the backoff grew to 900 s, for everyone.
+
 Outages: when Crypto Pay cannot be asked (:class:`~atlas.payments.CryptoPayUnavailable`, or an
 answer we cannot trust: :class:`~atlas.payments.CryptoPayProtocolError`), the tick stops where it
 is, changes nothing (every payment stays ``pending``; in particular **nothing is expired** during
 an outage, however long), logs a warning, and the following ticks are skipped for a jittered,
-growing delay (:class:`~atlas.supervision.Backoff`). The first tick that gets through applies
+growing delay (:class:`~atlas.supervision.Backoff`), at least the service's ``Retry-After`` when it
+sent one (a 429). The first tick that gets through applies
 everything that was paid meanwhile. A wrong token (:class:`~atlas.payments.CryptoPayAuthError`) is
 a configuration error, not an outage: it crashes the actor, so the supervisor reports it.
 
@@ -38,8 +45,10 @@ from atlas.clock import Clock
 from atlas.domain import ReferralPolicy
 from atlas.payments.apply_flow import PROVIDER, apply_paid_invoice
 from atlas.payments.cryptopay import CryptoPayClient, CryptoPayProtocolError, CryptoPayUnavailable
+from atlas.payments.cryptopay_types import UnreadableItem
 from atlas.storage import Database
 from atlas.storage.units.payments import expire_payment_intents, pending_payments
+from atlas.storage.units.provider_records import keep_provider_message
 from atlas.storage.units.records import ApplyOutcome
 from atlas.supervision import Backoff
 
@@ -56,7 +65,8 @@ class PaymentWatcher(Actor):
     - ``expiry_grace``: how long after ``expires_at`` an unpaid intent is expired.
     - ``backoff``: delay before asking again after an outage (consecutive failures grow it).
 
-    Counters for tests and ``/status``: ``applied``, ``flagged``, ``expired``, ``outages``.
+    Counters for tests and ``/status``: ``applied``, ``flagged``, ``expired``, ``outages``,
+    ``unreadable``.
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class PaymentWatcher(Actor):
         self.flagged = 0
         self.expired = 0
         self.outages = 0
+        self.unreadable = 0
 
     @property
     def backing_off_until(self) -> float | None:
@@ -163,12 +174,15 @@ class PaymentWatcher(Actor):
         return True
 
     async def _check_invoices(self, ids: list[int]) -> bool:
+        unreadable: list[UnreadableItem] = []
         try:
-            invoices = await self._client.get_invoices(ids)
+            invoices = await self._client.get_invoices(ids, on_unreadable=unreadable.append)
         except (CryptoPayUnavailable, CryptoPayProtocolError) as exc:
             self._failures += 1
             self.outages += 1
             delay = self._backoff.delay(self._failures, self._jitter)
+            if isinstance(exc, CryptoPayUnavailable) and exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
             self._resume_at = trio.current_time() + delay
             _log.warning(
                 "payment watcher: Crypto Pay not usable (%s: %s); %d payments stay pending, retry in %.1f s",
@@ -178,6 +192,8 @@ class PaymentWatcher(Actor):
                 delay,
             )
             return False
+        for item in unreadable:
+            await self._report_unreadable(item)
         for invoice in invoices:
             if invoice.status != "paid":
                 continue
@@ -194,3 +210,20 @@ class PaymentWatcher(Actor):
             elif result.outcome is ApplyOutcome.FLAGGED:
                 self.flagged += 1
         return True
+
+    async def _report_unreadable(self, item: UnreadableItem) -> None:
+        self.unreadable += 1
+        new = await self._db().run(
+            keep_provider_message,
+            provider=PROVIDER,
+            source="getInvoices",
+            body=item.raw,
+            reason=item.reason,
+            now=self._clock.now(),
+        )
+        _log.error(
+            "payment watcher: Crypto Pay invoice %s is unreadable (%s); skipped, the rest applied%s",
+            "?" if item.invoice_id is None else item.invoice_id,
+            item.reason,
+            "; kept for an operator" if new else "",
+        )

@@ -16,6 +16,10 @@ exponent). An amount that cannot be exact in minor units (``"10.005"`` USD), or 
 invoice, can never equal an intent, so it is passed on as a mismatch and the intent is flagged —
 never rounded into a match.
 
+What was actually paid (``paid_asset``, ``paid_amount``, ``paid_fiat_rate``, ``paid_usd_rate``,
+``fee_asset``, ``fee_amount``; exact decimals) is stored with the payment in the same statement,
+whether it applies or is flagged (:func:`paid_details`).
+
 Logging (one line per outcome, ``source`` says who asked): applied → info; already applied → debug
 (duplicates are normal); unknown → warning; flagged → error (an admin must look). No secrets and no
 body dumps: ids, amounts and the reason only.
@@ -30,7 +34,7 @@ from atlas.domain import Currency, DomainError, ReferralPolicy, parse_amount
 from atlas.payments.cryptopay_types import Invoice
 from atlas.storage import Database
 from atlas.storage.units.apply import apply_payment
-from atlas.storage.units.records import ApplyOutcome, PaymentResult
+from atlas.storage.units.records import ApplyOutcome, PaidDetails, PaymentResult
 
 _log = logging.getLogger("atlas.payments.apply")
 
@@ -53,6 +57,18 @@ def invoice_amount_minor(invoice: Invoice) -> tuple[int, str]:
         return parse_amount(format(invoice.amount, "f"), exponent=currency.exponent), currency.code
     except DomainError:
         return INEXACT_AMOUNT, invoice.fiat[:16]
+
+
+def paid_details(invoice: Invoice) -> PaidDetails:
+    """What the invoice says was paid, as the payment stores it."""
+    return PaidDetails(
+        asset=invoice.paid_asset,
+        amount=invoice.paid_amount,
+        fiat_rate=invoice.paid_fiat_rate,
+        usd_rate=invoice.paid_usd_rate,
+        fee_asset=invoice.fee_asset,
+        fee_amount=invoice.fee_amount,
+    )
 
 
 async def apply_paid_invoice(
@@ -84,6 +100,7 @@ async def apply_paid_invoice(
         referral_policy=referral_policy,
         balance_currency=balance_currency,
         now=clock.now(),
+        paid=paid_details(invoice),
     )
     _log_outcome(result, invoice, source, amount_minor, currency)
     return result

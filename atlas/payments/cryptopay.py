@@ -25,6 +25,8 @@ message (``repr(client)`` shows the network and the URL only).
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import json
 import logging
 import re
@@ -43,11 +45,19 @@ from atlas.net.http import (
 )
 from atlas.payments.cryptopay_types import (
     AppInfo,
+    Balance,
+    CurrencyInfo,
+    ExchangeRate,
     Invoice,
+    UnreadableItem,
     WireFormatError,
     parse_app_info,
+    parse_balances,
+    parse_currencies,
+    parse_exchange_rates,
     parse_invoice,
     parse_invoice_items,
+    parse_invoice_items_skipping,
 )
 
 _log = logging.getLogger("atlas.payments.cryptopay")
@@ -101,7 +111,37 @@ class CryptoPayAuthError(CryptoPayError):
 
 
 class CryptoPayUnavailable(CryptoPayError):
-    """No answer (timeout, connection failure) or a 5xx/429: the service may recover; retry later."""
+    """No answer (timeout, connection failure) or a 5xx/429: the service may recover; retry later.
+
+    ``retry_after`` is the service's own ``Retry-After`` (seconds) when it sent one: a caller
+    backing off waits at least that long.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 3600.0
+"""A ``Retry-After`` longer than an hour is taken as an hour: a typo at the service must not stop
+payments for a day."""
+
+
+def retry_after_seconds(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), capped; None when absent or garbage."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return min(float(int(text)), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    reference = now if now is not None else dt.datetime.now(dt.UTC)
+    return min(max((when - reference).total_seconds(), 0.0), MAX_RETRY_AFTER)
 
 
 class CryptoPayProtocolError(CryptoPayError):
@@ -221,6 +261,7 @@ class CryptoPayClient:
         paid_btn_url: str | None = None,
         allow_comments: bool = False,
         allow_anonymous: bool = True,
+        swap_to: str | None = None,
     ) -> Invoice:
         """Create a fiat-priced invoice (``amount`` in ``fiat``, paid in one of ``accepted_assets``).
 
@@ -238,6 +279,10 @@ class CryptoPayClient:
             "allow_comments": self._check_bool(allow_comments, "allow_comments"),
             "allow_anonymous": self._check_bool(allow_anonymous, "allow_anonymous"),
         }
+        if swap_to is not None:
+            if not isinstance(swap_to, str) or not _ASSET_RE.fullmatch(swap_to):
+                raise ValueError(f"swap_to must be an asset code like 'USDT', got {swap_to!r}")
+            params["swap_to"] = swap_to
         if description is not None:
             params["description"] = self._check_text(description, "description", MAX_DESCRIPTION_CHARS)
         if hidden_message is not None:
@@ -256,13 +301,21 @@ class CryptoPayClient:
         result = await self._call("createInvoice", params)
         return self._parse("createInvoice", parse_invoice, result)
 
-    async def get_invoices(self, invoice_ids: Sequence[int]) -> list[Invoice]:
+    async def get_invoices(
+        self,
+        invoice_ids: Sequence[int],
+        *,
+        on_unreadable: Callable[[UnreadableItem], None] | None = None,
+    ) -> list[Invoice]:
         """Return the invoices with these ids (unknown or deleted ids are simply absent).
 
         Ids are de-duplicated and asked for in batches of at most 1000, each with ``count`` set to
         the batch size (the API's default count of 100 would silently truncate a bigger batch).
-        An answer containing an id that was not asked for is a protocol error. Failure of any batch
-        raises; nothing partial is returned.
+
+        Strict by default: an item that fails the parser, or an id that was not asked for, is a
+        protocol error and nothing partial is returned. With ``on_unreadable``, such an item is
+        handed to it and skipped, and the rest of the batch is returned: one bad invoice must not
+        hide everyone else's payments (issue 11). A broken envelope still raises.
         """
         ids = list(dict.fromkeys(_check_id(i, "invoice_ids[]") for i in invoice_ids))
         invoices: list[Invoice] = []
@@ -270,14 +323,24 @@ class CryptoPayClient:
             batch = ids[start : start + MAX_IDS_PER_REQUEST]
             params = {"invoice_ids": ",".join(map(str, batch)), "count": len(batch)}
             result = await self._call("getInvoices", params)
-            items = self._parse("getInvoices", parse_invoice_items, result)
+            items, unreadable = self._parse("getInvoices", parse_invoice_items_skipping, result)
             asked = set(batch)
             for invoice in items:
                 if invoice.invoice_id not in asked:
-                    raise CryptoPayProtocolError(
-                        f"Crypto Pay getInvoices: got invoice {invoice.invoice_id}, which was not asked for"
+                    unreadable.append(
+                        UnreadableItem(
+                            -1,
+                            invoice.invoice_id,
+                            f"invoice {invoice.invoice_id} was not asked for",
+                            f'{{"invoice_id": {invoice.invoice_id}}}'.encode(),
+                        )
                     )
-            invoices.extend(items)
+            if unreadable and on_unreadable is None:
+                raise CryptoPayProtocolError(f"Crypto Pay getInvoices: {unreadable[0].reason}")
+            for item in unreadable:
+                assert on_unreadable is not None
+                on_unreadable(item)
+            invoices.extend(invoice for invoice in items if invoice.invoice_id in asked)
         return invoices
 
     async def get_invoices_page(
@@ -295,6 +358,25 @@ class CryptoPayClient:
             params["status"] = status
         result = await self._call("getInvoices", params)
         return self._parse("getInvoices", parse_invoice_items, result)
+
+    async def get_currencies(self) -> list[CurrencyInfo]:
+        """Every currency the service knows (crypto and fiat)."""
+        result = await self._call("getCurrencies", {})
+        return self._parse("getCurrencies", parse_currencies, result)
+
+    async def supported_fiats(self) -> frozenset[str]:
+        """The fiat codes the service can price an invoice in (from ``getCurrencies``)."""
+        return frozenset(currency.code for currency in await self.get_currencies() if currency.is_fiat)
+
+    async def get_exchange_rates(self) -> list[ExchangeRate]:
+        """The service's current exchange rates."""
+        result = await self._call("getExchangeRates", {})
+        return self._parse("getExchangeRates", parse_exchange_rates, result)
+
+    async def get_balance(self) -> list[Balance]:
+        """The app's balances, one per currency."""
+        result = await self._call("getBalance", {})
+        return self._parse("getBalance", parse_balances, result)
 
     async def delete_invoice(self, invoice_id: int) -> bool:
         """Delete an invoice; returns the API's boolean answer."""
@@ -395,7 +477,10 @@ class CryptoPayClient:
         if status == 401:
             raise CryptoPayAuthError(method)
         if status >= 500 or status == 429:
-            raise CryptoPayUnavailable(f"Crypto Pay {method}: HTTP {status}{_error_name(response.content)}")
+            raise CryptoPayUnavailable(
+                f"Crypto Pay {method}: HTTP {status}{_error_name(response.content)}",
+                retry_after=retry_after_seconds(response.headers.get("retry-after")),
+            )
         try:
             envelope = json.loads(response.content, parse_float=Decimal)
         except (ValueError, RecursionError) as exc:
@@ -414,8 +499,11 @@ class CryptoPayClient:
                 )
             if code == 401 or name == "UNAUTHORIZED":
                 raise CryptoPayAuthError(method, code, name)
-            if code >= 500:
-                raise CryptoPayUnavailable(f"Crypto Pay {method}: {code} {name}")
+            if code >= 500 or code == 429:
+                raise CryptoPayUnavailable(
+                    f"Crypto Pay {method}: {code} {name}",
+                    retry_after=retry_after_seconds(response.headers.get("retry-after")),
+                )
             raise CryptoPayApiError(method, code, name)
         if not 200 <= status < 300:
             raise CryptoPayProtocolError(f"Crypto Pay {method}: HTTP {status} with ok=true")

@@ -23,6 +23,7 @@ What "strict" means here:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,6 +99,7 @@ class Invoice:
     fee_amount: Decimal | None = None
     paid_anonymously: bool | None = None
     comment: str | None = None
+    swap_to: str | None = None
 
     def amount_minor(self, exponent: int = 2) -> int:
         """Return ``amount`` in integer minor units (``exponent`` decimal places; 2 for USD/EUR/RUB).
@@ -122,6 +124,39 @@ class InvoicePaid:
     update_id: int
     request_date: dt.datetime
     invoice: Invoice
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CurrencyInfo:
+    """One entry of ``getCurrencies``: a code the service knows and whether it is a fiat."""
+
+    code: str
+    name: str
+    is_fiat: bool
+    is_blockchain: bool
+    is_stablecoin: bool
+    decimals: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeRate:
+    """One entry of ``getExchangeRates``: 1 ``source`` = ``rate`` ``target``."""
+
+    source: str
+    target: str
+    rate: Decimal
+    is_valid: bool
+    is_crypto: bool
+    is_fiat: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Balance:
+    """One entry of ``getBalance``: the app's funds in one currency."""
+
+    currency_code: str
+    available: Decimal
+    onhold: Decimal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +333,7 @@ def parse_invoice(value: Any, where: str = "invoice") -> Invoice:
         fee_amount=_opt_decimal(obj, "fee_amount", where),
         paid_anonymously=paid_anonymously,
         comment=_opt_str(obj, "comment", where),
+        swap_to=_opt_str(obj, "swap_to", where),
     )
     if invoice.currency_type == "fiat" and invoice.fiat is None:
         raise WireFormatError(f"{where}.fiat", "a fiat code on a fiat invoice", None)
@@ -315,6 +351,111 @@ def parse_invoice_items(value: Any) -> list[Invoice]:
     if not isinstance(items, list):
         raise WireFormatError("result.items", "a list of invoices", items)
     return [parse_invoice(item, f"result.items[{index}]") for index, item in enumerate(items)]
+
+
+def _list(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise WireFormatError(field, "a JSON array", value)
+    return value
+
+
+def parse_currencies(value: Any) -> list[CurrencyInfo]:
+    """Parse the ``getCurrencies`` result (an array of currency objects)."""
+    out: list[CurrencyInfo] = []
+    for index, item in enumerate(_list(value, "result")):
+        where = f"result[{index}]"
+        obj = _object(item, where)
+        decimals = _opt(obj, "decimals")
+        out.append(
+            CurrencyInfo(
+                code=_str(_req(obj, "code", where), f"{where}.code"),
+                name=_opt_str(obj, "name", where) or "",
+                is_fiat=_bool(_req(obj, "is_fiat", where), f"{where}.is_fiat"),
+                is_blockchain=_bool(obj.get("is_blockchain", False), f"{where}.is_blockchain"),
+                is_stablecoin=_bool(obj.get("is_stablecoin", False), f"{where}.is_stablecoin"),
+                decimals=None if decimals is None else _int(decimals, f"{where}.decimals"),
+            )
+        )
+    return out
+
+
+def parse_exchange_rates(value: Any) -> list[ExchangeRate]:
+    """Parse the ``getExchangeRates`` result (an array of rate objects; rates are decimal strings)."""
+    out: list[ExchangeRate] = []
+    for index, item in enumerate(_list(value, "result")):
+        where = f"result[{index}]"
+        obj = _object(item, where)
+        out.append(
+            ExchangeRate(
+                source=_str(_req(obj, "source", where), f"{where}.source"),
+                target=_str(_req(obj, "target", where), f"{where}.target"),
+                rate=parse_decimal(_req(obj, "rate", where), f"{where}.rate"),
+                is_valid=_bool(_req(obj, "is_valid", where), f"{where}.is_valid"),
+                is_crypto=_bool(obj.get("is_crypto", False), f"{where}.is_crypto"),
+                is_fiat=_bool(obj.get("is_fiat", False), f"{where}.is_fiat"),
+            )
+        )
+    return out
+
+
+def parse_balances(value: Any) -> list[Balance]:
+    """Parse the ``getBalance`` result (an array of ``{currency_code, available, onhold}``)."""
+    out: list[Balance] = []
+    for index, item in enumerate(_list(value, "result")):
+        where = f"result[{index}]"
+        obj = _object(item, where)
+        out.append(
+            Balance(
+                currency_code=_str(_req(obj, "currency_code", where), f"{where}.currency_code"),
+                available=parse_decimal(_req(obj, "available", where), f"{where}.available"),
+                onhold=parse_decimal(obj.get("onhold", "0"), f"{where}.onhold"),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableItem:
+    """One item of a list the API returned that failed the strict parser; the rest were read.
+
+    ``invoice_id`` is set when at least the id could be read; ``raw`` is the item as JSON text (for
+    an operator; no secret is in an invoice); ``reason`` names the field.
+    """
+
+    index: int
+    invoice_id: int | None
+    reason: str
+    raw: bytes
+
+
+def parse_invoice_items_skipping(value: Any) -> tuple[list[Invoice], list[UnreadableItem]]:
+    """Parse a ``getInvoices`` result item by item: the readable invoices and the unreadable items.
+
+    The envelope itself (an object with an ``items`` list) is still strict: without it nothing can
+    be trusted, and :class:`WireFormatError` is raised.
+    """
+    obj = _object(value, "result")
+    items = obj.get("items")
+    if not isinstance(items, list):
+        raise WireFormatError("result.items", "a list of invoices", items)
+    invoices: list[Invoice] = []
+    unreadable: list[UnreadableItem] = []
+    for index, item in enumerate(items):
+        try:
+            invoices.append(parse_invoice(item, f"result.items[{index}]"))
+        except WireFormatError as exc:
+            raw_id = item.get("invoice_id") if isinstance(item, dict) else None
+            readable_id = raw_id if isinstance(raw_id, int) and not isinstance(raw_id, bool) else None
+            unreadable.append(UnreadableItem(index, readable_id, str(exc), _as_json(item)))
+    return invoices, unreadable
+
+
+def _as_json(item: Any) -> bytes:
+    return json.dumps(item, default=str, sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+UPDATE_TYPES = ("invoice_paid",)
+"""The webhook ``update_type`` values Atlas acts on; any other signed update is kept, not refused."""
 
 
 def parse_invoice_paid(value: Any) -> InvoicePaid:

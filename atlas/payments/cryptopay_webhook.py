@@ -9,8 +9,10 @@ Error hierarchy::
     WebhookError                  the request must be refused; nothing was applied
     ├── WebhookSignatureInvalid   signature header missing or not matching: not from Crypto Pay
     │                             (answer 401; never look at the body)
-    └── WebhookMalformed          correctly signed but not an invoice_paid update we understand
-                                  (answer 400; Crypto Pay will retry, and a log line says why)
+    └── WebhookMalformed          correctly signed but not an invoice_paid update we can use (a
+                                  new ``update_type``, a field value the strict parser refuses):
+                                  the route answers 200 and keeps the bytes for an operator, since
+                                  the provider retries a non-2xx and then switches the webhook off
 
 There is deliberately no freshness window on ``request_date``: Crypto Pay retries a failed delivery
 for up to three days, so an old date is normal. Replays are harmless because applying a payment is
@@ -39,7 +41,10 @@ class WebhookSignatureInvalid(WebhookError):
 
 
 class WebhookMalformed(WebhookError):
-    """The request is signed correctly but is not an ``invoice_paid`` update we understand."""
+    """The request is signed correctly but is not an ``invoice_paid`` update we can use.
+
+    Authentic, so not refused: the caller keeps it for an operator and answers 2xx.
+    """
 
 
 def compute_signature(token: str, raw_body: bytes) -> str:

@@ -7,7 +7,8 @@
     ├── storage    the pool and the budget; migrations and plan sync; up when the pool is open
     ├── web        Hypercorn + Starlette: health, status, metrics, /sub, webhooks (status and
     │              metrics behind ATLAS_OPERATOR_TOKEN and/or on their own listener)
-    ├── workers    one_for_one: one actor per job (renewal, expiry, vpn_controller, outbox_sender...)
+    ├── workers    one_for_one: one actor per job (renewal, expiry, vpn_controller, outbox_sender,
+    │              payment_watcher, stars_reconciler...)
     └── telegram   rest_for_one: dispatch → intake (see telegram_tree.py); only with a bot token
 
 ``rest_for_one`` at the root because everything after storage uses the database: if storage
@@ -41,10 +42,13 @@ from atlas.actors.outbox_sender import OutboxSender
 from atlas.actors.payment_watcher import PaymentWatcher
 from atlas.actors.reminders import ReminderWorker
 from atlas.actors.renewal import RenewalWorker
+from atlas.actors.stars_reconciler import StarsReconciler
 from atlas.actors.vpn_controller import VpnController
 from atlas.clock import seeded_random
 from atlas.domain import SubscriptionKind
 from atlas.payments import CryptoPayClient
+from atlas.payments.cryptopay_fiats import CryptoPayCurrencyUnsupported, check_currency_supported
+from atlas.payments.stars_reconcile import BotStarsLedger
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server, database_settings
 from atlas.runtime.metrics import MetricSources, build_registry, render
@@ -232,6 +236,15 @@ def worker_specs(services: Services) -> list[ChildSpec]:
         services.broadcaster = broadcaster
         specs.append(supervised(sender, stall_after=180.0))
         specs.append(supervised(broadcaster, stall_after=120.0))
+        reconciler = StarsReconciler(
+            db=db,
+            ledger=BotStarsLedger(services.bot),
+            clock=clock,
+            rng=rng("stars_reconciler"),
+            referral_policy=referral_policy(settings),
+            balance_currency=settings.currency,
+        )
+        specs.append(supervised(reconciler, stall_after=180.0))
     if services.cryptopay is not None:
         watcher = PaymentWatcher(
             db=db,
@@ -374,6 +387,12 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None
                 network=settings.cryptopay_network,
                 base_url=settings.cryptopay_base_url,
             )
+            try:
+                await check_currency_supported(services.cryptopay, settings.currency)
+            except CryptoPayCurrencyUnsupported as exc:
+                _log.critical("%s", exc)
+                await _close_clients(services)
+                return 2
         nursery.start_soon(watchdog.run)
         nursery.start_soon(_stop_on_signals, stop)
         code = await serve_tree(services, dsn, stop=stop)

@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from atlas.domain import Currency, InvalidAmount, check_amount
 from atlas.domain.money import parse_amount
+from atlas.payments.cryptopay_fiats import DOCUMENTED_FIATS
 
 PREFIX = "ATLAS_"
 
@@ -113,6 +114,19 @@ class Settings(BaseSettings):
     def _operator_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters")
+        return value
+
+    @field_validator("cryptopay_token")
+    @classmethod
+    def _cryptopay_prices_in_currency(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Every Crypto Pay invoice is priced in the balance currency (checked live at start too).
+        # A field validator, so the error names this variable and never shows the token.
+        currency = info.data.get("currency")
+        if value is not None and isinstance(currency, str) and currency not in DOCUMENTED_FIATS:
+            raise ValueError(
+                f"ATLAS_CURRENCY={currency}: Crypto Pay cannot price invoices in it; "
+                f"use one of {', '.join(sorted(DOCUMENTED_FIATS))} or unset ATLAS_CRYPTOPAY_TOKEN"
+            )
         return value
 
     @model_validator(mode="after")

@@ -5,7 +5,9 @@ client: it answers ``/api/<method>`` to GET query parameters and to POST JSON, c
 ``Crypto-Pay-API-Token`` header (401 ``UNAUTHORIZED``), validates ``createInvoice`` like the service
 does (``AMOUNT_INVALID``, ``AMOUNT_TOO_SMALL``, ``EXPIRES_IN_INVALID``, ``PAYLOAD_TOO_LONG`` ...; the
 names the public documentation does not list are our best guess), and applies ``count`` (default
-100) to ``getInvoices`` even when ``invoice_ids`` is given, as the service does.
+100) to ``getInvoices`` even when ``invoice_ids`` is given, as the service does. It prices invoices
+in every fiat the service documents and answers ``getCurrencies``, ``getExchangeRates`` and
+``getBalance`` (:mod:`atlas.testing.cryptopay_reference`); ``swap_to`` is kept on the invoice.
 
 Start it inside a nursery; it serves until the nursery is cancelled::
 
@@ -22,7 +24,10 @@ Controls are plain Python calls (they play the payer and the service's operators
   a delay, concurrent duplicates) and :meth:`deliver_out_of_order`. A delivery answered with a
   non-2xx status (or not answered) is retried with exponential backoff up to
   ``webhook_max_attempts`` times; the real service tries 17 times over three days;
-* faults: :meth:`outage` / :meth:`recover`, :meth:`fail_next`, :meth:`garbage_next`;
+* faults: :meth:`outage` / :meth:`recover`, :meth:`fail_next`, :meth:`garbage_next`,
+  :meth:`rate_limit_next` (429 with ``Retry-After``), :meth:`garble_invoice` (one invoice's field
+  answered wrong in ``getInvoices``, so that item fails a strict parser);
+* updates Atlas may not know: :meth:`deliver_update` (any signed update body);
 * records: :attr:`requests` (every API request, the token never stored) and :attr:`webhook_log`.
 
 Time comes from an :class:`atlas.clock.Clock` (created on first use if none is given), so invoices
@@ -35,7 +40,7 @@ import datetime as dt
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_UP, Decimal
 from typing import Any, Final, Literal
@@ -51,29 +56,17 @@ from atlas.clock import Clock, seeded_random
 from atlas.net.http import OutboundError, OutboundHttp
 from atlas.payments.cryptopay_types import Invoice, format_timestamp, parse_invoice
 from atlas.payments.cryptopay_webhook import SIGNATURE_HEADER, compute_signature
+from atlas.testing.cryptopay_reference import (
+    ASSET_USD_RATES,
+    FIAT_USD_RATES,
+    SWAP_TARGETS,
+    currencies,
+    exchange_rates,
+)
 from atlas.web.server import serve_asgi
 
 OutageMode = Literal["http_503", "drop_connection"]
 
-# USD value of one unit. Deterministic on purpose: tests assert on paid amounts.
-ASSET_USD_RATES: Final[Mapping[str, Decimal]] = {
-    "USDT": Decimal("1"),
-    "USDC": Decimal("1"),
-    "TON": Decimal("5.2"),
-    "BTC": Decimal("65000"),
-    "ETH": Decimal("3200"),
-    "LTC": Decimal("80"),
-    "BNB": Decimal("600"),
-    "TRX": Decimal("0.12"),
-}
-FIAT_USD_RATES: Final[Mapping[str, Decimal]] = {
-    "USD": Decimal("1"),
-    "EUR": Decimal("1.08"),
-    "GBP": Decimal("1.27"),
-    "RUB": Decimal("0.011"),
-    "UAH": Decimal("0.024"),
-    "KZT": Decimal("0.0021"),
-}
 FEE_RATE: Final = Decimal("0.03")
 MAX_REQUEST_BYTES: Final = 256 * 1024
 _PAID_BUTTONS: Final = ("viewItem", "openChannel", "openBot", "callback")
@@ -143,6 +136,8 @@ class _StoredInvoice:
     fee_amount: Decimal | None = None
     paid_anonymously: bool | None = None
     comment: str | None = None
+    swap_to: str | None = None
+    garbled: dict[str, Any] | None = None
 
     def wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -177,6 +172,7 @@ class _StoredInvoice:
             "fee_amount": _dec(self.fee_amount),
             "paid_anonymously": self.paid_anonymously,
             "comment": self.comment,
+            "swap_to": self.swap_to,
         }
         out.update({key: value for key, value in optional.items() if value is not None})
         return out
@@ -184,6 +180,13 @@ class _StoredInvoice:
 
 def _dec(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
+
+
+def _answered(stored: _StoredInvoice) -> dict[str, Any]:
+    wire = stored.wire()
+    if stored.garbled:
+        wire.update(stored.garbled)
+    return wire
 
 
 class _ApiFailure(Exception):
@@ -289,7 +292,8 @@ class CryptoPayEmulator:
     the web app's port is known. ``webhook_secret_token``, if given, is appended to the URL as its
     last path segment: the real service only knows the URL registered for the app, so a secret
     path segment is the one extra secret a deployment can have. ``seed`` makes invoice hashes and
-    out-of-order delivery reproducible.
+    out-of-order delivery reproducible. ``fiats`` narrows the fiats it prices in (all the
+    documented ones by default), to play a service that stopped offering one.
     """
 
     def __init__(
@@ -307,6 +311,7 @@ class CryptoPayEmulator:
         min_amount: Decimal = Decimal("0.01"),
         app_id: int = 1001,
         app_name: str = "Atlas emulator",
+        fiats: Collection[str] | None = None,
     ) -> None:
         if not token:
             raise ValueError("token must be a non-empty string")
@@ -327,12 +332,17 @@ class CryptoPayEmulator:
         self._min_amount = min_amount
         self._app_id = app_id
         self._app_name = app_name
+        offered = frozenset(FIAT_USD_RATES if fiats is None else fiats)
+        if not offered <= FIAT_USD_RATES.keys():
+            raise ValueError(f"fiats must be documented Crypto Pay fiats, got {sorted(offered)}")
+        self._fiats = offered
         self._invoices: dict[int, _StoredInvoice] = {}
         self._next_invoice_id = 1
         self._next_update_id = 1
         self._outage: OutageMode | None = None
         self._fail_next: list[tuple[int, str]] = []
         self._garbage_next: list[bytes] = []
+        self._rate_limited: list[int] = []
         self._base_url: str | None = None
         self.requests: list[RecordedRequest] = []
         self.webhook_log: list[WebhookAttempt] = []
@@ -384,6 +394,25 @@ class CryptoPayEmulator:
     def garbage_next(self, n: int = 1, *, body: bytes = b"<html><body>Bad Gateway</body></html>") -> None:
         """Answer the next ``n`` API calls with HTTP 200 and ``body`` (not an envelope by default)."""
         self._garbage_next.extend([body] * n)
+
+    def rate_limit_next(self, n: int = 1, *, retry_after: int = 60) -> None:
+        """Answer the next ``n`` API calls with 429 ``TOO_MANY_REQUESTS`` and ``Retry-After``."""
+        self._rate_limited.extend([retry_after] * n)
+
+    def garble_invoice(self, invoice_id: int, **fields: Any) -> None:
+        """From now on, ``getInvoices`` describes this invoice with ``fields`` overridden (say
+        ``status="refunded"`` or ``amount="1e3"``): one item a strict parser refuses, among good ones.
+        """
+        self._get(invoice_id).garbled = dict(fields)
+
+    def balance(self) -> dict[str, Decimal]:
+        """What ``getBalance`` answers: per asset, what was paid minus the fees."""
+        totals: dict[str, Decimal] = dict.fromkeys(ASSET_USD_RATES, Decimal(0))
+        for stored in self._invoices.values():
+            if stored.status == "paid" and stored.paid_asset and stored.paid_amount is not None:
+                fee = stored.fee_amount or Decimal(0)
+                totals[stored.paid_asset] += stored.paid_amount - fee
+        return totals
 
     # -- invoices ----------------------------------------------------------------------------
 
@@ -500,6 +529,21 @@ class CryptoPayEmulator:
                 await self._deliver_with_retries(invoice_id, update_id, body, signature, attempts)
         return attempts
 
+    async def deliver_update(self, update: Mapping[str, Any]) -> list[WebhookAttempt]:
+        """Sign and send any update body (a new ``update_type``, a field Atlas does not expect),
+        with the usual retries. Attempts are recorded with ``invoice_id`` 0."""
+        body = json.dumps(dict(update), separators=(",", ":"), default=str).encode()
+        update_id = update.get("update_id")
+        attempts: list[WebhookAttempt] = []
+        await self._deliver_with_retries(
+            0,
+            update_id if isinstance(update_id, int) else 0,
+            body,
+            compute_signature(self._token, body),
+            attempts,
+        )
+        return attempts
+
     async def deliver_out_of_order(
         self, invoice_ids: Sequence[int], *, seed: int | None = None
     ) -> list[WebhookAttempt]:
@@ -610,6 +654,10 @@ class CryptoPayEmulator:
         if self._fail_next:
             status, name = self._fail_next.pop(0)
             return self._error(status, name)
+        if self._rate_limited:
+            response = self._error(429, "TOO_MANY_REQUESTS")
+            response.headers["retry-after"] = str(self._rate_limited.pop(0))
+            return response
         if self._garbage_next:
             return Response(self._garbage_next.pop(0), 200, media_type="text/html")
         return None
@@ -652,7 +700,16 @@ class CryptoPayEmulator:
         if api_method == "createInvoice":
             return self._create_invoice(params).wire()
         if api_method == "getInvoices":
-            return {"items": [stored.wire() for stored in self._get_invoices(params)]}
+            return {"items": [_answered(stored) for stored in self._get_invoices(params)]}
+        if api_method == "getCurrencies":
+            return currencies(self._fiats)
+        if api_method == "getExchangeRates":
+            return exchange_rates()
+        if api_method == "getBalance":
+            return [
+                {"currency_code": code, "available": _dec(amount), "onhold": "0"}
+                for code, amount in self.balance().items()
+            ]
         if api_method == "deleteInvoice":
             invoice_id = _p_int(params, "invoice_id")
             if invoice_id is None:
@@ -673,7 +730,7 @@ class CryptoPayEmulator:
                 raise _ApiFailure(400, "ASSET_INVALID")
         elif currency_type == "fiat":
             fiat = _p_str(params, "fiat")
-            if fiat not in FIAT_USD_RATES:
+            if fiat not in self._fiats:
                 raise _ApiFailure(400, "FIAT_INVALID")
             accepted = tuple(_p_list(params, "accepted_assets") or ASSET_USD_RATES)
             if any(item not in ASSET_USD_RATES for item in accepted):
@@ -702,6 +759,9 @@ class CryptoPayEmulator:
         expires_in = _p_int(params, "expires_in")
         if expires_in is not None and not 1 <= expires_in <= 2_678_400:
             raise _ApiFailure(400, "EXPIRES_IN_INVALID")
+        swap_to = _p_str(params, "swap_to")
+        if swap_to is not None and swap_to not in SWAP_TARGETS:
+            raise _ApiFailure(400, "SWAP_TO_INVALID")
         now = self._now()
         stored = _StoredInvoice(
             invoice_id=self._next_invoice_id,
@@ -720,6 +780,7 @@ class CryptoPayEmulator:
             allow_comments=_p_bool(params, "allow_comments", True),
             allow_anonymous=_p_bool(params, "allow_anonymous", True),
             expiration_date=now + dt.timedelta(seconds=expires_in) if expires_in is not None else None,
+            swap_to=swap_to,
         )
         self._next_invoice_id += 1
         self._invoices[stored.invoice_id] = stored

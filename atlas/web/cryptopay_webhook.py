@@ -9,10 +9,13 @@ request                                            answer  why
 body over ``max_body_bytes``                       413     not something Crypto Pay sends
 signature missing or wrong (forged, another app's  401     not from Crypto Pay; nothing read,
 token, body altered after signing)                         nothing changed, a warning line
-signed, but not an ``invoice_paid`` we understand  400     a log line says which field; a retry of
-                                                           the same bytes will not help, but a
-                                                           400 keeps it visible in the provider's
-                                                           dashboard instead of silently accepted
+signed, but not an ``invoice_paid`` we can use     200     kept for an operator
+(a new ``update_type``, a value the strict parser          (``provider_messages_kept``, once per
+refuses)                                                   distinct body) and an error line naming
+                                                           the field. Not 400: the provider would
+                                                           retry the same bytes 17 times and then
+                                                           switch the webhook off for everyone
+... and it cannot be kept (database down)          503     the provider retries later
 valid, applied now                                 200
 valid, already applied (duplicate, watcher won)    200     nothing changed
 valid, no payment of ours (unknown invoice)        200     a warning line. Not 404: the intent is
@@ -45,9 +48,10 @@ from starlette.routing import Route
 
 from atlas.clock import Clock
 from atlas.domain import ReferralPolicy
-from atlas.payments.apply_flow import apply_paid_invoice
+from atlas.payments.apply_flow import PROVIDER, apply_paid_invoice
 from atlas.payments.cryptopay_webhook import WebhookMalformed, WebhookSignatureInvalid, parse_webhook
 from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, TransactionConflict
+from atlas.storage.units.provider_records import keep_provider_message
 
 _log = logging.getLogger("atlas.web.cryptopay_webhook")
 
@@ -115,8 +119,7 @@ def cryptopay_webhook_route(
             )
             return PlainTextResponse("bad signature\n", status_code=401)
         except WebhookMalformed as exc:
-            _log.error("cryptopay webhook from %s refused (400): signed but malformed: %s", peer, exc)
-            return PlainTextResponse("malformed update\n", status_code=400)
+            return await _keep(raw, str(exc), peer)
         try:
             await apply_paid_invoice(
                 db_provider(),
@@ -135,5 +138,32 @@ def cryptopay_webhook_route(
             )
             return PlainTextResponse("try again later\n", status_code=503, headers={"retry-after": "30"})
         return PlainTextResponse("ok\n")
+
+    async def _keep(raw: bytes, reason: str, peer: str) -> Response:
+        try:
+            new = await db_provider().run(
+                keep_provider_message,
+                provider=PROVIDER,
+                source="webhook",
+                body=raw,
+                reason=reason,
+                now=clock.now(),
+            )
+        except _UNRECORDABLE as exc:
+            _log.error(
+                "cryptopay webhook from %s: signed but unusable (%s) and not kept (503, the provider "
+                "will retry): %s",
+                peer,
+                reason,
+                exc.__class__.__name__,
+            )
+            return PlainTextResponse("try again later\n", status_code=503, headers={"retry-after": "30"})
+        _log.error(
+            "cryptopay webhook from %s: signed but unusable, answered 200 and %s for an operator: %s",
+            peer,
+            "kept" if new else "already kept",
+            reason,
+        )
+        return PlainTextResponse("kept\n")
 
     return Route(path, webhook, methods=["POST"], name="cryptopay_webhook")

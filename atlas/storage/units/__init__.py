@@ -21,6 +21,10 @@ one: a payer and their referrer) → **the user's subscription** → **payments*
 **keys**. Units that lock a subset keep the order. The batch workers claim with ``SKIP LOCKED``
 (renewal claims the subscription and its user together), so they never wait for a lock and cannot
 join a cycle. Serialization failures and deadlocks that still happen are retried by ``db.run``.
+``apply_payment`` takes the whole chain (payer and referrer → subscription → payment → promo code) in
+one statement; the order inside it is forced by data dependencies between its CTEs (see
+:mod:`._apply_sql`), and a row created by a transaction it waited for makes it retry
+(:class:`~.errors.SnapshotMoved`).
 
 Errors: the domain's :class:`~atlas.domain.DomainError` tree, plus :mod:`.errors` for refusals that
 come from stored state (unknown user, no subscription, a refund that cannot be exact).
@@ -69,6 +73,7 @@ from atlas.storage.units.records import BalanceChange as BalanceChange
 from atlas.storage.units.records import ExpiryCounts as ExpiryCounts
 from atlas.storage.units.records import KeyReissue as KeyReissue
 from atlas.storage.units.records import LedgerEntry as LedgerEntry
+from atlas.storage.units.records import PaidDetails as PaidDetails
 from atlas.storage.units.records import PaymentIntent as PaymentIntent
 from atlas.storage.units.records import PaymentResult as PaymentResult
 from atlas.storage.units.records import PendingPayment as PendingPayment

@@ -1,17 +1,28 @@
-"""Applying a payment, exactly once per ``(provider, external_id)`` (contract 6).
+"""Applying a payment, exactly once per ``(provider, external_id)`` (contract 6), in two statements.
 
 The webhook, the payment watcher and a replayed webhook may all call :func:`apply_payment` for the
 same payment at the same moment. Exactly one applies it:
 
-1. an unlocked look-up finds the payment and its payer;
-2. the payer and their referrer are locked (ascending id), then the payer's subscription; this
-   serialises every application of the payer's payments;
-3. the payment is read again, locked, and only a ``pending`` (or ``expired``: the user paid after
-   our intent lapsed, and their money is real) payment goes on, through one conditional state change
-   ``UPDATE ... WHERE status IN ('pending', 'expired')``;
-4. in the same transaction, every effect: the top-up credit (ledger ``payment:<id>`` and its bonus)
-   or the plan's days (+ a promo's free days and balance bonus), the promo redemption, the referral
-   reward, ``users.first_paid_at``, and the notices. All or nothing.
+1. **lock and read** (one statement, :data:`~._apply_sql.LOCK_AND_READ`): the payment is found by
+   ``external_id``, else ``payload``, else ``payment_id``; the payer and their referrer are locked
+   (ascending id), then the payer's subscription, the payment and its promo code, the package's
+   lock order. This serialises every application of the payer's payments, so what is read is what
+   will be changed;
+2. the decisions are made here, in Python, by the domain: only a ``pending`` (or ``expired``: the
+   user paid after our intent lapsed, and their money is real) payment goes on; the new expiry
+   (:func:`~atlas.domain.grant_paid`), the ledger rows and the balances they lead to, the referral
+   reward, the notices;
+3. **write** (one statement, :data:`~._apply_sql.APPLY_EFFECTS`): the conditional state change
+   ``pending|expired → applied`` and, reading it, every effect: the top-up credit (ledger
+   ``payment:<id>`` and its bonus) or the plan's days (+ a promo's free days and balance bonus) with
+   a present key, the cached balances, the promo redemption, the referral reward,
+   ``users.first_paid_at``, and the notices (outbox, dedupe keys ``payment-applied:<id>`` and
+   ``referral-reward:<id>``). All or nothing. The balances it returns are checked against the
+   domain's.
+
+With ``BEGIN`` and ``COMMIT`` that is four round trips (a refusal or a replay: three or four). A
+snapshot made stale by a lock wait (see :mod:`._apply_sql`) raises
+:class:`~atlas.storage.units.errors.SnapshotMoved`, and ``db.run`` runs the unit again.
 
 A second, different charge for a payload that is already attached to another charge (a Stars
 invoice link paid twice) is real money that matches no intent: it is recorded as a new ``flagged``
@@ -28,53 +39,53 @@ as the domain caps a reward at the payment).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from dataclasses import dataclass, field
 
-from atlas.domain import Currency, ReferralPolicy, referral_reward
-from atlas.storage.tx import Record, Tx
-from atlas.storage.units import ledger
-from atlas.storage.units._rows import check_now, from_json, lock_subscription, lock_users
-from atlas.storage.units.ledger import LedgerKind
-from atlas.storage.units.outbox import enqueue_message
-from atlas.storage.units.payments import Provider, Purpose, check_external_id, new_payload
-from atlas.storage.units.promo import find_promo, redeem_promo
-from atlas.storage.units.records import ApplyOutcome, PaymentResult
-from atlas.storage.units.subscriptions import grant_paid_time
-
-_PAYMENT_COLUMNS = (
-    "id, user_id, provider, external_id, payload, purpose, plan_code, amount_minor, currency, "
-    "credit_minor, bonus_days, days, promo_code, status, status_reason"
+from atlas.domain import (
+    Currency,
+    ReferralPolicy,
+    SubscriptionKind,
+    SubscriptionState,
+    SubscriptionStatus,
+    credit,
+    grant_paid,
+    referral_reward,
 )
+from atlas.storage.tx import Record, Tx
+from atlas.storage.units._apply_sql import (
+    APPLY_EFFECTS,
+    FLAG_MISMATCH,
+    LOCK_AND_READ,
+    RECORD_SECOND_CHARGE,
+)
+from atlas.storage.units._rows import check_now, from_json, to_json
+from atlas.storage.units.errors import SnapshotMoved
+from atlas.storage.units.ledger import LedgerKind
+from atlas.storage.units.outbox import MAX_DEDUPE_KEY
+from atlas.storage.units.payments import Provider, Purpose, check_external_id, new_payload
+from atlas.storage.units.records import NOTHING_PAID_KNOWN, ApplyOutcome, PaidDetails, PaymentResult
+from atlas.storage.units.subscriptions import new_token
 
 
-async def _find(
-    tx: Tx,
-    *,
-    provider: str,
-    external_id: str | None,
-    payload: str | None,
-    payment_id: int | None,
-    lock: bool,
-) -> Record | None:
-    suffix = " FOR UPDATE" if lock else ""
-    if external_id is not None:
-        row = await tx.fetchrow(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE provider = $1 AND external_id = $2{suffix}",
-            provider,
-            external_id,
-        )
-        if row is not None:
-            return row
-    if payload is not None:
-        row = await tx.fetchrow(
-            f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE payload = $1{suffix}", payload
-        )
-    elif payment_id is not None:
-        row = await tx.fetchrow(f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1{suffix}", payment_id)
-    else:
-        row = None
-    if row is None or row["provider"] != provider:
-        return None
-    return row
+@dataclass
+class _Effects:
+    """What applying one payment writes, decided before the write statement."""
+
+    entries: list[tuple[int, int, LedgerKind, str, str]] = field(default_factory=list)
+    balances: dict[int, int] = field(default_factory=dict)
+    notices: list[tuple[int, str, str, str]] = field(default_factory=list)
+
+    def credit(self, user_id: int, amount: int, kind: LedgerKind, reference: str, key: str) -> None:
+        """A ledger row and the balance it leads to (the domain's :func:`credit` checks the sum)."""
+        self.balances[user_id] = credit(self.balances[user_id], amount)
+        self.entries.append((user_id, amount, kind, reference, key))
+
+    def notice(self, chat_id: int, kind: str, payload: dict[str, object], dedupe_key: str) -> None:
+        """An outbox message, written with the payment or not at all."""
+        if not dedupe_key or len(dedupe_key) > MAX_DEDUPE_KEY:
+            raise ValueError(f"bad dedupe key {dedupe_key!r}")
+        self.notices.append((chat_id, kind, to_json(payload), dedupe_key))
 
 
 async def apply_payment(
@@ -89,69 +100,45 @@ async def apply_payment(
     external_id: str | None = None,
     payload: str | None = None,
     payment_id: int | None = None,
+    paid: PaidDetails = NOTHING_PAID_KNOWN,
 ) -> PaymentResult:
     """Apply a paid payment found by ``external_id``, else ``payload``, else ``payment_id``.
 
     Returns the outcome (:class:`ApplyOutcome`); never raises for a payment that is unknown,
     already applied or mismatched. Stars: pass ``external_id=telegram_payment_charge_id`` and
-    ``payload=invoice_payload``. See the module docstring for the guarantees.
+    ``payload=invoice_payload``. ``paid`` (what the provider says was paid: asset, amount, rates,
+    fee) is stored with the payment, applied or flagged. See the module docstring for the guarantees.
     """
     check_now(now)
     chosen = Provider(provider).value
+    paid_columns = paid.columns()
     if external_id is not None:
         check_external_id(external_id)
     if external_id is None and payload is None and payment_id is None:
         raise ValueError("apply_payment needs an external_id, a payload or a payment_id")
-    probe = await _find(
-        tx, provider=chosen, external_id=external_id, payload=payload, payment_id=payment_id, lock=False
-    )
-    if probe is None:
+    rows = await tx.fetch(LOCK_AND_READ, chosen, external_id, payload, payment_id)
+    if not rows:
         return PaymentResult(ApplyOutcome.UNKNOWN, reason="no_such_payment")
-    payer_id = probe["user_id"]
-    referrer_id = await tx.fetchval("SELECT referrer_id FROM users WHERE id = $1", payer_id)
-    users = await lock_users(tx, [payer_id] if referrer_id is None else [payer_id, referrer_id])
-    payer = users[payer_id]
-    if payer["referrer_id"] is not None and payer["referrer_id"] not in users:
-        # Recorded between the probe and the lock (rare): lock it now, after the payer.
-        users.update(await lock_users(tx, [payer["referrer_id"]]))
-    sub = await lock_subscription(tx, payer_id)
-    payment = await _find(
-        tx, provider=chosen, external_id=external_id, payload=payload, payment_id=payment_id, lock=True
-    )
-    if payment is None or payment["user_id"] != payer_id:
-        return PaymentResult(ApplyOutcome.UNKNOWN, reason="no_such_payment")
+    payment = rows[0]
+    users = {row["u_id"]: row for row in rows}
+    payer = users[payment["user_id"]]
+    if payer["u_referrer_id"] is not None and payer["u_referrer_id"] not in users:
+        raise SnapshotMoved(f"payment {payment['id']}: the payer's referrer was set during the lock wait")
     if external_id is not None and payment["external_id"] not in (None, external_id):
-        return await _record_second_charge(tx, payment, external_id, paid_amount_minor, paid_currency, now)
+        return await _record_second_charge(
+            tx, payment, external_id, paid_amount_minor, paid_currency, paid_columns, now
+        )
     if payment["status"] in ("applied", "refunded"):
         return _result(ApplyOutcome.ALREADY_APPLIED, payment)
     if payment["status"] == "flagged":
         return _result(ApplyOutcome.FLAGGED, payment, payment["status_reason"])
     mismatch = _mismatch(payment, paid_amount_minor, paid_currency)
     if mismatch is not None:
-        await tx.execute(
-            """
-            UPDATE payments SET status = 'flagged', status_reason = $2,
-                external_id = coalesce(external_id, $3)
-            WHERE id = $1 AND status IN ('pending', 'expired')
-            """,
-            payment["id"],
-            mismatch,
-            external_id,
-        )
+        await tx.execute(FLAG_MISMATCH, payment["id"], mismatch, external_id, *paid_columns)
         return _result(ApplyOutcome.FLAGGED, payment, mismatch)
-    changed = await tx.fetchval(
-        """
-        UPDATE payments SET status = 'applied', applied_at = $2, external_id = coalesce(external_id, $3)
-        WHERE id = $1 AND status IN ('pending', 'expired')
-        RETURNING id
-        """,
-        payment["id"],
-        now,
-        external_id,
+    return await _apply(
+        tx, payment, users, external_id, paid_columns, referral_policy, Currency.of(balance_currency), now
     )
-    if changed is None:  # cannot happen under the locks; refuse to apply effects without the change
-        return _result(ApplyOutcome.ALREADY_APPLIED, payment)
-    return await _apply_effects(tx, payment, users, sub, referral_policy, Currency.of(balance_currency), now)
 
 
 def _result(outcome: ApplyOutcome, payment: Record, reason: str | None = None) -> PaymentResult:
@@ -176,19 +163,18 @@ def _mismatch(payment: Record, paid_amount_minor: int, paid_currency: str) -> st
 
 
 async def _record_second_charge(
-    tx: Tx, payment: Record, external_id: str, paid_amount_minor: int, paid_currency: str, now: dt.datetime
+    tx: Tx,
+    payment: Record,
+    external_id: str,
+    paid_amount_minor: int,
+    paid_currency: str,
+    paid_columns: tuple[object, ...],
+    now: dt.datetime,
 ) -> PaymentResult:
     currency = paid_currency.strip().upper() if isinstance(paid_currency, str) else ""
     valid_amount = isinstance(paid_amount_minor, int) and 0 < paid_amount_minor <= 10**15
     new_id = await tx.fetchval(
-        """
-        INSERT INTO payments (user_id, provider, external_id, payload, purpose, plan_code, amount_minor,
-                              currency, credit_minor, bonus_days, days, promo_code, status, status_reason,
-                              created_at, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, $9, NULL, 'flagged', $10, $11, $11)
-        ON CONFLICT DO NOTHING
-        RETURNING id
-        """,
+        RECORD_SECOND_CHARGE,
         payment["user_id"],
         payment["provider"],
         external_id,
@@ -200,6 +186,7 @@ async def _record_second_charge(
         payment["days"],
         f"second_charge: payload of payment {payment['id']} was already paid",
         now,
+        *paid_columns,
     )
     return PaymentResult(
         ApplyOutcome.FLAGGED,
@@ -210,53 +197,49 @@ async def _record_second_charge(
     )
 
 
-async def _apply_effects(
+def _subscription(row: Record) -> SubscriptionState | None:
+    if row["s_id"] is None:
+        return None
+    return SubscriptionState(
+        SubscriptionKind(row["s_kind"]), SubscriptionStatus(row["s_status"]), row["s_expires_at"]
+    )
+
+
+async def _apply(
     tx: Tx,
     payment: Record,
     users: dict[int, Record],
-    sub: Record | None,
+    external_id: str | None,
+    paid_columns: tuple[object, ...],
     policy: ReferralPolicy,
     balance_currency: Currency,
     now: dt.datetime,
 ) -> PaymentResult:
     payment_id: int = payment["id"]
     payer = users[payment["user_id"]]
-    balance: int = payer["balance_minor"]
+    payer_id: int = payer["u_id"]
     key = f"payment:{payment_id}"
+    effects = _Effects(balances={uid: row["u_balance_minor"] for uid, row in users.items()})
+    is_plan = payment["purpose"] == Purpose.PLAN
     expires_at: dt.datetime | None = None
     bonus = payment["credit_minor"]
-    if payment["purpose"] == Purpose.TOPUP:
-        bonus -= payment["amount_minor"]
-        balance = await _credit(
-            tx, payer["id"], balance, payment["amount_minor"], LedgerKind.TOPUP, key, key, now
-        )
-        if sub is not None:  # money arrived: let a waiting renewal try again at once
-            await tx.execute("UPDATE subscriptions SET renew_next_try_at = NULL WHERE id = $1", sub["id"])
+    if is_plan:
+        expires_at = grant_paid(_subscription(payment), now=now, days=payment["days"]).expires_at
     else:
-        row = await grant_paid_time(
-            tx, user=payer, sub=sub, days=payment["days"], plan_code=payment["plan_code"], now=now
-        )
-        expires_at = row["expires_at"]
+        bonus -= payment["amount_minor"]
+        effects.credit(payer_id, payment["amount_minor"], LedgerKind.TOPUP, key, key)
     if bonus > 0:
         reference = f"promo:{payment['promo_code']}"
-        balance = await _credit(
-            tx, payer["id"], balance, bonus, LedgerKind.PROMO_BONUS, reference, f"{key}:bonus", now
-        )
-    if payment["promo_code"] is not None:
-        promo = await find_promo(tx, payment["promo_code"], lock=True)
-        if promo is not None:
-            await redeem_promo(
-                tx, promo=promo, user_id=payer["id"], payment_id=payment_id, reference=key, now=now
-            )
-    reward = await _referral(tx, payment, users, policy, balance_currency, now)
-    await tx.execute(
-        "UPDATE users SET first_paid_at = coalesce(first_paid_at, $2) WHERE id = $1", payer["id"], now
-    )
-    await enqueue_message(
-        tx,
-        chat_id=payer["id"],
-        kind=f"payment.applied.{payment['purpose']}",
-        payload={
+        effects.credit(payer_id, bonus, LedgerKind.PROMO_BONUS, reference, f"{key}:bonus")
+    reward = _referral_reward(payment, payer, policy, balance_currency)
+    referrer_id = payer["u_referrer_id"]
+    if reward > 0:
+        reward_key = f"referral:payment:{payment_id}"
+        effects.credit(referrer_id, reward, LedgerKind.REFERRAL_REWARD, reward_key, reward_key)
+    effects.notice(
+        payer_id,
+        f"payment.applied.{payment['purpose']}",
+        {
             "payment_id": payment_id,
             "amount_minor": payment["amount_minor"],
             "currency": payment["currency"],
@@ -264,15 +247,59 @@ async def _apply_effects(
             "plan": payment["plan_code"],
             "days": payment["days"],
             "expires_at": expires_at,
-            "balance_minor": balance,
+            "balance_minor": effects.balances[payer_id],
         },
-        dedupe_key=f"payment-applied:{payment_id}",
-        now=now,
+        f"payment-applied:{payment_id}",
     )
+    if reward > 0:
+        effects.notice(
+            referrer_id,
+            "referral.reward",
+            {"amount_minor": reward, "currency": balance_currency.code, "referred_id": payer_id},
+            f"referral-reward:{payment_id}",
+        )
+    done = await tx.fetchrow(
+        APPLY_EFFECTS,
+        payment_id,
+        now,
+        external_id,
+        payer_id,
+        [e[0] for e in effects.entries],
+        [e[1] for e in effects.entries],
+        [e[2].value for e in effects.entries],
+        [e[3] for e in effects.entries],
+        [e[4] for e in effects.entries],
+        is_plan,
+        payment["s_id"],
+        payment["plan_code"],
+        expires_at,
+        new_token(),
+        is_plan and payer["u_banned_at"] is None,
+        uuid.uuid4(),
+        payment["promo_found"],
+        key,
+        referrer_id,
+        reward,
+        [n[0] for n in effects.notices],
+        [n[1] for n in effects.notices],
+        [n[2] for n in effects.notices],
+        [n[3] for n in effects.notices],
+        *paid_columns,
+    )
+    assert done is not None
+    if done["applied_id"] is None:  # cannot happen under the locks; nothing was written
+        return _result(ApplyOutcome.ALREADY_APPLIED, payment)
+    if is_plan and done["granted"] != 1:
+        raise SnapshotMoved(f"payment {payment_id}: the payer's subscription appeared during the lock wait")
+    written = dict(zip(done["balance_ids"], done["balances"], strict=True))
+    expected = {uid: effects.balances[uid] for uid in written}
+    if written != expected or payer_id not in written:
+        # The balances the notices carry must be the ones committed: a bug that must not commit.
+        raise AssertionError(f"payment {payment_id}: balances {written} after applying, expected {expected}")
     return PaymentResult(
         ApplyOutcome.APPLIED,
         payment_id=payment_id,
-        user_id=payer["id"],
+        user_id=payer_id,
         purpose=payment["purpose"],
         credited_minor=payment["credit_minor"],
         expires_at=expires_at,
@@ -280,88 +307,27 @@ async def _apply_effects(
     )
 
 
-async def _credit(
-    tx: Tx,
-    user_id: int,
-    balance: int,
-    amount: int,
-    kind: LedgerKind,
-    reference: str,
-    key: str,
-    now: dt.datetime,
+def _referral_reward(
+    payment: Record, payer: Record, policy: ReferralPolicy, balance_currency: Currency
 ) -> int:
-    posted = await ledger.post(
-        tx,
-        user_id=user_id,
-        balance_minor=balance,
-        amount_minor=amount,
-        kind=kind,
-        reference=reference,
-        idempotency_key=key,
-        now=now,
-    )
-    # The payment's state change is the guard; a key already posted would mean a second application.
-    if posted is None:
-        raise AssertionError(f"ledger key {key!r} already posted for a payment being applied now")
-    return posted
-
-
-async def _referral(
-    tx: Tx,
-    payment: Record,
-    users: dict[int, Record],
-    policy: ReferralPolicy,
-    balance_currency: Currency,
-    now: dt.datetime,
-) -> int:
-    payer = users[payment["user_id"]]
-    referrer_id = payer["referrer_id"]
-    if referrer_id is None:
+    if payer["u_referrer_id"] is None:
         return 0
-    base = await _reward_base(tx, payment, balance_currency)
-    reward = referral_reward(
-        policy, payment_amount_minor=base, is_first_payment=payer["first_paid_at"] is None
+    return referral_reward(
+        policy,
+        payment_amount_minor=_reward_base(payment, balance_currency),
+        is_first_payment=payer["u_first_paid_at"] is None,
     )
-    if reward <= 0:
-        return 0
-    referrer = users[referrer_id]
-    key = f"referral:payment:{payment['id']}"
-    await _credit(
-        tx, referrer_id, referrer["balance_minor"], reward, LedgerKind.REFERRAL_REWARD, key, key, now
-    )
-    await tx.execute(
-        """
-        INSERT INTO referral_rewards (referrer_id, referred_id, payment_id, amount_minor, created_at)
-        VALUES ($1, $2, $3, $4, $5)
-        """,
-        referrer_id,
-        payer["id"],
-        payment["id"],
-        reward,
-        now,
-    )
-    await enqueue_message(
-        tx,
-        chat_id=referrer_id,
-        kind="referral.reward",
-        payload={"amount_minor": reward, "currency": balance_currency.code, "referred_id": payer["id"]},
-        dedupe_key=f"referral-reward:{payment['id']}",
-        now=now,
-    )
-    return reward
 
 
-async def _reward_base(tx: Tx, payment: Record, balance_currency: Currency) -> int:
+def _reward_base(payment: Record, balance_currency: Currency) -> int:
     if payment["currency"] == balance_currency.code:
         return int(payment["amount_minor"])
-    if payment["purpose"] != Purpose.PLAN:
+    if payment["purpose"] != Purpose.PLAN or payment["plan_prices"] is None:
         return 0
-    row = await tx.fetchrow("SELECT prices, stars_price FROM plans WHERE code = $1", payment["plan_code"])
-    if row is None:
-        return 0
-    prices = from_json(row["prices"])
+    prices = from_json(payment["plan_prices"])
     in_balance = prices.get(balance_currency.code)
-    in_paid = row["stars_price"] if payment["currency"] == "XTR" else prices.get(payment["currency"])
+    paid_in = payment["currency"]
+    in_paid = payment["plan_stars_price"] if paid_in == "XTR" else prices.get(paid_in)
     if not in_balance or not in_paid:
         return 0
     return int(in_balance) * int(payment["amount_minor"]) // int(in_paid)

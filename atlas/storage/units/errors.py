@@ -15,9 +15,13 @@ Raising one inside a unit rolls the whole transaction back: nothing is changed::
         ├── TooManyInvoices        payment.too_many      limit  (invoices opened within the hour)
         ├── RefundRefused          refund.refused        payment, reason
         └── InvalidAdminInput      admin.invalid_input   field, value, reason
+
+:class:`SnapshotMoved` is not a refusal but a retry: ``db.run`` runs the unit again.
 """
 
 from __future__ import annotations
+
+import asyncpg
 
 from atlas.domain import DomainError
 
@@ -119,3 +123,13 @@ class InvalidAdminInput(UnitError):
         super().__init__(f"{field}={shown}: {reason}", field=field, value=shown, reason=reason)
         self.field = field
         self.reason = reason
+
+
+class SnapshotMoved(asyncpg.SerializationError):  # type: ignore[misc]  # asyncpg is untyped
+    """A unit decided on a snapshot that a transaction committed during its lock wait made stale.
+
+    Not a refusal: it is PostgreSQL's own serialization failure (SQLSTATE 40001, what REPEATABLE
+    READ would raise here), so ``db.run`` rolls the transaction back and runs the unit again on a
+    fresh snapshot. Raised when a row the unit must lock (a referrer set meanwhile) or must not
+    create twice (a subscription created meanwhile) was invisible to its locking statement.
+    """

@@ -11,6 +11,7 @@ import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from atlas.domain import SubscriptionKind, SubscriptionStatus
 
@@ -137,6 +138,47 @@ class PaymentResult:
     credited_minor: int = 0
     expires_at: dt.datetime | None = None
     referral_reward_minor: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaidDetails:
+    """What a provider says was actually paid (Crypto Pay's ``paid_*`` and ``fee_*`` fields).
+
+    Stored with the payment, applied or flagged. Amounts and rates are exact :class:`Decimal`, never
+    float; any field may be unknown (None).
+    """
+
+    asset: str | None = None
+    amount: Decimal | None = None
+    fiat_rate: Decimal | None = None
+    usd_rate: Decimal | None = None
+    fee_asset: str | None = None
+    fee_amount: Decimal | None = None
+
+    def columns(self) -> tuple[object, ...]:
+        """The values of the ``payments.paid_*``/``fee_*`` columns, in migration 0007's order."""
+        for name in ("amount", "fiat_rate", "usd_rate", "fee_amount"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value < 0):
+                raise ValueError(f"PaidDetails.{name} must be a finite, non-negative Decimal, got {value!r}")
+        return (
+            _asset(self.asset),
+            self.amount,
+            self.fiat_rate,
+            self.usd_rate,
+            _asset(self.fee_asset),
+            self.fee_amount,
+        )
+
+
+def _asset(code: str | None) -> str | None:
+    # An asset code we cannot store (the column's CHECK) is dropped rather than failing the payment.
+    if code is None or not (2 <= len(code) <= 10 and code.isascii() and code.isalnum() and code.isupper()):
+        return None
+    return code
+
+
+NOTHING_PAID_KNOWN = PaidDetails()
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,7 @@ class EmulatorCore:
         self.pre_checkout_answers: list[PreCheckoutAnswer] = []
         self.charges: dict[str, Charge] = {}
         self.refunds: list[Refund] = []
+        self.star_transactions: list[dict[str, Any]] = []
         self.invoices: list[InvoiceRecord] = []
         self.invoice_links: dict[str, InvoiceRecord] = {}
         self.files: dict[str, FileMeta] = {}

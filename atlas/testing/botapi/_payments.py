@@ -6,6 +6,12 @@ be answered within 10 s; on ``ok=True`` the user's chat gets a ``successful_paym
 message whose ``telegram_payment_charge_id`` is the idempotency key (and the key for
 ``refundStarPayment``). Validation failures are answered like Telegram's, e.g.
 ``Bad Request: STARS_INVOICE_INVALID``; nothing is recorded for a refused invoice.
+
+The bot's Stars history (``getStarTransactions``, oldest first, ``offset``/``limit`` 1..100 paging):
+every charge is an incoming transaction whose ``id`` is its ``telegram_payment_charge_id`` and whose
+``source`` is the paying user (with the ``invoice_payload``); every refund is an outgoing one with
+the same ``id`` and the user as ``receiver``. A charge is in the history even when its
+``successful_payment`` never reached the bot (:func:`complete_payment` with ``deliver=False``).
 """
 
 from __future__ import annotations
@@ -150,8 +156,59 @@ async def refund_star_payment(core: EmulatorCore, p: Params) -> bool:
     if any(refund.telegram_payment_charge_id == charge_id for refund in core.refunds):
         raise bad_request("CHARGE_ALREADY_REFUNDED")
     core.refunds.append(Refund(telegram_payment_charge_id=charge_id, user_id=user_id, time=core.now()))
+    core.star_transactions.append({
+        "id": charge_id, "amount": charge.total_amount, "date": core.unix_now(),
+        "receiver": {"type": "user", "transaction_type": "invoice_payment", "user": _user_of(core, user_id)},
+    })
     core.changed.fire()
     return True
+
+
+MAX_TRANSACTIONS_PAGE = 100
+
+
+@api_method("getStarTransactions")
+async def get_star_transactions(core: EmulatorCore, p: Params) -> dict[str, Any]:
+    """The bot's Stars transactions, oldest first: ``offset`` skips, ``limit`` (1..100, default 100)."""
+    offset = p.get_int("offset")
+    limit = p.get_int("limit")
+    offset = 0 if offset is None else offset
+    limit = MAX_TRANSACTIONS_PAGE if limit is None else limit
+    if offset < 0:
+        raise bad_request("OFFSET_INVALID")
+    if not 1 <= limit <= MAX_TRANSACTIONS_PAGE:
+        raise bad_request("LIMIT_INVALID")
+    return {"transactions": [dict(t) for t in core.star_transactions[offset : offset + limit]]}
+
+
+def _user_of(core: EmulatorCore, user_id: int) -> dict[str, Any]:
+    chat = core.chats.get(user_id)
+    return dict(chat.user) if chat is not None else {"id": user_id, "is_bot": False, "first_name": "User"}
+
+
+def record_charge(
+    core: EmulatorCore, *, user_id: int, currency: str, total_amount: int, invoice_payload: str
+) -> Charge:
+    """Issue a Stars charge and put it in the bot's history (no update is sent by this alone)."""
+    charge = Charge(
+        telegram_payment_charge_id=core.new_id("stxEMU"),
+        provider_payment_charge_id=core.new_id("prvEMU"),
+        user_id=user_id,
+        currency=currency,
+        total_amount=total_amount,
+        invoice_payload=invoice_payload,
+        time=core.now(),
+    )
+    core.charges[charge.telegram_payment_charge_id] = charge
+    core.star_transactions.append({
+        "id": charge.telegram_payment_charge_id, "amount": total_amount, "date": core.unix_now(),
+        "source": {
+            "type": "user", "transaction_type": "invoice_payment", "user": _user_of(core, user_id),
+            "invoice_payload": invoice_payload,
+        },
+    })
+    core.changed.fire()
+    return charge
 
 
 # -- the user's side of the flow (driven by EmulatedUser.pay_stars) ---------------------------------
@@ -173,19 +230,21 @@ def open_pre_checkout(core: EmulatorCore, chat: ChatState, invoice: InvoiceRecor
     return pending
 
 
-def complete_payment(core: EmulatorCore, chat: ChatState, pending: PendingCheckout) -> Charge:
-    """Issue the charge and queue the ``successful_payment`` message in the user's chat."""
+def complete_payment(
+    core: EmulatorCore, chat: ChatState, pending: PendingCheckout, *, deliver: bool = True
+) -> Charge:
+    """Issue the charge and queue the ``successful_payment`` message in the user's chat.
+
+    ``deliver=False`` plays the update that never reached the bot: the user is charged (the charge
+    is in ``getStarTransactions``) but no ``successful_payment`` is queued.
+    """
     invoice = pending.invoice
-    charge = Charge(
-        telegram_payment_charge_id=core.new_id("stxEMU"),
-        provider_payment_charge_id=core.new_id("prvEMU"),
-        user_id=chat.chat_id,
-        currency=invoice.currency,
-        total_amount=invoice.total_amount,
+    charge = record_charge(
+        core, user_id=chat.chat_id, currency=invoice.currency, total_amount=invoice.total_amount,
         invoice_payload=invoice.payload,
-        time=core.now(),
     )
-    core.charges[charge.telegram_payment_charge_id] = charge
+    if not deliver:
+        return charge
     payment: dict[str, Any] = {
         "currency": charge.currency,
         "total_amount": charge.total_amount,

@@ -33,6 +33,7 @@ from atlas.clock import Clock
 from atlas.net import OutboundHttp
 from atlas.testing.botapi._app import build_app
 from atlas.testing.botapi._core import PRE_CHECKOUT_LIMIT, EmulatorCore
+from atlas.testing.botapi._payments import record_charge
 from atlas.testing.botapi._updates import deliver_webhooks
 from atlas.testing.botapi.faults import InjectedFault
 from atlas.testing.botapi.rates import RateLimits
@@ -279,6 +280,20 @@ class BotApiEmulator:
     def charges(self) -> Mapping[str, Charge]:
         """Every Stars charge issued, by ``telegram_payment_charge_id``."""
         return dict(self._core.charges)
+
+    def add_star_charge(self, user_id: int, amount: int, invoice_payload: str) -> Charge:
+        """A Stars charge from ``user_id`` that Atlas has no record of (an old invoice link, another
+        bot's payload): it is in ``getStarTransactions``, and no update is sent."""
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise ValueError(f"amount must be a positive int, got {amount!r}")
+        return record_charge(
+            self._core, user_id=user_id, currency="XTR", total_amount=amount, invoice_payload=invoice_payload
+        )
+
+    @property
+    def star_transactions(self) -> Sequence[Mapping[str, Any]]:
+        """The bot's Stars history as ``getStarTransactions`` pages it, oldest first."""
+        return tuple(self._core.star_transactions)
 
     @property
     def refunds(self) -> Sequence[Refund]:

@@ -136,7 +136,11 @@ class EmulatedUser:
         return await self._core.wait_for(lambda: pending.answer, within, f"answer to callback {query_id}")
 
     async def pay_stars(
-        self, invoice: ChatRecord | InvoiceRecord | str, *, answer_timeout: float | None = None
+        self,
+        invoice: ChatRecord | InvoiceRecord | str,
+        *,
+        answer_timeout: float | None = None,
+        deliver: bool = True,
     ) -> PaymentOutcome:
         """Pay a Stars invoice (an invoice record of this chat, an InvoiceRecord, or an invoice link).
 
@@ -144,7 +148,8 @@ class EmulatedUser:
         emulator's ``pre_checkout_timeout``, 10 s like Telegram) for ``answerPreCheckoutQuery``.
         On ``ok=True`` in time, issues a charge and queues the ``successful_payment`` message. A
         missing, late or negative answer gives an outcome with ``ok=False`` and the reason; a late
-        answer is then refused with 400, as on Telegram.
+        answer is then refused with 400, as on Telegram. ``deliver=False``: the user is charged but
+        the ``successful_payment`` never reaches the bot (only ``getStarTransactions`` shows it).
         """
         record = self._resolve_invoice(invoice)
         core = self._core
@@ -164,7 +169,7 @@ class EmulatedUser:
         if not answer.ok:
             declined = f"declined: {answer.error_message}"
             return PaymentOutcome(False, pending.query_id, answer, None, declined)
-        charge = complete_payment(core, self._chat, pending)
+        charge = complete_payment(core, self._chat, pending, deliver=deliver)
         return PaymentOutcome(True, pending.query_id, answer, charge, None)
 
     def _resolve_invoice(self, invoice: ChatRecord | InvoiceRecord | str) -> InvoiceRecord:
