@@ -17,11 +17,11 @@ Three kinds of process, none sharing a scheduler with another:
 Each trial (one bot process) runs, after a warm-up in which every user sends ``/start`` once:
 
 1. **latency**: ``--latency-rate`` (100) updates/s for ``--latency-seconds``: first-reply p50/p99,
-   CPU seconds of the bot process per handled update (``/proc/<pid>/stat`` utime + stime from the
-   window's start to the end of its grace period, when "handled" is counted),
-   ``pg_stat_statements`` calls per handled update over the same span (everything run in the
-   trial's database: for ``atlas run`` its workers' ticks too). Both are exact only when the bot
-   keeps up; a bot that falls behind is charged for work on updates it has not answered yet;
+   CPU seconds of the bot process per offered update (``/proc/<pid>/stat`` utime + stime from the
+   window's start until the emulator has seen every offered update answered, so a bot that falls
+   behind is charged for its whole backlog, and idle seconds are charged too: for ``atlas run``
+   its workers' ticks), and ``pg_stat_statements`` calls per offered update over the same span
+   (everything run in the trial's database);
 2. **max sustained**: ``--max-rates`` stepped up, ``--step-seconds`` each, until a step is not
    sustained (handled ≥ 0.97 × offered and p99 < 1 s, unanswered updates counted as infinitely
    late); the highest sustained rate is the result;
@@ -264,8 +264,23 @@ def run_trial(
         print(f"  {side}: warm-up {trial.warm_up['seconds']} s", file=sys.stderr)
         max_phase = range(1, 1 + len(args.max_rates))
         failed = False
-        for index in range(len(steps)):
-            events.expect("ready")
+        open_step: tuple[dict[str, Any], float, float] | None = None
+        for index in range(len(steps) + 1):
+            ready = events.expect("ready", "done")
+            if open_step is not None:
+                # The emulator says "ready" once the bot has answered everything offered so far
+                # (or --settle ran out): CPU and statements up to here are the step's whole work.
+                result, cpu_start, emulator_start = open_step
+                statements = _statements(psql, database)
+                result["settled"] = ready.get("settled", True)
+                result["cpu"] = h.cpu_seconds(bot.pid) - cpu_start
+                result["emulator_cpu"] = h.cpu_seconds(emulator.pid) - emulator_start
+                result["statements"] = sum(calls for calls, _ in statements)
+                result["statement_list"] = statements
+                _step_line(side, result)
+                open_step = None
+            if ready["event"] == "done":
+                break
             if index in max_phase and failed:
                 emulator.stdin.write("skip\n")
                 continue
@@ -277,33 +292,11 @@ def run_trial(
             psql("postgres", "SELECT pg_stat_statements_reset()")
             emulator.stdin.write("go\n")
             events.expect("start")
-            started = time.monotonic()
             cpu_start, emulator_start = h.cpu_seconds(bot.pid), h.cpu_seconds(emulator.pid)
-            # CPU and statements from the window's start to the moment "handled" is counted (the
-            # window's end plus the grace), so that all three describe the same work.
             result = events.expect("result")
-            cpu = h.cpu_seconds(bot.pid) - cpu_start
-            emulator_cpu = h.cpu_seconds(emulator.pid) - emulator_start
-            statements = _statements(psql, database)
-            elapsed = time.monotonic() - started
-            result["cpu"] = cpu
-            result["bot_core"] = cpu / elapsed
-            result["emulator_core"] = emulator_cpu / elapsed
-            result["statements"] = sum(calls for calls, _ in statements)
-            print(
-                f"  {side}: step {index} at {result['rate']:g}/s: handled {result['handled']}/"
-                f"{result['offered']}, p50 {_ms(result['p50'])}, p99 {_ms(result['p99_all_offered'])}, "
-                f"sustained {result['sustained']}, broadcast {result['broadcast_per_s']:.1f}/s, CPU "
-                f"bot {result['bot_core']:.0%} emulator {result['emulator_core']:.0%} of a core; "
-                f"{h.load_line()}",
-                file=sys.stderr,
-            )
+            open_step = (result, cpu_start, emulator_start)
             if index == 0:
                 trial.latency = result
-                handled = max(1, result["handled"])
-                trial.cpu_per_update = cpu / handled
-                trial.statements_per_update = result["statements"] / handled
-                trial.statements = statements
             elif broadcast:
                 trial.broadcast = result
             else:
@@ -312,7 +305,11 @@ def run_trial(
                     trial.max_sustained = max(trial.max_sustained, result["rate"])
                 else:
                     failed = True
-        events.expect("done")
+        if trial.latency.get("settled"):
+            offered = max(1, int(trial.latency["offered"]))
+            trial.cpu_per_update = trial.latency["cpu"] / offered
+            trial.statements_per_update = trial.latency["statements"] / offered
+        trial.statements = trial.latency.get("statement_list", [])
     except BaseException:
         bot_log.seek(0)
         print(f"  {side} failed; its output ends:\n{bot_log.read()[-3000:]}", file=sys.stderr)
@@ -331,6 +328,19 @@ def run_trial(
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
+
+
+def _step_line(side: str, result: dict[str, Any]) -> None:
+    span = result["seconds"]
+    print(
+        f"  {side}: step {result['step']} at {result['rate']:g}/s: handled {result['handled']}/"
+        f"{result['offered']}, p50 {_ms(result['p50'])}, p99 {_ms(result['p99_all_offered'])}, "
+        f"sustained {result['sustained']}, broadcast {result['broadcast_per_s']:.1f}/s; until all "
+        f"answered (settled {result['settled']}): bot CPU {result['cpu']:.1f} s, emulator CPU "
+        f"{result['emulator_cpu']:.1f} s (window {span:g} s), {result['statements']} statements; "
+        f"{h.load_line()}",
+        file=sys.stderr,
+    )
 
 
 def _ms(value: float | None) -> str:
@@ -394,11 +404,11 @@ def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, com
         if not side:
             continue
         t = side[0]
-        handled = max(1, int(t.latency.get("handled") or 1))
+        offered = max(1, int(t.latency.get("offered") or 1))
         print()
-        print(f"{t.side}: statements in the latency window, calls per handled update (top 15)")
-        for calls, query in t.statements[:15]:
-            print(f"    {calls / handled:6.3f}  {query}")
+        print(f"{t.side}: statements of the latency step (until all answered), calls per offered update")
+        for calls, query in t.statements[:16]:
+            print(f"    {calls / offered:6.3f}  {query}")
 
 
 def _fmt(value: float, style: str) -> str:

@@ -20,8 +20,9 @@ It measures itself, so its numbers do not depend on the bot process:
   the window, and the seconds over ``--send-limit``.
 
 Protocol (JSON lines on stdout, one event each): ``serving`` (with the ``url``), ``bot-up``,
-``warmed``, then per step ``ready``, ``start``, ``closed`` (the window just ended: sample the bot
-now), ``result``; finally ``done``. With ``--controlled`` it reads ``go``, ``skip`` or ``stop``
+``warmed``, then per step ``ready`` (the bot has answered everything offered so far, or
+``--settle`` ran out: ``settled``), ``start``, ``closed`` (the window just ended), ``result``;
+finally ``done`` (after settling too). With ``--controlled`` it reads ``go``, ``skip`` or ``stop``
 from stdin before each step (the harness prepares the step meanwhile) and exits at end of input after
 ``done``; otherwise it runs the steps back to back and exits.
 
@@ -286,7 +287,7 @@ async def _main(args: argparse.Namespace) -> None:
             _emit("closed", step=index)
             await trio.sleep(args.grace)
             _emit("result", **driver.result(step, recipients))
-        _emit("done", calls=dict(emulator.calls))
+        _emit("done", settled=await driver.settle(), calls=dict(emulator.calls))
         if commands is not None:
             while await commands.next() is not None:  # serve until the harness closes our input
                 pass
