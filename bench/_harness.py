@@ -7,6 +7,7 @@ baseline: a baseline process must not import ``atlas`` or ``trio_asyncio`` (impo
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -114,5 +115,7 @@ def median(values: Sequence[float]) -> float:
 def ratio(numerator: float, denominator: float) -> str:
     """``1.23×``, or ``n/a`` when the denominator is zero or NaN."""
     if not denominator or denominator != denominator or numerator != numerator:
+        return "n/a"
+    if math.isinf(numerator) or math.isinf(denominator):
         return "n/a"
     return f"{numerator / denominator:.2f}×"

@@ -185,7 +185,7 @@ class LoadDriver:
         per_second = [0] * max(1, math.ceil(window))
         for t in broadcast:
             per_second[min(len(per_second) - 1, int(t - step.start))] += 1
-        p99 = _nearest_rank(censored, 99)
+        p50_all, p99 = _nearest_rank(censored, 50), _nearest_rank(censored, 99)
         return {
             "step": step.index,
             "rate": step.rate,
@@ -198,6 +198,8 @@ class LoadDriver:
             "p90": _nearest_rank(ordered, 90),
             "p99": _nearest_rank(ordered, 99),
             "max": ordered[-1] if ordered else None,
+            # Over every offered update, unanswered ones infinitely late (JSON null then).
+            "p50_all_offered": None if p50_all is None or math.isinf(p50_all) else p50_all,
             "p99_all_offered": None if p99 is None or math.isinf(p99) else p99,
             "sustained": offered > 0
             and handled >= SUSTAINED_HANDLED * offered
