@@ -1,526 +1,518 @@
-"""Benchmark: the bot under user load while the outbox sender works through a broadcast.
+"""Benchmark: the whole ``atlas run`` process against a plain aiogram + asyncpg peer, under user load.
 
-Issue 5: with the Bot API emulator feeding ``--rate`` updates/s (200) from ``--users`` users (1,000)
-for ``--seconds`` (60) while the outbox sender works through a ``--broadcast``-message broadcast
-(20,000): p50/p99 update handling latency, the sender's achieved rate as a ratio of its configured
-rate, and the scheduler's longest step.
+Three kinds of process, none sharing a scheduler with another:
 
-Everything runs in this one trio process, as in production: an embedded PostgreSQL (fsync off,
-its own processes), the Bot API emulator (``enforce_limits=False``: it measures, it does not shape),
-the real aiogram ``Bot`` over HTTP, the real dispatcher with the user routers behind a
-``PollingIntake`` (with its advisory lock), and an ``OutboxSender`` at its default settings (30/s
-global, 1/s per chat). The emulator shares the scheduler and the CPU with the bot, so its own work
-(HTTP parsing, ~230 requests/s) is part of what is measured.
+* **the Bot API emulator** (``python -m atlas.testing.botapi --controlled``): serves the Bot API,
+  offers updates at a set rate (15 % ``/start``, 55 % menu button presses, 30 % text, from
+  ``--users`` users who each wait for an answer and read it for a second before acting again) and
+  measures, by itself, each update's **first-reply latency** and the **broadcast sends per second**;
+* **the bot**, either ``atlas run`` (a subprocess configured by ``ATLAS_*`` variables: the real
+  supervisor, polling intake, dispatcher, user routers, workers, outbox sender and broadcaster) or
+  ``bench/peer_bot.py`` (aiogram's ``start_polling`` + asyncpg on a stdlib ``SelectorEventLoop``,
+  the same SQL statements per update, a 30/s outbox drain; it never imports ``atlas``);
+* **PostgreSQL**: the embedded server (fsync off, Unix socket) with ``pg_stat_statements``
+  preloaded. Each trial gets a fresh database cloned from a migrated template (plans synced, the
+  broadcast recipients registered), so both sides start from the same state.
 
-Phases:
+Each trial (one bot process) runs, after a warm-up in which every user sends ``/start`` once:
 
-1. set-up (not timed): migrate, sync a plan catalogue, insert the broadcast's users, the
-   ``broadcasts`` row and its outbox rows (priority 1) in bulk SQL;
-2. warm-up (not measured): each of the ``--users`` users sends ``/start`` once (registering them and
-   giving them a menu to press), paced at ``--rate``; wait until all are handled;
-3. the sender starts, ``--lead`` seconds later the measured window opens: a feeder injects updates
-   on the trio clock at ``--rate`` (``/start``, main-menu button presses, plain text, drawn with
-   ``--seed``) from random users, for ``--seconds``;
-4. after the window, up to ``--drain`` seconds for the bot to finish what was offered.
+1. **latency**: ``--latency-rate`` (100) updates/s for ``--latency-seconds``: first-reply p50/p99,
+   CPU seconds of the bot process per offered update (``/proc/<pid>/stat`` utime + stime from the
+   window's start until the emulator has seen every offered update answered, so a bot that falls
+   behind is charged for its whole backlog, and idle seconds are charged too: for ``atlas run``
+   its workers' ticks), and ``pg_stat_statements`` calls per offered update over the same span
+   (everything run in the trial's database);
+2. **max sustained**: ``--max-rates`` stepped up, ``--step-seconds`` each, until a step is not
+   sustained (handled ≥ 0.97 × offered and p99 < 1 s, unanswered updates counted as infinitely
+   late); the highest sustained rate is the result;
+3. **broadcast**: a broadcast of enough messages is written into the outbox (a ``sending``
+   broadcast row and its outbox rows, as ``materialize_batch`` writes them), ``--lead`` seconds
+   later 100 updates/s flow for ``--broadcast-seconds``: broadcast messages/s (goal 0.97 × 30),
+   seconds over 30, and first-reply latency while it drains.
 
-Latency is reported two ways: **end to end** (the feeder's stamp when the update was queued at the
-emulator → the end of aiogram's handling, taken by an outer middleware on the update observer, so
-it includes waiting in the emulator for ``getUpdates``, the intake, the dispatcher's queues and the
-handler's Bot API calls), and the dispatcher's own ``statistics()`` (handed over → handled). The
-sender's rate counts accepted ``sendMessage`` calls to broadcast chats, as stamped by the emulator,
-inside the window. Broadcast recipients are not among the interactive users, so the stamps of the
-two streams never mix.
+Trials alternate peer / Atlas (``--trials`` of each, in ABBA order), and the report gives the
+median over trials per side and the ratios Atlas / peer, with the machine and its load average.
 
-    .venv/bin/python bench/bench_bot_load.py [--rate 200] [--users 1000] [--seconds 60]
-                                             [--broadcast 20000]
+    .venv/bin/python bench/bench_bot_load.py            # full: about 10 minutes
+    .venv/bin/python bench/bench_bot_load.py --quick    # about 2 minutes
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import logging
+import json
 import math
 import os
-import platform
-import random
-import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
-import trio_asyncio
-from aiogram import BaseMiddleware
-from aiogram.types import TelegramObject, Update
 
-from atlas.actors.outbox_sender import OutboxSender, SenderSettings
 from atlas.clock import Clock
-from atlas.domain import Currency, Plan, PlanCatalog
+from atlas.domain import load_plan_catalog
 from atlas.runtime.bridge import open_bridge
-from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
+from atlas.storage import Database, DatabaseSettings, Tx, migrate
+from atlas.storage.embedded import postgres_bin_dir
 from atlas.storage.units.broadcasts import BROADCAST_KIND
 from atlas.storage.units.plans import sync_plans
-from atlas.supervision import ChildContext, CrashReporter, RingSink, SlowStepInstrument
-from atlas.telegram import (
-    DispatchSettings,
-    LatencyReservoir,
-    PollingIntake,
-    UpdateDispatcher,
-    build_dispatcher,
-    make_bot,
-)
 from atlas.telegram.callbacks import MenuAction, MenuCb
-from atlas.telegram.config import BotConfig
-from atlas.telegram.routers import build_user_routers
-from atlas.testing.botapi import BotApiEmulator, EmulatedUser, ScriptError, max_in_window
-from atlas.vpn import NodeConfig
+from atlas.testing.botapi import DEFAULT_TOKEN
 
-BOT_USERNAME = "atlas_emulated_bot"
-USER_BASE = 1_000_000  # interactive users: USER_BASE + 1 ...
-BROADCAST_BASE = 5_000_000  # broadcast recipients: BROADCAST_BASE + 1 ... (disjoint)
-CATALOG = PlanCatalog(
-    [
-        Plan("m1", 30, {Currency("RUB"): 10_000}, 50, {"ru": "месяц", "en": "month"}),
-        Plan("m3", 90, {Currency("RUB"): 27_000}, 130, {"ru": "3 месяца", "en": "3 months"}),
-    ]
-)
-CONFIG = BotConfig(
-    currency="RUB",
-    public_base_url="https://vpn.example.com",
-    bot_username=BOT_USERNAME,
-    nodes=(
-        NodeConfig(
-            name="ams",
-            agent_url="http://10.0.0.1:8765",
-            token="t" * 16,
-            public_host="ams.example.com",
-            port=443,
-            sni="www.example.com",
-            pbk="A" * 43,
-            sid="ab",
-            flow="xtls-rprx-vision",
-            label="Amsterdam",
-        ),
-    ),
-    support="@atlas_support",
-)
-# What a user presses from the main menu. Not the promo (its next text would be a code) nor the
-# language switch (it changes later screens); the trial is pressed until each user has used it.
-PRESSES = (
-    MenuAction.SUBSCRIPTION,
-    MenuAction.PLANS,
-    MenuAction.TOPUP,
-    MenuAction.REFERRAL,
-    MenuAction.HELP,
-    MenuAction.TRIAL,
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _harness as h
+import peer_bot
+
+USER_BASE = 1_000_000
+RECIPIENT_BASE = 5_000_000
+SEND_RATE = 30
+PRESSES = [
+    MenuAction.SUBSCRIPTION, MenuAction.PLANS, MenuAction.TOPUP, MenuAction.REFERRAL, MenuAction.HELP,
     MenuAction.MENU,
-)
-TEXTS = ("hello", "how do I connect?", "price?", "vpn not working", "спасибо", "???")
+]
 BROADCAST_TEXT = "<b>News</b>: the Amsterdam node is twice as fast now. Open the menu to see your key."
+TEMPLATE = "bench_template"
 
 
 # ---------------------------------------------------------------------------------------------
-# Set-up in bulk SQL
+# The database: a migrated template, cloned per trial
 
 
-async def _seed_broadcast(tx: Tx, *, count: int, now: dt.datetime) -> int:
+async def _seed(tx: Tx, *, recipients: int) -> None:
     await tx.execute(
         """
         INSERT INTO users (id, first_name, language, referral_code, created_at)
-        SELECT $1::bigint + g, 'B', CASE WHEN g % 2 = 0 THEN 'ru' ELSE 'en' END, 'bcast' || g, $3
+        SELECT $1::bigint + g, 'B', CASE WHEN g % 2 = 0 THEN 'ru' ELSE 'en' END, 'bcast' || g, now()
         FROM generate_series(1, $2) g
         """,
-        BROADCAST_BASE,
-        count,
-        now,
+        RECIPIENT_BASE,
+        recipients,
     )
-    broadcast = int(
-        await tx.fetchval(
-            "INSERT INTO broadcasts (created_by, segment, text, state, recipients, created_at, confirmed_at) "
-            "VALUES (1, 'all', $1, 'sending', $2, $3, $3) RETURNING id",
-            BROADCAST_TEXT,
-            count,
-            now,
-        )
-    )
-    await tx.execute(
-        """
-        INSERT INTO outbox (chat_id, kind, payload, dedupe_key, priority, broadcast_id,
-                            next_attempt_at, created_at)
-        SELECT $1::bigint + g, $2, jsonb_build_object('text', $3::text, 'parse_mode', 'HTML'),
-               'broadcast:' || $4::bigint || ':' || ($1::bigint + g), 1, $4, $6, $6
-        FROM generate_series(1, $5) g
-        """,
-        BROADCAST_BASE,
-        BROADCAST_KIND,
-        BROADCAST_TEXT,
-        broadcast,
-        count,
-        now,
-    )
-    return broadcast
 
 
-# ---------------------------------------------------------------------------------------------
-# Measuring
-
-
-class _Finished(BaseMiddleware):
-    """Outer middleware on the update observer: stamps (``perf_counter``) when handling ends."""
-
-    def __init__(self, done: dict[int | str, float]) -> None:
-        self.done = done
-
-    async def __call__(
-        self,
-        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
-        event: TelegramObject,
-        data: dict[str, Any],
-    ) -> Any:
-        try:
-            return await handler(event, data)
-        finally:
-            if isinstance(event, Update):
-                key: int | str = event.callback_query.id if event.callback_query else event.update_id
-                self.done[key] = time.perf_counter()
-
-
-@dataclass
-class _Run:
-    """What the measured window produced."""
-
-    offered: Counter[str] = field(default_factory=Counter)
-    enqueued: dict[int | str, float] = field(default_factory=dict)
-    done: dict[int | str, float] = field(default_factory=dict)
-    window: float = 0.0
-    handled_in_window: int = 0
-    handled_total: int = 0
-    failed: int = 0
-    drain_seconds: float = 0.0
-    dispatch_p50: float | None = None
-    dispatch_p99: float | None = None
-    dispatch_max: float = 0.0
-    handler_p50: float | None = None
-    handler_p99: float | None = None
-    sender_sent_window: int = 0
-    sender_max_1s: int = 0
-    sender_max_per_chat: int = 0
-    sender_rate: float = 30.0
-    all_sends_max_1s: int = 0
-    sender_stats: str = ""
-    longest_step: float = 0.0
-    longest_task: str | None = None
-    slow_steps: int = 0
-    slow_threshold: float = 0.1
-    cpu_seconds: float = 0.0
-    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    reports: list[str] = field(default_factory=list)
-    ended: float = 0.0
-
-
-def _percentile(values: list[float], p: float) -> float | None:
-    """Nearest rank, as :class:`LatencyReservoir` does."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
-def _act(user: EmulatedUser, rng: random.Random, offered: Counter[str]) -> tuple[int | str, str]:
-    """One update from ``user``: 15 % /start, 55 % a main-menu button, 30 % text; return (key, kind)."""
-    roll = rng.random()
-    if roll < 0.15:
-        return user.send_command("/start"), "/start"
-    if roll < 0.70:
-        action = rng.choice(PRESSES)
-        for data in (MenuCb(action=action).pack(), MenuCb(action=MenuAction.MENU).pack()):
-            try:
-                # The newest bot message carrying the button, as a user presses what they see.
-                return user.press(data), "press"
-            except ScriptError:
-                offered["press not on screen"] += 1  # e.g. the trial button after the trial
-        return user.send_command("/menu"), "/menu"
-    return user.send_text(rng.choice(TEXTS)), "text"
-
-
-async def _feed(
-    users: list[EmulatedUser], rng: random.Random, run: _Run, *, rate: float, start: float, end: float
-) -> None:
-    """Queue updates at ``rate`` on the trio clock from ``start`` until ``end``.
-
-    A late feeder (a long scheduler step) catches up in a burst, as Telegram's queue would; it never
-    queues past ``end``, so a starved feeder shows up as fewer updates offered.
-    """
-    n = 0
-    while True:
-        due = start + n / rate
-        if due >= end:
-            return
-        await trio.sleep_until(due)
-        if trio.current_time() >= end:
-            return
-        key, kind = _act(rng.choice(users), rng, run.offered)
-        run.enqueued[key] = time.perf_counter()
-        run.offered[kind] += 1
-        n += 1
-
-
-async def _warm_up(
-    emulator: BotApiEmulator, dispatch: UpdateDispatcher, users: list[EmulatedUser], rate: float
-) -> None:
-    begin = trio.current_time()
-    for n, user in enumerate(users):
-        await trio.sleep_until(begin + n / rate)
-        user.send_command("/start")
-    with trio.fail_after(120):
-        await emulator.wait_until_delivered(within=120)
-        await dispatch.join()
-
-
-async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> _Run:
-    dsn = await server.start()
-    run = _Run(slow_threshold=args.slow_step)
+async def _prepare_template(dsn: str, recipients: int) -> None:
+    text = resources.files("atlas.domain").joinpath("plans.example.toml").read_text(encoding="utf-8")
+    catalog = load_plan_catalog(text, required_currencies=("RUB",))
     async with open_bridge():
-        db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=args.pool))
+        db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=2))
         try:
             clock = Clock()
             await migrate(db, now=clock.now())
-            await db.run(sync_plans, catalog=CATALOG, now=clock.now())
-            await db.run(_seed_broadcast, count=args.broadcast, now=clock.now())
-            await _measure(args, db, clock, run)
+            await db.run(sync_plans, catalog=catalog, now=clock.now())
+            await db.run(_seed, recipients=recipients)
         finally:
             await db.close()
-    return run
 
 
-async def _measure(args: argparse.Namespace, db: Database, clock: Clock, run: _Run) -> None:
-    emulator = BotApiEmulator(bot_username=BOT_USERNAME, enforce_limits=False)
-    users = [
-        emulator.add_user(USER_BASE + n, f"U{n}", language_code="en" if n % 2 else "ru")
-        for n in range(1, args.users + 1)
-    ]
-    recipients = {BROADCAST_BASE + n for n in range(1, args.broadcast + 1)}
-    for chat in recipients:
-        emulator.add_user(chat, "B")
-    reports = RingSink()
-    async with trio.open_nursery() as nursery:
-        base = await nursery.start(emulator.serve)
-        bot = make_bot(emulator.token, base)
+class Psql:
+    """SQL from the harness through ``psql`` (no event loop here, nothing shared with a bot)."""
+
+    def __init__(self, dsn_for: Any) -> None:
+        self._dsn_for = dsn_for
+        self._binary = str(postgres_bin_dir() / "psql")
+
+    def __call__(self, database: str, sql: str) -> list[list[str]]:
+        """Run ``sql`` in ``database``; the rows as lists of text fields."""
+        done = subprocess.run(
+            [self._binary, "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+             "-d", self._dsn_for(database), "-c", sql],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.strip()[-2000:]}")
+        return [line.split("\t") for line in done.stdout.splitlines() if line]
+
+
+def _statements(psql: Psql, database: str) -> list[tuple[int, str]]:
+    """(calls, query) for ``database`` since the last reset, the harness's own queries left out."""
+    rows = psql("postgres", f"""
+        SELECT s.calls, regexp_replace(left(s.query, 110), '\\s+', ' ', 'g')
+        FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+        WHERE d.datname = '{database}' AND s.query NOT ILIKE '%pg_stat_statements%'
+        ORDER BY s.calls DESC
+    """)
+    return [(int(calls), query) for calls, query in rows]
+
+
+def _insert_broadcast(psql: Psql, database: str, count: int) -> None:
+    psql(database, f"""
+        WITH b AS (
+            INSERT INTO broadcasts (created_by, segment, text, state, recipients, created_at, confirmed_at)
+            VALUES (1, 'all', '{BROADCAST_TEXT}', 'sending', {count}, now(), now()) RETURNING id
+        )
+        INSERT INTO outbox (chat_id, kind, payload, dedupe_key, priority, broadcast_id, next_attempt_at,
+                            created_at)
+        SELECT {RECIPIENT_BASE} + g, '{BROADCAST_KIND}',
+               jsonb_build_object('text', '{BROADCAST_TEXT}'::text, 'parse_mode', 'HTML'),
+               'broadcast:' || b.id || ':' || ({RECIPIENT_BASE} + g), 1, b.id, now(), now()
+        FROM b, generate_series(1, {count}) g
+    """)
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial: emulator + bot processes
+
+
+@dataclass
+class Trial:
+    """What one trial measured."""
+
+    side: str
+    latency: dict[str, Any] = field(default_factory=dict)
+    cpu_per_update: float = float("nan")
+    statements_per_update: float = float("nan")
+    statements: list[tuple[int, str]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    max_sustained: float = 0.0
+    broadcast: dict[str, Any] = field(default_factory=dict)
+    warm_up: dict[str, Any] = field(default_factory=dict)
+    bot_exit: int | None = None
+    stderr_tail: str = ""
+
+
+class _Events:
+    """The emulator's JSON lines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for line in self._stream:
+            if line.startswith("{"):
+                yield json.loads(line)
+
+    def expect(self, *names: str) -> dict[str, Any]:
+        """The next event, which must be one of ``names``."""
+        for event in self:
+            if event["event"] == "error":
+                raise RuntimeError(f"emulator: {event['message']}")
+            if event["event"] in names:
+                return event
+        raise RuntimeError(f"the emulator ended before {names}")
+
+
+def _bot_command(side: str, url: str, dsn: str, work: Path) -> tuple[list[str], dict[str, str]]:
+    if side == "peer":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_") and k != "PYTHONPATH"}
+        argv = [h.PYTHON, str(h.BENCH_DIR / "peer_bot.py"), "--api", url, "--token", DEFAULT_TOKEN,
+                "--dsn", dsn, "--broadcast"]
+        return argv, env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
+    env.update({
+        "PYTHONPATH": str(h.REPO),
+        "ATLAS_BOT_TOKEN": DEFAULT_TOKEN,
+        "ATLAS_TELEGRAM_API_BASE": url,
+        "ATLAS_DATABASE_URL": dsn,
+        "ATLAS_DATA_DIR": str(work / "atlas-data"),
+        "ATLAS_HTTP_PORT": "0",
+        "ATLAS_LOG_LEVEL": "WARNING",
+        "ATLAS_CURRENCY": "RUB",
+        "ATLAS_PUBLIC_BASE_URL": "https://vpn.example.com",
+    })
+    return [h.PYTHON, "-m", "atlas", "run"], env
+
+
+def _stop(process: subprocess.Popen[Any], timeout: float = 20.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            # The bot side (dispatcher, intake, sender) stops before the emulator it talks to.
-            async with trio.open_nursery() as side:
-                root = build_dispatcher(build_user_routers(), db=db, clock=clock, config=CONFIG)
-                root.update.outer_middleware(_Finished(run.done))
-                dispatch = UpdateDispatcher(
-                    dispatcher=root,
-                    bot=bot,
-                    reporter=CrashReporter([reports], now=clock.now),
-                    settings=DispatchSettings(
-                        latency_samples=max(4096, 2 * math.ceil(args.rate * args.seconds))
-                    ),
-                )
-                await side.start(dispatch.run)
-                intake = PollingIntake(
-                    bot=bot, dispatcher=dispatch, db=lambda: db, rng=random.Random(args.seed)
-                )
-                side.start_soon(intake.run)
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
 
-                print(f"warm-up: {args.users} users send /start", file=sys.stderr)
-                await _warm_up(emulator, dispatch, users, args.rate)
-                # Measure the window only: fresh reservoirs, counters from here.
-                samples = dispatch.settings.latency_samples
-                dispatch.latency = LatencyReservoir(samples)
-                dispatch.handler_time = LatencyReservoir(samples)
-                failed_before = dispatch.failed
-                run.done.clear()
 
-                settings = SenderSettings()  # the defaults: 30/s global, 1/s per chat
-                run.sender_rate = settings.rate
-                sender = OutboxSender(
-                    db=lambda: db, bot=bot, clock=clock, rng=random.Random(args.seed + 1), settings=settings
-                )
-                await side.start(sender.run, ChildContext("root/workers/outbox_sender"))
-                await trio.sleep(args.lead)
-
-                instrument = SlowStepInstrument(args.slow_step, logging.getLogger("bench.scheduler"))
-                run.load_before = os.getloadavg()
-                cpu_start = resource.getrusage(resource.RUSAGE_SELF)
-                start = trio.current_time()
-                end = start + args.seconds
-                print(f"window: {args.seconds} s at {args.rate:g} updates/s", file=sys.stderr)
-                trio.lowlevel.add_instrument(instrument)
-                try:
-                    await _feed(users, random.Random(args.seed), run, rate=args.rate, start=start, end=end)
-                    await trio.sleep_until(end)
-                finally:
-                    trio.lowlevel.remove_instrument(instrument)
-                cpu_end = resource.getrusage(resource.RUSAGE_SELF)
-                run.load_after = os.getloadavg()
-                run.window = trio.current_time() - start
-                run.cpu_seconds = (cpu_end.ru_utime + cpu_end.ru_stime) - (
-                    cpu_start.ru_utime + cpu_start.ru_stime
-                )
-                run.handled_in_window = sum(1 for key in run.enqueued if key in run.done)
-                run.longest_step, run.longest_task, run.slow_steps = (
-                    instrument.longest,
-                    instrument.longest_task,
-                    instrument.count,
-                )
-
-                stamps = [
-                    s.time
-                    for s in emulator.send_stamps
-                    if s.accepted and s.chat_id in recipients and start <= s.time < end
-                ]
-                run.sender_sent_window = len(stamps)
-                run.sender_max_1s = max_in_window(stamps, 1.0)
-                broadcast_by_chat = Counter(
-                    s.chat_id
-                    for s in emulator.send_stamps
-                    if s.chat_id in recipients and start <= s.time < end
-                )
-                run.sender_max_per_chat = max(broadcast_by_chat.values(), default=0)
-                run.all_sends_max_1s = max_in_window(
-                    (s.time for s in emulator.send_stamps if start <= s.time < end), 1.0
-                )
-
-                # Give the bot time to finish what was offered (the sender goes on meanwhile).
-                drain_start = trio.current_time()
-                with trio.move_on_after(args.drain):
-                    while any(key not in run.done for key in run.enqueued):  # noqa: ASYNC110 - a bounded poll
-                        await trio.sleep(0.2)
-                run.drain_seconds = trio.current_time() - drain_start
-                run.ended = time.perf_counter()
-                stats = dispatch.statistics()
-                run.handled_total = sum(1 for key in run.enqueued if key in run.done)
-                run.failed = dispatch.failed - failed_before
-                run.dispatch_p50, run.dispatch_p99, run.dispatch_max = (
-                    stats.latency_p50,
-                    stats.latency_p99,
-                    stats.latency_max,
-                )
-                run.handler_p50, run.handler_p99 = stats.handler_p50, stats.handler_p99
-                s = sender.delivery_statistics()
-                run.sender_stats = (
-                    f"sent {s.sent}, blocked {s.blocked}, failed {s.failed}, retried {s.retried}, "
-                    f"deferred {s.deferred}, throttled {s.throttled}, drains {s.drains}"
-                )
-                run.reports = [f"{r.path}: {r.message}" for r in reports.latest()][:5]
-                side.cancel_scope.cancel()
-        finally:
-            nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+def run_trial(
+    side: str, number: int, args: argparse.Namespace, psql: Psql, dsn_for: Any, work: Path
+) -> Trial:
+    """Clone the database, start the emulator and the bot, run the three phases, stop both."""
+    database = f"bench_{number}_{side}"
+    psql("postgres", f"CREATE DATABASE {database} TEMPLATE {TEMPLATE}")
+    trial = Trial(side)
+    steps = [(args.latency_rate, args.latency_seconds)]
+    steps += [(rate, args.step_seconds) for rate in args.max_rates]
+    steps += [(args.latency_rate, args.broadcast_seconds)]
+    emulator_argv = [
+        h.PYTHON, "-m", "atlas.testing.botapi", "--controlled", "--users", str(args.users),
+        "--user-base", str(USER_BASE), "--recipients", str(args.recipients),
+        "--recipient-base", str(RECIPIENT_BASE), "--warm-up-rate", str(args.warm_up_rate),
+        "--steps", ",".join(f"{rate:g}:{seconds:g}" for rate, seconds in steps),
+        "--send-limit", str(SEND_RATE), "--seed", str(args.seed + number), "--bot-timeout", "60",
+        *(arg for action in PRESSES for arg in ("--press", MenuCb(action=action).pack())),
+    ]
+    emulator_env = dict(os.environ, PYTHONPATH=str(h.REPO))
+    bot_log = open(work / f"{database}.stderr", "w+")  # noqa: SIM115 - closed below
+    emulator = subprocess.Popen(
+        emulator_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=emulator_env,
+        cwd=work, bufsize=1,
+    )
+    bot: subprocess.Popen[Any] | None = None
+    assert emulator.stdin is not None and emulator.stdout is not None
+    events = _Events(emulator.stdout)
+    try:
+        url = events.expect("serving")["url"]
+        argv, env = _bot_command(side, url, dsn_for(database), work)
+        bot = subprocess.Popen(argv, env=env, cwd=work, stdout=bot_log, stderr=subprocess.STDOUT)
+        events.expect("bot-up")
+        trial.warm_up = events.expect("warmed")
+        print(f"  {side}: warm-up {trial.warm_up['seconds']} s", file=sys.stderr)
+        max_phase = range(1, 1 + len(args.max_rates))
+        failed = False
+        open_step: tuple[dict[str, Any], float, float] | None = None
+        for index in range(len(steps) + 1):
+            ready = events.expect("ready", "done")
+            if open_step is not None:
+                # The emulator says "ready" once the bot has answered everything offered so far
+                # (or --settle ran out): CPU and statements up to here are the step's whole work.
+                result, cpu_start, emulator_start = open_step
+                statements = _statements(psql, database)
+                result["settled"] = ready.get("settled", True)
+                result["cpu"] = h.cpu_seconds(bot.pid) - cpu_start
+                result["emulator_cpu"] = h.cpu_seconds(emulator.pid) - emulator_start
+                result["statements"] = sum(calls for calls, _ in statements)
+                result["statement_list"] = statements
+                _step_line(side, result)
+                open_step = None
+            if ready["event"] == "done":
+                break
+            if index in max_phase and failed:
+                emulator.stdin.write("skip\n")
+                continue
+            broadcast = index == len(steps) - 1
+            if broadcast:
+                count = int(SEND_RATE * (args.lead + args.broadcast_seconds + 10) * 1.5)
+                _insert_broadcast(psql, database, min(count, args.recipients))
+                time.sleep(args.lead)
+            psql("postgres", "SELECT pg_stat_statements_reset()")
+            emulator.stdin.write("go\n")
+            events.expect("start")
+            cpu_start, emulator_start = h.cpu_seconds(bot.pid), h.cpu_seconds(emulator.pid)
+            result = events.expect("result")
+            open_step = (result, cpu_start, emulator_start)
+            if index == 0:
+                trial.latency = result
+            elif broadcast:
+                trial.broadcast = result
+            else:
+                trial.steps.append(result)
+                if result["sustained"]:
+                    trial.max_sustained = max(trial.max_sustained, result["rate"])
+                else:
+                    failed = True
+        if trial.latency.get("settled"):
+            offered = max(1, int(trial.latency["offered"]))
+            trial.cpu_per_update = trial.latency["cpu"] / offered
+            trial.statements_per_update = trial.latency["statements"] / offered
+        trial.statements = trial.latency.get("statement_list", [])
+    except BaseException:
+        bot_log.seek(0)
+        print(f"  {side} failed; its output ends:\n{bot_log.read()[-3000:]}", file=sys.stderr)
+        raise
+    finally:
+        if bot is not None:
+            trial.bot_exit = _stop(bot)
+        emulator.stdin.close()
+        _stop(emulator)
+        bot_log.seek(0)
+        trial.stderr_tail = bot_log.read()[-1500:]
+        bot_log.close()
+        psql("postgres", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    return trial
 
 
 # ---------------------------------------------------------------------------------------------
 # Reporting
 
 
+def _step_line(side: str, result: dict[str, Any]) -> None:
+    span = result["seconds"]
+    print(
+        f"  {side}: step {result['step']} at {result['rate']:g}/s: handled {result['handled']}/"
+        f"{result['offered']}, p50 {_ms(result['p50'])}, p99 {_ms(result['p99_all_offered'])}, "
+        f"sustained {result['sustained']}, broadcast {result['broadcast_per_s']:.1f}/s; until all "
+        f"answered (settled {result['settled']}): bot CPU {result['cpu']:.1f} s, emulator CPU "
+        f"{result['emulator_cpu']:.1f} s (window {span:g} s), {result['statements']} statements; "
+        f"{h.load_line()}",
+        file=sys.stderr,
+    )
+
+
 def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value * 1000:.1f} ms"
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
 
 
-def _print(args: argparse.Namespace, run: _Run) -> None:
-    offered = sum(v for k, v in run.offered.items() if k != "press not on screen")
-    latencies = [run.done[key] - t for key, t in run.enqueued.items() if key in run.done]
-    # Unhandled updates counted at their age when measuring stopped: a lower bound of their latency.
-    censored = [run.done.get(key, run.ended) - t for key, t in run.enqueued.items()]
-    kinds = ", ".join(f"{k} {v}" for k, v in sorted(run.offered.items()))
-    achieved = run.sender_sent_window / run.window if run.window else 0.0
+def _med(trials: list[Trial], get: Any) -> float:
+    # A trial that did not settle has no CPU or statement count (NaN): left out, not averaged in.
+    values = [float(v) for v in (get(t) for t in trials) if v is not None and v == v]
+    return h.median(values) if values else float("nan")
+
+
+def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, command: str) -> None:
+    peer = [t for t in trials if t.side == "peer"]
+    atlas = [t for t in trials if t.side == "atlas"]
+    print(h.machine_line().replace(h.load_line(), f"{load_before} before, {h.load_line()} after"))
+    print(f"command: {command}")
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"PostgreSQL embedded (fsync off), pool {args.pool}; load average before/after the window "
-        f"{run.load_before[0]:.2f}/{run.load_after[0]:.2f}"
-    )
-    print(
-        f"command: .venv/bin/python bench/bench_bot_load.py --rate {args.rate:g} --users {args.users} "
-        f"--seconds {args.seconds:g} --broadcast {args.broadcast} --lead {args.lead:g} "
-        f"--drain {args.drain:g} --pool {args.pool} --slow-step {args.slow_step:g} --seed {args.seed}"
-    )
-    print()
-    print("| measure | value |")
-    print("|---|---|")
-    print(
-        f"| updates offered in the window | {offered} ({offered / run.window:.1f}/s of {args.rate:g}/s "
-        f"asked) |"
-    )
-    print(
-        f"| updates handled by the window's end | {run.handled_in_window} "
-        f"({run.handled_in_window / run.window:.1f}/s) |"
-    )
-    print(
-        f"| updates handled after a further {run.drain_seconds:.1f} s | {run.handled_total} "
-        f"(failed: {run.failed}) |"
-    )
-    print(
-        "| end-to-end latency p50 of handled updates (queued at emulator → handled) | "
-        f"{_ms(_percentile(latencies, 50))} |"
-    )
-    print(f"| end-to-end latency p99 | {_ms(_percentile(latencies, 99))} |")
-    print(f"| end-to-end latency max | {_ms(max(latencies, default=None))} |")
-    print(
-        f"| end-to-end p50 / p99 over all offered (unhandled at their age: a lower bound) | "
-        f"{_ms(_percentile(censored, 50))} / {_ms(_percentile(censored, 99))} |"
-    )
-    print(
-        f"| dispatcher latency p50 / p99 / max (handed over → handled) | {_ms(run.dispatch_p50)} / "
-        f"{_ms(run.dispatch_p99)} / {_ms(run.dispatch_max)} |"
-    )
-    print(f"| handler time p50 / p99 | {_ms(run.handler_p50)} / {_ms(run.handler_p99)} |")
-    print(
-        f"| sender: broadcast messages accepted in the window | {run.sender_sent_window} ({achieved:.2f}/s) |"
-    )
-    print(
-        f"| sender: achieved / configured rate | {achieved:.2f} / {run.sender_rate:g} = "
-        f"{achieved / run.sender_rate:.3f} |"
-    )
-    print(f"| sender: max broadcast sends in any 1 s (limit {run.sender_rate:g}) | {run.sender_max_1s} |")
-    print(f"| sender: most sends to one broadcast chat in the window | {run.sender_max_per_chat} |")
-    print(f"| all send calls (handler replies + broadcast) in any 1 s | {run.all_sends_max_1s} |")
-    print(f"| scheduler: longest step | {_ms(run.longest_step)} (task `{run.longest_task}`) |")
-    print(f"| scheduler: steps over {run.slow_threshold * 1000:g} ms | {run.slow_steps} |")
-    print(
-        f"| CPU of this process in the window | {run.cpu_seconds:.1f} s "
-        f"({run.cpu_seconds / run.window * 100:.0f} % of one core) |"
+        f"trials: {len(peer)} peer, {len(atlas)} atlas (ABBA); users {args.users}, recipients "
+        f"{args.recipients}; latency {args.latency_rate:g}/s × {args.latency_seconds:g} s; steps "
+        f"{', '.join(f'{r:g}' for r in args.max_rates)} /s × {args.step_seconds:g} s; broadcast "
+        f"{args.latency_rate:g}/s × {args.broadcast_seconds:g} s"
     )
     print()
-    print(f"offered by kind: {kinds}")
-    print(f"sender totals (whole run, incl. lead and drain): {run.sender_stats}")
-    if run.reports:
-        print("first crash reports: " + "; ".join(run.reports))
+    rows = [
+        ("max sustained updates/s (≥0.97 handled, p99 < 1 s)", lambda t: t.max_sustained, "rate",
+         "≥ 1.0× equal SQL, ≥ 1.2× as shipped"),
+        (f"first reply p50 at {args.latency_rate:g}/s (all offered)",
+         lambda t: _late(t.latency, "p50_all_offered"), "ms", "≤ 1.5×"),
+        (f"first reply p99 at {args.latency_rate:g}/s (all offered)",
+         lambda t: _late(t.latency, "p99_all_offered"), "ms", "≤ 1.5×"),
+        (f"first reply p50 / p99 at {args.latency_rate:g}/s, answered updates only", "answered", "", ""),
+        (f"answered of offered at {args.latency_rate:g}/s (by the window's end + 2 s)",
+         lambda t: t.latency["handled"] / max(1, t.latency["offered"]) if t.latency else None, "{:.1%}",
+         "≥ 97 %"),
+        ("CPU per update (bot process)", lambda t: t.cpu_per_update, "cpu", "≤ 1.2×"),
+        ("SQL statements per update (pg_stat_statements)", lambda t: t.statements_per_update, "{:.2f}", "="),
+        (f"broadcast messages/s while {args.latency_rate:g} updates/s flow",
+         lambda t: t.broadcast.get("broadcast_per_s"), "{:.1f}", f"≥ {0.97 * SEND_RATE:.1f}/s"),
+        ("broadcast: seconds over 30 sends", lambda t: t.broadcast.get("broadcast_over_rate_seconds"),
+         "{:.0f}", "0"),
+        ("broadcast: most sends in any 1 s", lambda t: t.broadcast.get("broadcast_max_1s"), "{:.0f}", "≤ 30"),
+        ("first reply p50 / p99 during the broadcast", None, "", ""),
+    ]
+    print("| measure | peer (aiogram + asyncpg) | `atlas run` | Atlas / peer | goal |")
+    print("|---|---|---|---|---|")
+    for name, get, style, goal in rows:
+        if get == "answered":
+            cells = []
+            for side in (peer, atlas):
+                p50 = _med(side, lambda t: t.latency.get("p50"))
+                p99 = _med(side, lambda t: t.latency.get("p99"))
+                cells.append(f"{_fmt(p50, 'ms')} / {_fmt(p99, 'ms')}")
+            print(f"| {name} | {cells[0]} | {cells[1]} | | |")
+            continue
+        if get is None:
+            cells = []
+            for side in (peer, atlas):
+                p50 = _med(side, lambda t: _late(t.broadcast, "p50_all_offered"))
+                p99 = _med(side, lambda t: _late(t.broadcast, "p99_all_offered"))
+                cells.append(f"{_fmt(p50, 'ms')} / {_fmt(p99, 'ms')}")
+            print(f"| {name} | {cells[0]} | {cells[1]} | | |")
+            continue
+        p, a = _med(peer, get), _med(atlas, get)
+        cells = [_fmt(p, style), _fmt(a, style)]
+        if style == "rate":  # no step sustained: below the first one
+            cells = [c if v else f"< {args.max_rates[0]:g}" for c, v in zip(cells, (p, a), strict=True)]
+        print(f"| {name} | {cells[0]} | {cells[1]} | {h.ratio(a, p)} | {goal} |")
+    print()
+    for t in trials:
+        steps = ", ".join(
+            f"{s['rate']:g}{'✓' if s['sustained'] else '✗'} (p99 {_ms(s['p99_all_offered'])})"
+            for s in t.steps
+        )
+        print(f"- {t.side}: steps {steps}; latency step handled {t.latency.get('handled')}/"
+              f"{t.latency.get('offered')} (settled {t.latency.get('settled')}), CPU "
+              f"{_fmt(t.cpu_per_update, 'cpu')} and {_fmt(t.statements_per_update, '{:.2f}')} statements "
+              f"per update; broadcast per second {t.broadcast.get('broadcast_per_second')}; "
+              f"bot exit {t.bot_exit}")
+    for side in (peer, atlas):
+        if not side:
+            continue
+        t = side[0]
+        offered = max(1, int(t.latency.get("offered") or 1))
+        print()
+        print(f"{t.side}: statements of the latency step (until all answered), calls per offered update")
+        for calls, query in t.statements[:16]:
+            print(f"    {calls / offered:6.3f}  {query}")
+
+
+def _late(result: dict[str, Any], key: str) -> float | None:
+    """A percentile over all offered updates; infinite when too many went unanswered."""
+    if not result:
+        return None
+    value = result.get(key)
+    return math.inf if value is None else float(value)
+
+
+def _fmt(value: float, style: str) -> str:
+    if value != value:
+        return "n/a"
+    if math.isinf(value):
+        return "∞ (unanswered)"
+    if style == "ms":
+        return f"{value * 1000:.0f} ms"
+    if style == "cpu":
+        return f"{value * 1000:.2f} ms"
+    if style == "rate":
+        return f"{value:.0f}"
+    return style.format(value)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    """Run the benchmark and print a Markdown table."""
+    """Run the interleaved trials and print a Markdown table."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=200.0, help="updates per second offered")
-    parser.add_argument("--users", type=int, default=1000, help="interactive users")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the measured window")
-    parser.add_argument("--broadcast", type=int, default=20_000, help="broadcast messages in the outbox")
-    parser.add_argument("--lead", type=float, default=2.0, help="seconds the sender runs before the window")
-    parser.add_argument("--drain", type=float, default=30.0, help="seconds allowed after the window")
-    parser.add_argument("--pool", type=int, default=10, help="database pool (the runtime's default)")
-    parser.add_argument("--slow-step", type=float, default=0.1, help="slow scheduler step threshold, s")
+    parser.add_argument("--quick", action="store_true", help="one trial per side, short steps (~2 min)")
+    parser.add_argument("--trials", type=int, default=2, help="trials per side")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--recipients", type=int, default=5000, help="broadcast recipients")
+    parser.add_argument("--warm-up-rate", type=float, default=200.0)
+    parser.add_argument("--latency-rate", type=float, default=100.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--max-rates", default="60,80,100,120,150,180,220,260,300,350")
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--broadcast-seconds", type=float, default=20.0)
+    parser.add_argument("--lead", type=float, default=2.0, help="s the broadcast drains before its window")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--sides", default="peer,atlas", help="which bots to run (peer, atlas or both)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    command = "bench/bench_bot_load.py " + " ".join(sys.argv[1:])
+    if args.quick:
+        args.trials = 1
+        args.users = min(args.users, 600)
+        args.latency_seconds = 10.0
+        args.step_seconds = 6.0
+        args.broadcast_seconds = 10.0
+        args.max_rates = "80,120,180,260,350"
+    args.max_rates = [float(r) for r in str(args.max_rates).split(",")]
+    menu_data = {a.value: MenuCb(action=a).pack() for a in MenuAction}
+    if menu_data != peer_bot.MENU_DATA:
+        raise SystemExit(f"peer_bot.MENU_DATA is out of date: Atlas packs {menu_data}")
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    order: list[str] = []
+    for n in range(args.trials):
+        order += sides if n % 2 == 0 else list(reversed(sides))
+
+    load_before = h.load_line()
+    trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="atlas-bench-bot-") as tmp:
-        server = EmbeddedPostgres(Path(tmp), durable=False)
+        work = Path(tmp)
+        server = h.embedded_server(work / "pg", with_statements=True)
+        h.start_server(server)
+        psql = Psql(server.dsn)
         try:
-            run = trio.run(_main, args, server)
+            psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            psql("postgres", f"CREATE DATABASE {TEMPLATE}")
+            trio.run(_prepare_template, server.dsn(TEMPLATE), args.recipients)
+            for number, side in enumerate(order):
+                print(f"trial {number + 1}/{len(order)}: {side}; {h.load_line()}", file=sys.stderr)
+                trial = run_trial(side, number, args, psql, server.dsn, work)
+                if trial.bot_exit not in (0, -signal.SIGTERM):
+                    print(f"  {side} exited {trial.bot_exit}:\n{trial.stderr_tail}", file=sys.stderr)
+                trials.append(trial)
         finally:
-            trio.run(server.stop)
-    _print(args, run)
+            h.stop_server(server)
+    _report(args, trials, load_before, command)
 
 
 if __name__ == "__main__":

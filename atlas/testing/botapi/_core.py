@@ -162,6 +162,7 @@ class EmulatorCore:
         self.rates = RateMeter(limits)
         self.served_errors: list[ServedError] = []
         self.calls: Counter[str] = Counter()
+        self.record_listeners: list[Callable[[ChatRecord], None]] = []
         self._ids = 0
         # A random part keeps ids (charge ids above all) unique across emulator runs that share a
         # database, as in `atlas demo`; the counter keeps them unique within a run.
@@ -245,6 +246,8 @@ class EmulatorCore:
     def record(self, chat: ChatState, record: ChatRecord) -> None:
         """Append to a chat's log and wake waiters."""
         chat.log.append(record)
+        for listener in self.record_listeners:
+            listener(record)
         self.changed.fire()
 
     # -- updates --------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -221,6 +221,13 @@ class BotApiEmulator:
     def users(self) -> Mapping[int, EmulatedUser]:
         """Every user, by id."""
         return dict(self._users)
+
+    def add_record_listener(self, listener: Callable[[ChatRecord], None]) -> None:
+        """Call ``listener(record)`` for every record as it happens (a load generator's reply clock).
+
+        It runs inside the request that made the record, so it must be quick and must not raise.
+        """
+        self._core.record_listeners.append(listener)
 
     def chat_log(self, chat_id: int) -> list[ChatRecord]:
         """Everything the bot did to the chat ``chat_id`` (``KeyError`` for an unknown chat)."""
