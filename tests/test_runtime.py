@@ -317,3 +317,15 @@ def test_the_log_masks_vpn_uuids_and_bot_tokens_and_drops_httpx_request_lines() 
     assert "uuid <uuid> refused" in crashed["exception"]
     warned = next(r for r in records if r.get("category") == "RuntimeWarning")
     assert warned["event"] == "Detected unknown update type." and warned["update_id"] == 42
+
+
+def test_a_url_setting_that_is_not_a_url_is_refused_by_name() -> None:
+    import pytest
+
+    from atlas.runtime.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"ATLAS_SUPPORT_URL=.*must be an http"):
+        load_settings(support_url="@atlas_support")
+    with pytest.raises(SettingsError, match=r"ATLAS_PUBLIC_BASE_URL"):
+        load_settings(public_base_url="vpn.example.com")
+    assert load_settings(support_url="https://t.me/atlas_support").support_url == "https://t.me/atlas_support"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,19 @@ class Settings(BaseSettings):
     cryptopay_token: SecretStr | None = None
     cryptopay_network: Literal["mainnet", "testnet"] = "mainnet"
     cryptopay_base_url: str | None = None
+
+    @field_validator("public_base_url", "support_url", "telegram_webhook_url", "telegram_api_base",
+                     "cryptopay_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # These end up in headers, links and API calls: a value such as "@support" must fail here,
+        # naming the variable, not deep inside a request handler.
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod
