@@ -73,6 +73,7 @@ import peer_bot
 USER_BASE = 1_000_000
 RECIPIENT_BASE = 5_000_000
 SEND_RATE = 30
+PEER_NO_RESET = False  # set from --peer-no-reset
 PRESSES = [
     MenuAction.SUBSCRIPTION, MenuAction.PLANS, MenuAction.TOPUP, MenuAction.REFERRAL, MenuAction.HELP,
     MenuAction.MENU,
@@ -202,7 +203,7 @@ def _bot_command(side: str, url: str, dsn: str, work: Path) -> tuple[list[str], 
     if side == "peer":
         env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_") and k != "PYTHONPATH"}
         argv = [h.PYTHON, str(h.BENCH_DIR / "peer_bot.py"), "--api", url, "--token", DEFAULT_TOKEN,
-                "--dsn", dsn, "--broadcast"]
+                "--dsn", dsn, "--broadcast", *(["--no-reset"] if PEER_NO_RESET else [])]
         return argv, env
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_")}
     env.update({
@@ -359,6 +360,8 @@ def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, com
     atlas = [t for t in trials if t.side == "atlas"]
     print(h.machine_line().replace(h.load_line(), f"{load_before} before, {h.load_line()} after"))
     print(f"command: {command}")
+    print("peer SQL: " + ("equal to Atlas's (no reset query on release)" if PEER_NO_RESET
+                          else "as a plain aiogram + asyncpg bot sends it (asyncpg's reset on release)"))
     print(
         f"trials: {len(peer)} peer, {len(atlas)} atlas (ABBA); users {args.users}, recipients "
         f"{args.recipients}; latency {args.latency_rate:g}/s × {args.latency_seconds:g} s; steps "
@@ -475,7 +478,13 @@ def main() -> None:
     parser.add_argument("--lead", type=float, default=2.0, help="s the broadcast drains before its window")
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--sides", default="peer,atlas", help="which bots to run (peer, atlas or both)")
+    parser.add_argument(
+        "--peer-no-reset", action="store_true",
+        help="equal SQL: the peer skips asyncpg's reset on release, as Atlas does (default: as a plain bot)",
+    )
     args = parser.parse_args()
+    global PEER_NO_RESET
+    PEER_NO_RESET = args.peer_no_reset
     command = "bench/bench_bot_load.py " + " ".join(sys.argv[1:])
     if args.quick:
         args.trials = 1

@@ -362,6 +362,10 @@ def _loop_type() -> str:
     return type(loop).__module__ + "." + type(loop).__name__
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def _main(args: argparse.Namespace) -> None:
     tainted = sorted(m for m in sys.modules if m.split(".")[0] in {"atlas", "trio_asyncio", "trio"})
     if tainted:
@@ -370,6 +374,9 @@ async def _main(args: argparse.Namespace) -> None:
     pool = await asyncpg.create_pool(
         args.dsn, min_size=1, max_size=args.pool, command_timeout=30.0,
         server_settings={"application_name": "peer"},
+        # --no-reset: the equal-SQL comparison. Atlas skips asyncpg's reset query on release (its
+        # units leave no session state); a peer that does the same sends the same statements.
+        **({"reset": _no_reset} if args.no_reset else {}),
     )
     session = AiohttpSession(api=TelegramAPIServer.from_base(args.api.rstrip("/")))
     bot = Bot(args.token, session=session)
@@ -394,6 +401,7 @@ def main() -> None:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--pool", type=int, default=10)
     parser.add_argument("--broadcast", action="store_true", help="drain due outbox rows at 30/s")
+    parser.add_argument("--no-reset", action="store_true", help="skip asyncpg's reset on release (equal SQL)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
