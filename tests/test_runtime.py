@@ -255,3 +255,46 @@ def _event(line: bytes) -> str:
     except ValueError:
         return ""
     return str(record.get("event", "")) if isinstance(record, dict) else ""
+
+
+async def test_crash_reports_wait_for_the_database_and_go_in_when_it_returns(
+    bridge: None, fresh_database: str
+) -> None:
+    from atlas.storage import Database, DatabaseSettings
+    from atlas.storage.crash_reports import latest_crash_reports
+    from atlas.supervision import ReportKind
+
+    services = make_services(load_settings(database_url=fresh_database, http_port=0))
+    store = services.crash_store
+    assert store is not None
+
+    async def report(path: str) -> None:
+        composed = services.reporter.compose(
+            kind=ReportKind.GAVE_UP,
+            path=path,
+            error=RuntimeError("database went away"),
+            decision="escalate to parent",
+            restarts_in_window=6,
+            max_restarts=5,
+            period=30.0,
+            uptime=1.0,
+        )
+        await services.reporter.report(composed)
+
+    await report("root/workers")  # storage is not up at all
+    closed = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1))
+    await closed.close()
+    services.db = closed  # up, but its database cannot be reached: DatabaseUnavailable
+    await report("root/storage")
+    assert [r["path"] for r in store.pending] == ["root/workers", "root/storage"]
+
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=2))
+    try:
+        services.db = db
+        assert await store.flush() == 2  # what the storage child does once it is up again
+        await report("root")
+        stored = await db.run(latest_crash_reports, limit=10)
+    finally:
+        await db.close()
+    assert list(store.pending) == [] and store.dropped == 0
+    assert [r.path for r in reversed(stored)] == ["root/workers", "root/storage", "root"]

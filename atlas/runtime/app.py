@@ -97,7 +97,13 @@ def storage_child(services: Services, dsn: str) -> ChildSpec:
             _log.info("plans synced: %s", synced)
             services.db = db
             task_status.started()
-            await trio.sleep_forever()
+            store = services.crash_store
+            while True:
+                # Crash reports held while the database was away go in as soon as it answers.
+                if store is not None and store.pending:
+                    with trio.move_on_after(10):
+                        await store.flush()
+                await trio.sleep(5)
         finally:
             services.db = None
             with trio.CancelScope(shield=True):

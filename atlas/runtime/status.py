@@ -41,6 +41,8 @@ async def readiness(services: Services) -> tuple[bool, list[str]]:
         for child in supervisor.statistics().children:
             if child.state.value != "running":
                 reasons.append(f"{child.path} is {child.state.value}")
+            elif child.waiting_for is not None:
+                reasons.append(f"{child.path} is waiting for {child.waiting_for}")
     return (not reasons, reasons)
 
 
@@ -74,6 +76,7 @@ async def status_snapshot(services: Services) -> dict[str, Any]:
                 "restarts": child.restarts,
                 "busy_with": child.busy_with,
                 "heartbeat_age": child.heartbeat_age,
+                "waiting_for": child.waiting_for,
             }
             for supervisor in services.supervisors
             for child in supervisor.statistics().children

@@ -34,6 +34,7 @@ class ChildContext:
         self._last_heartbeat = self.started_at
         self._busy: list[str] = []
         self._failed_while: str | None = None
+        self._waiting_for: str | None = None
         self._mailbox_probe: Callable[[], int] | None = None
 
     @property
@@ -81,6 +82,22 @@ class ChildContext:
     def handling(self) -> str | None:
         """What a report should name as being handled: the current work or the one that failed."""
         return self.busy_with or self._failed_while
+
+    def mark_waiting(self, what: str | None) -> None:
+        """Say the child is waiting for a dependency (``"database"``), or no longer (None).
+
+        A waiting child is alive and backing off on its own, not crashing: it keeps its
+        incarnation (no restart, no intensity spent) and shows up as waiting in the supervisor's
+        statistics (``/status``, and ``/readyz`` is not ready meanwhile). Which errors mean
+        "wait" is the child's business; supervision knows only the marker. Counts as a heartbeat.
+        """
+        self._waiting_for = what
+        self.heartbeat()
+
+    @property
+    def waiting_for(self) -> str | None:
+        """What the child is waiting for (see :meth:`mark_waiting`), None when it is not."""
+        return self._waiting_for
 
     def report_stuck(self, error: BaseException) -> None:
         """For a nested supervisor: a task under this child would not stop, so never restart it.

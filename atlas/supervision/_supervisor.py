@@ -99,6 +99,7 @@ class ChildStatistics:
     busy_with: str | None
     heartbeat_age: float | None
     restart_in: float | None
+    waiting_for: str | None = None  # a dependency the running child is waiting for (mark_waiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,6 +694,7 @@ class _Supervision:
                     busy_with=inc.ctx.busy_with if inc is not None else None,
                     heartbeat_age=now - inc.ctx.last_heartbeat if inc is not None else None,
                     restart_in=max(0.0, c.due - now) if c.due is not None else None,
+                    waiting_for=inc.ctx.waiting_for if inc is not None else None,
                 )
             )
         sup = self.sup
