@@ -229,8 +229,10 @@ class Supervisor:
         """A :class:`ChildSpec` that runs this supervisor under a parent.
 
         Its ``SupervisorGaveUp`` (or ``ChildStartFailed``) is just a crash of that child for the
-        parent. ``shutdown_timeout`` defaults to the sum of the children's timeouts plus 5 s, so
-        the parent waits for an orderly stop of the whole subtree but never forever.
+        parent, except :class:`SupervisorStuck`, which it reports to the parent at once through
+        its context and which the parent never answers with a restart. ``shutdown_timeout``
+        defaults to the sum of the children's timeouts plus 5 s, so the parent waits for an orderly
+        stop of the whole subtree but never forever.
         """
         if shutdown_timeout is None:
             shutdown_timeout = math.fsum(c.shutdown_timeout for c in self.children) + 5.0
