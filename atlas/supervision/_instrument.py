@@ -10,7 +10,7 @@ trio call two Python hooks on every step; the dispatch alone costs about as much
 (measured: 2.4 µs per step bare, 3.4 µs with two empty step hooks, 3.8 µs with the timing ones),
 and it cost the bot about a quarter of its throughput. So the work is split:
 
-- in the scheduler, only the two I/O-wait hooks, once per *batch* of steps (trio runs every
+- in the scheduler, one hook, ``before_io_wait``, once per *batch* of steps (trio runs every
   runnable task once between two looks at I/O): a counter and a ``perf_counter`` stamp;
 - a sampler thread wakes every ``threshold / 4``; while a batch is running it looks at the trio
   thread's stack (``sys._current_frames``), takes the frame that trio's run loop is stepping (the
@@ -36,10 +36,11 @@ import trio
 
 _TRIO_DIR = os.path.dirname(trio.__file__)
 
-# A batch older than this is taken to mean the instrument was removed mid-batch (the I/O-wait hooks
-# no longer run): the sampler thread ends, and the next batch starts a new one. A real step this
+# No batch ended for this long: trio is idle, or the instrument was removed (the hook no longer
+# runs). The sampler thread ends, and the next end of a batch starts a new one. A real step this
 # long is still reported (with the time seen so far); past a minute it is the scheduler watchdog's.
 _ABANDON_AFTER = 10.0
+_MAX_CAUGHT = 100  # catches waiting for the end of one batch (bounded even if the hook stopped)
 
 
 class _Catch:
@@ -73,6 +74,8 @@ class SlowStepInstrument(trio.abc.Instrument):
 
     Install with ``trio.lowlevel.add_instrument(instrument)`` or ``trio.run(..., instruments=[...])``;
     the sampler thread starts with the first batch and ends with ``trio.run`` (or :meth:`close`).
+    A batch that follows a real wait for I/O is timed from the sampler's first sight of a running
+    step (a lower bound, within one sampling interval); one that follows a poll is timed exactly.
     """
 
     def __init__(self, threshold: float, log: logging.Logger) -> None:
@@ -84,38 +87,41 @@ class SlowStepInstrument(trio.abc.Instrument):
         self.longest = 0.0
         self.longest_task: str | None = None
         self._interval = threshold / 4
-        # Written by the trio thread (the hooks), read by the sampler: plain attribute stores.
-        self._batch = 0
-        self._batch_started: float | None = None  # None while trio waits for I/O
+        # Written by the trio thread (the hook), read by the sampler: plain attribute stores.
+        self._batch = 0  # batches ended so far: the current one's number
+        self._batch_started: float | None = None  # None when it began after a real wait for I/O
         self._trio_thread: int | None = None
+        # Written by the sampler: (batch, when it first saw a step running in it).
+        self._running_since: tuple[int, float] | None = None
         # Appended by the sampler, drained by the trio thread at the end of the batch.
         self._caught: list[_Catch] = []
         self._sampler: threading.Thread | None = None
         self._closed = threading.Event()
 
-    # -- hooks (trio thread, once per batch) --------------------------------------------------
-
-    def after_io_wait(self, timeout: float) -> None:
-        """A batch of steps starts."""
-        self._batch += 1
-        self._batch_started = time.perf_counter()
-        if self._sampler is None or not self._sampler.is_alive():
-            self._start_sampler()
+    # -- the hook (trio thread, once per batch) -----------------------------------------------
 
     def before_io_wait(self, timeout: float) -> None:
-        """The batch is over: measure it and log what the sampler caught in it."""
+        """A batch of steps just ended: measure it, log what the sampler caught, open the next."""
+        # This runs once per batch, which under light load is once per step: keep it to a few
+        # attribute reads and writes (no locks, no allocation on the ordinary path).
+        now = time.perf_counter()
         started = self._batch_started
-        self._batch_started = None
         if started is None:
-            return
-        elapsed = time.perf_counter() - started
-        caught = self._caught
-        if caught:
-            self._caught = []
-            self._report(caught, elapsed)
-        elif elapsed > self.longest:
-            self.longest = elapsed
+            seen = self._running_since
+            if seen is not None and seen[0] == self._batch:
+                started = seen[1]  # a lower bound: when the sampler first saw a step running
+        if self._caught:
+            caught, self._caught = self._caught, []
+            self._report(caught, now - started if started is not None else 0.0)
+        elif started is not None and now - started > self.longest:
+            self.longest = now - started
             self.longest_task = None
+        self._batch += 1
+        # After a poll (timeout 0: tasks are waiting to run) the next batch starts right away; after
+        # a real wait its start is unknown, and the sampler's first sight of a running step stands in.
+        self._batch_started = now if timeout == 0 else None
+        if self._sampler is None:
+            self._start_sampler()
 
     def after_run(self) -> None:
         """``trio.run`` is ending: stop the sampler."""
@@ -159,26 +165,29 @@ class SlowStepInstrument(trio.abc.Instrument):
         seen: tuple[int, FrameType] | None = None  # (batch, frame) running at the last look
         since = 0.0  # when that frame was first seen running in that batch
         catch: _Catch | None = None  # the catch for that step, once it ran past the threshold
+        batch_seen, batch_seen_at = -1, time.perf_counter()
         while not self._closed.wait(self._interval):
-            started, batch = self._batch_started, self._batch
-            now = time.perf_counter()
-            if started is None:
-                seen = None
-                continue
-            if now - started > _ABANDON_AFTER:
+            batch, now = self._batch, time.perf_counter()
+            if batch != batch_seen:
+                batch_seen, batch_seen_at = batch, now
+            elif now - batch_seen_at > _ABANDON_AFTER:
+                # Idle for long, or the instrument was removed: leave; the hook starts a new one.
+                self._sampler = None
                 return
             thread = self._trio_thread
             frame = _stepped_frame(sys._current_frames().get(thread)) if thread is not None else None
             if frame is None:
-                seen = None
+                seen = None  # waiting for I/O, or between two steps
                 continue
+            if self._running_since is None or self._running_since[0] != batch:
+                self._running_since = (batch, now)
             if seen != (batch, frame):
                 seen, since, catch = (batch, frame), now, None
                 continue
             ran = now - since
             if catch is not None:
                 catch.ran = ran  # still running: the time grows until the batch ends
-            elif ran >= self.threshold:
+            elif ran >= self.threshold and len(self._caught) < _MAX_CAUGHT:
                 catch = _Catch(frame, ran)
                 self._caught.append(catch)
 
