@@ -481,3 +481,44 @@ async def test_run_root_exit_codes(autojump_clock: trio.testing.MockClock) -> No
         stop.set()
     assert codes == [EXIT_OK]
     assert _tail(rec.events, len(rec.events) - 2) == [("stop", "b"), ("stop", "a")]
+
+
+async def test_run_root_bounds_a_stop_held_by_a_child_that_ignores_cancellation_while_starting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec = Recorder()
+    release = trio.Event()
+
+    async def slow_start(ctx: ChildContext, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope(shield=True):
+            await release.wait()  # ignores the stop while it starts
+        task_status.started()
+
+    root = rec.supervisor(
+        "root", Strategy.ONE_FOR_ONE, [rec.spec("a"), ChildSpec("slow", slow_start, shutdown_timeout=2.0)]
+    )
+    stop = trio.Event()
+    exits: list[tuple[int, float]] = []
+    codes: list[int] = []
+
+    def hard_exit(code: int) -> None:
+        exits.append((code, trio.current_time()))
+
+    async def main() -> None:
+        codes.append(await run_root(root, stop=stop, hard_exit=hard_exit))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(main)
+        await trio.sleep(1)
+        t0 = trio.current_time()
+        stop.set()
+        try:
+            with trio.fail_after(100):
+                while not exits:  # noqa: ASYNC110 - the hard exit is a plain call, no event to wait on
+                    await trio.sleep(1)
+        finally:
+            release.set()
+    # The bound is every root child's shutdown timeout (5 + 2) plus 5 s.
+    assert exits == [(EXIT_GAVE_UP, pytest.approx(t0 + 12))]
+    assert codes == [EXIT_GAVE_UP]
+    assert rec.count("stop", "a") == 1

@@ -14,6 +14,7 @@ the scheduler itself is stuck (a step that never yields), which no trio code can
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ import trio
 
 from atlas.supervision._errors import ChildStartFailed, SupervisorGaveUp, SupervisorStuck
 from atlas.supervision._supervisor import Supervisor
+from atlas.supervision._watchdog import format_task_tree
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ async def run_root(
       ``start_error`` report is out).
     - ``EXIT_OK`` (0) when ``stop`` is set (the CLI's signal handler sets it): the tree is stopped
       in reverse order first.
+    - When the tree has not stopped within the sum of the root children's shutdown timeouts plus
+      5 s after ``stop`` (only a child ignoring cancellation while starting can cause that), the
+      task tree is logged and ``hard_exit(EXIT_GAVE_UP)`` is called.
     - When a task would not stop, the root escalates (:class:`SupervisorStuck`, final report out)
       and ``hard_exit(EXIT_GAVE_UP)`` is called at once, since this function could return only
       after that task ends. Tests pass a ``hard_exit`` that records the call; then this returns 1
@@ -69,6 +74,10 @@ async def run_root(
     code = EXIT_OK
     decision = f"exit with code {EXIT_GAVE_UP}"
     relay = _Relay(task_status)
+    ended = trio.Event()
+    # How long a requested stop may take: every child's shutdown timeout in turn, plus slack
+    # (as Supervisor.as_child gives a nested supervisor).
+    stop_bound = math.fsum(c.shutdown_timeout for c in supervisor.children) + 5.0
 
     def _stuck(error: SupervisorStuck) -> None:
         nonlocal code
@@ -89,12 +98,27 @@ async def run_root(
             logger.critical("root supervisor could not start: %s; exiting with code %d", exc, EXIT_GAVE_UP)
             code = EXIT_GAVE_UP
         finally:
+            ended.set()
             nursery.cancel_scope.cancel(reason="root supervisor ended")
 
     async def _wait_for_stop(event: trio.Event, nursery: trio.Nursery) -> None:
+        nonlocal code
         await event.wait()
         logger.info("stop requested; stopping the tree")
         nursery.cancel_scope.cancel(reason="stop requested")
+        # The supervisors bound every stop they make; this bounds the one case they cannot: a
+        # child that ignores cancellation while it is starting holds the root in nursery.start().
+        with trio.CancelScope(shield=True), trio.move_on_after(stop_bound):
+            await ended.wait()
+        if not ended.is_set():
+            code = EXIT_GAVE_UP
+            logger.critical(
+                "the tree did not stop within %gs of the stop request; exiting now with code %d\n%s",
+                stop_bound,
+                EXIT_GAVE_UP,
+                format_task_tree(),
+            )
+            hard_exit(EXIT_GAVE_UP)
 
     async with trio.open_nursery() as nursery:
         if stop is not None:
