@@ -48,10 +48,10 @@ from atlas.supervision._spec import ChildSpec as ChildSpec
 from atlas.supervision._spec import RestartType as RestartType
 from atlas.supervision._spec import Strategy as Strategy
 from atlas.supervision._spec import check_child_specs as check_child_specs
-from atlas.supervision._supervisor import ChildState as ChildState
-from atlas.supervision._supervisor import ChildStatistics as ChildStatistics
+from atlas.supervision._state import ChildState as ChildState
+from atlas.supervision._state import ChildStatistics as ChildStatistics
+from atlas.supervision._state import SupervisorStatistics as SupervisorStatistics
 from atlas.supervision._supervisor import Supervisor as Supervisor
-from atlas.supervision._supervisor import SupervisorStatistics as SupervisorStatistics
 from atlas.supervision._watchdog import SchedulerWatchdog as SchedulerWatchdog
 from atlas.supervision._watchdog import format_task_tree as format_task_tree
 
