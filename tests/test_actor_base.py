@@ -333,13 +333,21 @@ def test_actor_arguments_are_checked(kwargs: dict[str, object], field: str) -> N
 class Outage(Actor):
     """Its ticks and messages meet a database that is down for the first ``down_for`` attempts."""
 
-    def __init__(self, down_for: int) -> None:
+    def __init__(self, down_for: int, in_a_nursery: bool) -> None:
         super().__init__("renewal", period=60.0, first_tick=(1.0, 1.0), rng=random.Random(4))
         self.down_for = down_for
+        self.in_a_nursery = in_a_nursery
         self.attempts: list[float] = []
 
     async def tick(self) -> None:
         self.attempts.append(trio.current_time())
+        if self.in_a_nursery:  # the error arrives in an exception group, as from a batch of tasks
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._query)
+        else:
+            await self._query()
+
+    async def _query(self) -> None:
         if len(self.attempts) <= self.down_for:
             raise DatabaseUnavailable("cannot connect to PostgreSQL: connection refused")
 
@@ -349,11 +357,12 @@ class Outage(Actor):
         return "done"
 
 
+@pytest.mark.parametrize("in_a_nursery", [False, True])
 async def test_an_actor_waits_for_the_database_instead_of_crashing(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, in_a_nursery: bool
 ) -> None:
     ring = RingSink()
-    actor = Outage(down_for=4)
+    actor = Outage(down_for=4, in_a_nursery=in_a_nursery)
     sup = Supervisor(
         "workers",
         Strategy.ONE_FOR_ONE,

@@ -350,13 +350,14 @@ class Actor:
         try:
             with self._busy(ctx, "tick"):
                 await self.tick()
-        except self.waits_out as exc:
+        except BaseException as exc:
+            outage = self._outage(exc)
+            if outage is None:
+                self._schedule_after(due)  # a crashing tick is not retried at once by the next one
+                raise
             # Retried after a backoff instead of at the next period: the tick's work is still due.
-            self._next_tick = trio.current_time() + self._start_waiting(ctx, exc)
+            self._next_tick = trio.current_time() + self._start_waiting(ctx, outage)
             return
-        except BaseException:
-            self._schedule_after(due)  # a crashing tick is not retried at once by the next incarnation
-            raise
         self._ticks += 1
         self._schedule_after(due)
         self._stop_waiting(ctx)
@@ -366,6 +367,19 @@ class Actor:
         assert self.period is not None
         missed = math.floor((trio.current_time() - due) / self.period)
         self._next_tick = due + self.period * (max(0, missed) + 1)
+
+    def _outage(self, error: BaseException) -> Exception | None:
+        """The :attr:`waits_out` error behind ``error`` (alone, or every leaf of a group), or None."""
+        if isinstance(error, self.waits_out):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            matched, rest = error.split(self.waits_out)
+            if matched is not None and rest is None:
+                leaf: BaseException = matched
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                return leaf if isinstance(leaf, Exception) else None
+        return None
 
     def _start_waiting(self, ctx: ChildContext, error: Exception) -> float:
         """Mark the actor waiting for the dependency behind ``error``; return the delay to wait."""
@@ -388,15 +402,16 @@ class Actor:
         try:
             with self._busy(ctx, what):
                 result = await self.handle(envelope.message)
-        except self.waits_out as exc:
-            if envelope.reply is not None:
-                envelope.reply.fail(exc)
-            else:
-                logger.warning("%s dropped %s: %s", ctx.path, what, exc)
-            # The next message would meet the same outage: the mailbox waits too.
-            await trio.sleep(self._start_waiting(ctx, exc))
-            return
         except BaseException as exc:
+            outage = self._outage(exc)
+            if outage is not None:
+                if envelope.reply is not None:
+                    envelope.reply.fail(outage)
+                else:
+                    logger.warning("%s dropped %s: %s", ctx.path, what, outage)
+                # The next message would meet the same outage: the mailbox waits too.
+                await trio.sleep(self._start_waiting(ctx, outage))
+                return
             if envelope.reply is not None:
                 cause = None if isinstance(exc, trio.Cancelled) else exc
                 crashed = ActorCrashed(self.name, what, cause)
