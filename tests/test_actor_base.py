@@ -12,6 +12,7 @@ import trio.testing
 
 from atlas.actors import Actor, ActorCrashed, CallTimeout, MailboxFull
 from atlas.actors.base import InvalidActorSpec
+from atlas.storage import DatabaseUnavailable
 from atlas.supervision import (
     Backoff,
     ChildSpec,
@@ -327,3 +328,66 @@ def test_actor_arguments_are_checked(kwargs: dict[str, object], field: str) -> N
     with pytest.raises(InvalidActorSpec) as info:
         Actor(name, **args)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+class Outage(Actor):
+    """Its ticks and messages meet a database that is down for the first ``down_for`` attempts."""
+
+    def __init__(self, down_for: int, in_a_nursery: bool) -> None:
+        super().__init__("renewal", period=60.0, first_tick=(1.0, 1.0), rng=random.Random(4))
+        self.down_for = down_for
+        self.in_a_nursery = in_a_nursery
+        self.attempts: list[float] = []
+
+    async def tick(self) -> None:
+        self.attempts.append(trio.current_time())
+        if self.in_a_nursery:  # the error arrives in an exception group, as from a batch of tasks
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._query)
+        else:
+            await self._query()
+
+    async def _query(self) -> None:
+        if len(self.attempts) <= self.down_for:
+            raise DatabaseUnavailable("cannot connect to PostgreSQL: connection refused")
+
+    async def handle(self, message: object) -> object:
+        if len(self.attempts) <= self.down_for:
+            raise DatabaseUnavailable("the connection pool is closed")
+        return "done"
+
+
+@pytest.mark.parametrize("in_a_nursery", [False, True])
+async def test_an_actor_waits_for_the_database_instead_of_crashing(
+    autojump_clock: trio.testing.MockClock, in_a_nursery: bool
+) -> None:
+    ring = RingSink()
+    actor = Outage(down_for=4, in_a_nursery=in_a_nursery)
+    sup = Supervisor(
+        "workers",
+        Strategy.ONE_FOR_ONE,
+        [actor.child_spec(stall_after=2.0)],
+        max_restarts=1,  # a crash per attempt would make it give up at the second
+        period=60,
+        reporter=CrashReporter([ring], now=lambda: NOW),
+        rng=random.Random(1),
+    )
+    async with trio.open_nursery() as nursery:
+        t0 = trio.current_time()
+        await nursery.start(sup.run)
+        await trio.sleep(1.5)  # the first tick (t0 + 1) met the outage
+        [child] = sup.statistics().children
+        assert (child.state.value, child.waiting_for) == ("running", "database")
+        with pytest.raises(DatabaseUnavailable):
+            await actor.call("renew 7", timeout=5)  # a caller is told, the actor lives on
+        await trio.sleep(60)
+        [child] = sup.statistics().children
+        assert child.waiting_for is None
+        assert child.restarts == 0
+        nursery.cancel_scope.cancel()
+    assert ring.latest() == []  # no crash, no stall, no give-up
+    gaps = [b - a for a, b in zip(actor.attempts, actor.attempts[1:], strict=False)]
+    # Backed off (0.5 s doubling, jittered ±10%), not at the 60 s period: then the fifth try worked.
+    assert len(actor.attempts) >= 5 and actor.attempts[0] == pytest.approx(t0 + 1)
+    assert all(gap < 20 for gap in gaps[:3]) and gaps[1] > gaps[0]
+    assert actor.statistics().ticks >= 1

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import signal
 import subprocess
 import sys
 
 import asyncpg
 import httpx
 import trio
+import trio.lowlevel
+import trio.testing
 import trio_asyncio
 
 from atlas.actors import Actor
 from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.settings import load_settings
 from atlas.supervision import RestartType
+from tests._tree_support import atlas_tasks_outside, parent_task, supervision_tasks, walk
 
 PYTHON = sys.executable
 
@@ -329,3 +335,147 @@ def test_a_url_setting_that_is_not_a_url_is_refused_by_name() -> None:
     with pytest.raises(SettingsError, match=r"ATLAS_PUBLIC_BASE_URL"):
         load_settings(public_base_url="vpn.example.com")
     assert load_settings(support_url="https://t.me/atlas_support").support_url == "https://t.me/atlas_support"
+
+
+async def test_the_real_tree_is_trios_task_tree(
+    mock_clock: trio.testing.MockClock, bridge: None, fresh_database: str
+) -> None:
+    """Every actor of ``atlas run``'s tree is a task under the root supervisor, at its path."""
+    mock_clock.autojump_threshold = 1.0  # real sockets in flight: jump only when truly idle
+    settings = load_settings(database_url=fresh_database, http_port=0, seed=7)
+    services = make_services(settings)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            functools.partial(
+                serve_tree, services, fresh_database, stop=stop, extra_workers=[Actor("idle").child_spec()]
+            )
+        )
+        root_task, tree = supervision_tasks("root")
+        children = [c for sup in services.supervisors for c in sup.statistics().children]
+        paths = [c.path for c in children]
+        assert {"root/storage", "root/web", "root/workers", "root/workers/renewal"} <= set(paths)
+        assert "root/workers/idle" in paths and all(c.state.value == "running" for c in children)
+        for path in paths:
+            parent = parent_task(tree[path])
+            assert parent is not None and parent.name == path.rsplit("/", 1)[0], path
+        # The web server's own tasks live under the web child, not beside the tree.
+        assert any(parent_task(t) is not None for t in walk(tree["root/web"]) if t is not tree["root/web"])
+        # Outside the tree: only the plumbing that holds the root (serve_tree, run_root's waiter).
+        assert atlas_tasks_outside(root_task) == [
+            "atlas.runtime.app.serve_tree",
+            "atlas.runtime.app.serve_tree.<locals>._root",
+            "root: stop request",
+        ]
+        stop.set()
+
+
+# Runs `atlas run` as the console script does, and says whether the interpreter ended normally:
+# atexit handlers run when main() returns through trio.run, never after os._exit.
+_RUN_AND_MARK_EXIT = """
+import atexit, sys
+atexit.register(lambda: print("interpreter exited normally", flush=True))
+from atlas.runtime.cli import main
+sys.exit(main(["run"]))
+"""
+
+
+async def test_atlas_run_stops_in_reverse_order_on_sigterm_and_exits_0(fresh_database: str) -> None:
+    env = {
+        **os.environ,
+        "ATLAS_DATABASE_URL": fresh_database,
+        "ATLAS_HTTP_PORT": "0",
+        "ATLAS_LOG_LEVEL": "DEBUG",
+        "ATLAS_LOG_FORMAT": "json",
+    }
+    process = await trio.lowlevel.open_process(
+        [PYTHON, "-c", _RUN_AND_MARK_EXIT], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    events: list[str] = []
+    stderr = b""
+    try:
+        with trio.fail_after(60):
+            buffered = b""
+            while "→ started root/workers" not in events:
+                chunk = await process.stderr.receive_some()
+                assert chunk, f"atlas run ended before the tree was up: {stderr.decode()[-2000:]}"
+                stderr += chunk
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                events += [_event(line) for line in lines]
+            process.send_signal(signal.SIGTERM)
+            rest = b""
+            while chunk := await process.stderr.receive_some():
+                rest += chunk
+            stdout = b""
+            while chunk := await process.stdout.receive_some():
+                stdout += chunk
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+    events += [_event(line) for line in (buffered + rest).split(b"\n")]
+    log = (stderr + rest).decode()
+    assert code == 0, log[-3000:]
+    assert stdout.decode().strip() == "interpreter exited normally"  # not os._exit
+    started = [e.split(" ", 2)[2] for e in events if e.startswith("→ started ")]
+    stopped = [e.split(" ", 2)[2].split(" (", 1)[0] for e in events if e.startswith("← stopped ")]
+    workers = [p for p in started if p.startswith("root/workers/")]
+    assert started == ["root/storage", "root/web", *workers, "root/workers"]
+    assert stopped == [*reversed(workers), "root/workers", "root/web", "root/storage"]
+    assert "exiting now" not in log
+    assert "atlas stopped with exit code 0" in log
+
+
+def _event(line: bytes) -> str:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return ""
+    return str(record.get("event", "")) if isinstance(record, dict) else ""
+
+
+async def test_crash_reports_wait_for_the_database_and_go_in_when_it_returns(
+    bridge: None, fresh_database: str
+) -> None:
+    from atlas.storage import Database, DatabaseSettings
+    from atlas.storage.crash_reports import latest_crash_reports
+    from atlas.supervision import ReportKind
+
+    services = make_services(load_settings(database_url=fresh_database, http_port=0))
+    store = services.crash_store
+    assert store is not None
+
+    async def report(path: str) -> None:
+        composed = services.reporter.compose(
+            kind=ReportKind.GAVE_UP,
+            path=path,
+            error=RuntimeError("database went away"),
+            decision="escalate to parent",
+            restarts_in_window=6,
+            max_restarts=5,
+            period=30.0,
+            uptime=1.0,
+        )
+        await services.reporter.report(composed)
+
+    await report("root/workers")  # storage is not up at all
+    closed = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1))
+    await closed.close()
+    services.db = closed  # up, but its database cannot be reached: DatabaseUnavailable
+    await report("root/storage")
+    assert [r["path"] for r in store.pending] == ["root/workers", "root/storage"]
+
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=2))
+    try:
+        services.db = db
+        assert await store.flush() == 2  # what the storage child does once it is up again
+        await report("root")
+        stored = await db.run(latest_crash_reports, limit=10)
+    finally:
+        await db.close()
+    assert list(store.pending) == [] and store.dropped == 0
+    assert [r.path for r in reversed(stored)] == ["root/workers", "root/storage", "root"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import datetime as dt
+import functools
 import itertools
 import random
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from atlas.supervision import (
     SupervisorGaveUp,
     run_root,
 )
+from tests._tree_support import atlas_tasks_outside, parent_task, supervision_tasks
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -380,28 +382,65 @@ async def test_nested_paths_and_statistics(autojump_clock: trio.testing.MockCloc
 _marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
 
 
-async def test_children_run_in_a_copy_of_the_supervisors_context(
+async def test_context_variables_set_above_the_tree_reach_every_child(
     autojump_clock: trio.testing.MockClock, bridge: None
 ) -> None:
-    """Children are system tasks, which start from trio's root context unless given a copy."""
+    """Children are tasks of their supervisor's nursery: they inherit its context like any task."""
     rec = Recorder()
-    seen: list[object] = []
+    seen: dict[str, list[object]] = {}
 
-    async def child(ctx: ChildContext, *, task_status: trio.TaskStatus[None]) -> None:
-        seen.append(_marker.get())
-        _marker.set("changed by child")
-        # The trio-asyncio loop (asyncpg's host) is found through a context variable too.
-        seen.append(await trio_asyncio.aio_as_trio(asyncio.sleep)(0, "asyncio reached"))
-        task_status.started()
-        await trio.sleep_forever()
+    def spec(name: str) -> ChildSpec:
+        async def child(ctx: ChildContext, *, task_status: trio.TaskStatus[None]) -> None:
+            seen[ctx.path] = [_marker.get()]
+            _marker.set(f"changed by {ctx.path}")  # a copy: siblings and parents never see it
+            # The trio-asyncio loop (asyncpg's host) is found through a context variable too.
+            seen[ctx.path].append(await trio_asyncio.aio_as_trio(asyncio.sleep)(0, "asyncio reached"))
+            task_status.started()
+            await trio.sleep_forever()
 
-    _marker.set("set by the parent")
-    sup = rec.supervisor("root", Strategy.ONE_FOR_ONE, [ChildSpec("c", child)])
+        return ChildSpec(name, child)
+
+    workers = rec.supervisor("workers", Strategy.ONE_FOR_ONE, [spec("a"), spec("b")])
+    root = rec.supervisor("root", Strategy.REST_FOR_ONE, [spec("storage"), workers.as_child(), spec("last")])
+    _marker.set("set above the tree")
     async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run)
-        assert seen == ["set by the parent", "asyncio reached"]
-        assert _marker.get() == "set by the parent"
+        await nursery.start(root.run)
+        assert seen == {
+            path: ["set above the tree", "asyncio reached"]
+            for path in ["root/storage", "root/workers/a", "root/workers/b", "root/last"]
+        }
+        assert _marker.get() == "set above the tree"
         nursery.cancel_scope.cancel()
+
+
+async def test_the_supervision_tree_is_trios_task_tree(autojump_clock: trio.testing.MockClock) -> None:
+    rec = Recorder()
+    renewal = rec.spec("renewal")
+    workers = rec.supervisor("workers", Strategy.ONE_FOR_ONE, [renewal, rec.spec("expiry")])
+    root = rec.supervisor("root", Strategy.REST_FOR_ONE, [rec.spec("storage"), workers.as_child()])
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(run_root, root, stop=stop))
+        root_task, tree = supervision_tasks("root")
+        paths = [c.path for sup in (root, workers) for c in sup.statistics().children]
+        assert paths == ["root/storage", "root/workers", "root/workers/renewal", "root/workers/expiry"]
+        for path in paths:
+            # Each child is a task named by its path, in the nursery of its supervisor's task.
+            parent = parent_task(tree[path])
+            assert parent is not None and parent.name == path.rsplit("/", 1)[0]
+        # Outside the tree: only run_root itself and its stop waiter, which hold the root.
+        assert atlas_tasks_outside(root_task) == ["atlas.supervision._root.run_root", "root: stop request"]
+
+        # A restart puts the new incarnation at the same place, and the old task is gone.
+        old = tree["root/workers/renewal"]
+        rec.command("renewal", "crash")
+        await rec.wait_until(lambda: rec.count("start", "renewal") == 2)
+        await trio.testing.wait_all_tasks_blocked()
+        _, tree = supervision_tasks("root")
+        assert tree["root/workers/renewal"] is not old
+        assert [t.name for t in tree.values()].count("root/workers/renewal") == 1
+        assert parent_task(tree["root/workers/renewal"]) is tree["root/workers"]
+        stop.set()
 
 
 async def test_run_root_exit_codes(autojump_clock: trio.testing.MockClock) -> None:
@@ -442,3 +481,44 @@ async def test_run_root_exit_codes(autojump_clock: trio.testing.MockClock) -> No
         stop.set()
     assert codes == [EXIT_OK]
     assert _tail(rec.events, len(rec.events) - 2) == [("stop", "b"), ("stop", "a")]
+
+
+async def test_run_root_bounds_a_stop_held_by_a_child_that_ignores_cancellation_while_starting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rec = Recorder()
+    release = trio.Event()
+
+    async def slow_start(ctx: ChildContext, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope(shield=True):
+            await release.wait()  # ignores the stop while it starts
+        task_status.started()
+
+    root = rec.supervisor(
+        "root", Strategy.ONE_FOR_ONE, [rec.spec("a"), ChildSpec("slow", slow_start, shutdown_timeout=2.0)]
+    )
+    stop = trio.Event()
+    exits: list[tuple[int, float]] = []
+    codes: list[int] = []
+
+    def hard_exit(code: int) -> None:
+        exits.append((code, trio.current_time()))
+
+    async def main() -> None:
+        codes.append(await run_root(root, stop=stop, hard_exit=hard_exit))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(main)
+        await trio.sleep(1)
+        t0 = trio.current_time()
+        stop.set()
+        try:
+            with trio.fail_after(100):
+                while not exits:  # noqa: ASYNC110 - the hard exit is a plain call, no event to wait on
+                    await trio.sleep(1)
+        finally:
+            release.set()
+    # The bound is every root child's shutdown timeout (5 + 2) plus 5 s.
+    assert exits == [(EXIT_GAVE_UP, pytest.approx(t0 + 12))]
+    assert codes == [EXIT_GAVE_UP]
+    assert rec.count("stop", "a") == 1

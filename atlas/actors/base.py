@@ -6,6 +6,12 @@ message (or tick) being handled is dropped — it was already taken out of the m
 message cannot crash the actor over and over — and the supervisor restarts the loop under its
 policy. The crash report's ``handling`` names that message.
 
+A dependency that is down is not a crash: when ``tick`` or ``handle`` raises one of
+:attr:`Actor.waits_out` (``DatabaseUnavailable``), the actor marks itself as waiting
+(``ChildContext.mark_waiting``, shown in ``/status`` and failing ``/readyz``), backs off (jittered,
+exponential) and tries again, on the same incarnation: a ten-second PostgreSQL restart costs no
+restart intensity. The message being handled is dropped (a call gets the error); a tick is retried.
+
 The mailbox belongs to the Actor *object*, not to the running loop: messages cast while the actor
 is restarting wait in the mailbox for the next incarnation. So does the tick schedule.
 
@@ -20,15 +26,20 @@ Errors::
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import trio
 
-from atlas.supervision import ChildContext, ChildSpec, RestartType
+from atlas.storage.errors import DatabaseUnavailable
+from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
+
+logger = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 200
 
@@ -152,6 +163,11 @@ class Actor:
     messages unless a tick takes longer than ``period``.
     """
 
+    #: Errors that mean "a dependency is down, wait for it" rather than "crash" (see the module).
+    waits_out: ClassVar[tuple[type[Exception], ...]] = (DatabaseUnavailable,)
+    #: The delays between attempts while waiting (jittered from the actor's ``rng``).
+    wait_backoff: ClassVar[Backoff] = Backoff(initial=0.5, maximum=30.0)
+
     def __init__(
         self,
         name: str,
@@ -175,6 +191,7 @@ class Actor:
         self._ticks = 0
         self._crashes = 0
         self._last_heartbeat: float | None = None
+        self._failed_attempts = 0  # consecutive steps that met a dependency that was down
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -333,13 +350,52 @@ class Actor:
         try:
             with self._busy(ctx, "tick"):
                 await self.tick()
-            self._ticks += 1
-        finally:
-            # Keep the phase; skip (do not queue) ticks missed while this one ran. Done in a
-            # finally so that a crashing tick is not retried at once by the next incarnation.
-            now = trio.current_time()
-            missed = math.floor((now - due) / self.period)
-            self._next_tick = due + self.period * (max(0, missed) + 1)
+        except BaseException as exc:
+            outage = self._outage(exc)
+            if outage is None:
+                self._schedule_after(due)  # a crashing tick is not retried at once by the next one
+                raise
+            # Retried after a backoff instead of at the next period: the tick's work is still due.
+            self._next_tick = trio.current_time() + self._start_waiting(ctx, outage)
+            return
+        self._ticks += 1
+        self._schedule_after(due)
+        self._stop_waiting(ctx)
+
+    def _schedule_after(self, due: float) -> None:
+        # Keep the phase; skip (do not queue) ticks missed while this one ran.
+        assert self.period is not None
+        missed = math.floor((trio.current_time() - due) / self.period)
+        self._next_tick = due + self.period * (max(0, missed) + 1)
+
+    def _outage(self, error: BaseException) -> Exception | None:
+        """The :attr:`waits_out` error behind ``error`` (alone, or every leaf of a group), or None."""
+        if isinstance(error, self.waits_out):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            matched, rest = error.split(self.waits_out)
+            if matched is not None and rest is None:
+                leaf: BaseException = matched
+                while isinstance(leaf, BaseExceptionGroup):
+                    leaf = leaf.exceptions[0]
+                return leaf if isinstance(leaf, Exception) else None
+        return None
+
+    def _start_waiting(self, ctx: ChildContext, error: Exception) -> float:
+        """Mark the actor waiting for the dependency behind ``error``; return the delay to wait."""
+        self._failed_attempts += 1
+        delay = self.wait_backoff.delay(self._failed_attempts, self._rng)
+        what = "database" if isinstance(error, DatabaseUnavailable) else type(error).__name__
+        log = logger.warning if ctx.waiting_for is None else logger.info
+        log("%s waits for the %s (%s); next attempt in %.2fs", ctx.path, what, error, delay)
+        ctx.mark_waiting(what)
+        return delay
+
+    def _stop_waiting(self, ctx: ChildContext) -> None:
+        if ctx.waiting_for is not None:
+            logger.warning("%s: the %s is back", ctx.path, ctx.waiting_for)
+            ctx.mark_waiting(None)
+        self._failed_attempts = 0
 
     async def _handle(self, ctx: ChildContext, envelope: _Envelope) -> None:
         what = describe(envelope.message)
@@ -347,6 +403,15 @@ class Actor:
             with self._busy(ctx, what):
                 result = await self.handle(envelope.message)
         except BaseException as exc:
+            outage = self._outage(exc)
+            if outage is not None:
+                if envelope.reply is not None:
+                    envelope.reply.fail(outage)
+                else:
+                    logger.warning("%s dropped %s: %s", ctx.path, what, outage)
+                # The next message would meet the same outage: the mailbox waits too.
+                await trio.sleep(self._start_waiting(ctx, outage))
+                return
             if envelope.reply is not None:
                 cause = None if isinstance(exc, trio.Cancelled) else exc
                 crashed = ActorCrashed(self.name, what, cause)
@@ -354,6 +419,7 @@ class Actor:
                 envelope.reply.fail(crashed)
             raise
         self._handled += 1
+        self._stop_waiting(ctx)
         if envelope.reply is not None:
             envelope.reply.succeed(result)
 

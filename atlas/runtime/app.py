@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
+import os
 import random
 import signal
 from collections.abc import Callable, Sequence
@@ -103,7 +104,13 @@ def storage_child(services: Services, dsn: str) -> ChildSpec:
             _log.info("plans synced: %s", synced)
             services.db = db
             task_status.started()
-            await trio.sleep_forever()
+            store = services.crash_store
+            while True:
+                # Crash reports held while the database was away go in as soon as it answers.
+                if store is not None and store.pending:
+                    with trio.move_on_after(10):
+                        await store.flush()
+                await trio.sleep(5)
         finally:
             services.db = None
             with trio.CancelScope(shield=True):
@@ -323,19 +330,21 @@ async def serve_tree(
     *,
     stop: trio.Event,
     extra_workers: Sequence[ChildSpec] = (),
+    hard_exit: Callable[[int], object] = os._exit,
     task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED,
 ) -> int:
     """Run the tree until ``stop`` is set or the root gives up; return the exit code.
 
     Must run inside the asyncio bridge. ``task_status.started`` gets the root once every child is
-    up (tests and the demo wait for that).
+    up (tests and the demo wait for that). ``hard_exit`` is called only when a task of the tree
+    would not stop when cancelled (see ``run_root``): nothing else can end the process then.
     """
     root, _ = build_tree(services, dsn, extra_workers)
     async with trio.open_nursery() as nursery:
         code_box: list[int] = []
 
         async def _root(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            code_box.append(await run_root(root, stop=stop, task_status=task_status))
+            code_box.append(await run_root(root, stop=stop, hard_exit=hard_exit, task_status=task_status))
 
         await nursery.start(_root)
         # Everything built at start-up (modules, routers, pydantic models, the plan catalogue) is
@@ -364,12 +373,13 @@ async def _close_clients(services: Services) -> None:
             await trio_asyncio.aio_as_trio(services.bot.session.close)()
 
 
-async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None = None) -> int:
+async def run_app(settings: Settings, *, hard_exit: Callable[[int], object] = os._exit) -> int:
     """``atlas run``: the whole process. Returns the exit code (1 when the root gave up).
 
-    A child that ignored cancellation was abandoned by its supervisor but still runs, and trio
-    would wait for it forever on the way out. When that happened, ``hard_exit(code)`` (the CLI
-    flushes the logs and calls ``os._exit``) ends the process instead of hanging it.
+    It returns (and ``trio.run`` with it) once every task has ended: on SIGINT/SIGTERM the tree
+    stops in reverse start order first. Only a task that would not stop when cancelled keeps
+    ``trio.run`` from returning; then the root's final report goes out and ``hard_exit(1)`` (the
+    CLI flushes the logs and calls ``os._exit``) ends the process.
     """
     services = make_services(settings)
     trio.lowlevel.add_instrument(services.instrument)
@@ -393,14 +403,10 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], None] | None
                 _log.critical("%s", exc)
                 await _close_clients(services)
                 return 2
-        nursery.start_soon(watchdog.run)
-        nursery.start_soon(_stop_on_signals, stop)
-        code = await serve_tree(services, dsn, stop=stop)
+        nursery.start_soon(watchdog.run, name="atlas: scheduler watchdog")
+        nursery.start_soon(_stop_on_signals, stop, name="atlas: signals")
+        code = await serve_tree(services, dsn, stop=stop, hard_exit=hard_exit)
         nursery.cancel_scope.cancel()
         await _close_clients(services)
-        abandoned = services.crash_counts.get("shutdown_error", 0)
-        if abandoned and hard_exit is not None:
-            _log.critical("%d child(ren) ignored cancellation and were abandoned; exiting hard", abandoned)
-            hard_exit(code or 1)
     _log.info("atlas stopped with exit code %d", code)
     return code

@@ -99,6 +99,7 @@ async def _run(settings: Settings, pipeline: LogPipeline) -> int:
     from atlas.runtime.app import run_app
 
     def hard_exit(code: int) -> None:
+        # Only when a task would not stop (run_root): trio.run cannot return, so flush and go.
         pipeline.stop()
         os._exit(code)
 

@@ -81,7 +81,9 @@ class AtlasCollector(Collector):
             "atlas_scheduler_slow_steps", "Scheduler steps longer than the threshold", value=instrument.count
         )
         yield GaugeMetricFamily(
-            "atlas_scheduler_longest_step_seconds", "Longest scheduler step seen", value=instrument.longest
+            "atlas_scheduler_longest_step_seconds",
+            "Longest the scheduler ran without looking at I/O (one batch of steps)",
+            value=instrument.longest,
         )
         crashes = CounterMetricFamily("atlas_crash_reports", "Crash reports since start", labels=["kind"])
         for kind, count in sorted(self._sources.crash_counts().items()):

@@ -8,6 +8,8 @@ business state: actors share that only through the database and messages.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -23,7 +25,7 @@ from atlas.payments import CryptoPayClient
 from atlas.runtime.crash_alerts import AlertThrottle, admin_alert_sink
 from atlas.runtime.settings import Settings
 from atlas.runtime.telegram_tree import DispatcherSlot
-from atlas.storage import Database
+from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, TransactionConflict
 from atlas.storage.crash_reports import record_crash_report
 from atlas.supervision import CrashReport, CrashReporter, LogSink, RingSink, SlowStepInstrument, Supervisor
 from atlas.vpn import Fleet, NodeConfig, load_nodes_file
@@ -58,6 +60,7 @@ class Services:
     crash_counts: dict[str, int] = field(default_factory=dict)
     supervisors: list[Supervisor] = field(default_factory=list)
     actors: dict[str, Actor] = field(default_factory=dict)
+    crash_store: DurableCrashSink | None = None
 
     def require_db(self) -> Database:
         """The open database; raises if storage is not up (a bug in the tree's order)."""
@@ -69,15 +72,53 @@ class Services:
 # ----------------------------------------------------------------------------- crash report sinks
 
 
-def _db_sink(services: Services) -> Any:
-    async def sink(report: CrashReport) -> None:
-        db = services.db
-        if db is None:
-            _log.warning("crash report %s %s not stored: storage is down", report.kind, report.path)
-            return
-        await db.run(record_crash_report, report=report.to_json_dict())
+# Database errors that mean "not now": the report waits for the database instead of being lost.
+_NOT_NOW = (DatabaseUnavailable, BudgetExhausted, TransactionConflict)
 
-    return sink
+
+class DurableCrashSink:
+    """The ``crash_reports`` sink: what it cannot write yet it holds (bounded) and writes later.
+
+    During a database outage the reports that explain it are the ones most worth keeping, so a
+    report that meets storage down (no pool, or ``DatabaseUnavailable``) waits in memory, oldest
+    first, at most ``capacity`` of them (past that the oldest go, counted in ``dropped``; every
+    report is in the JSON log anyway). Each new report, and the storage child once it is up (and
+    every few seconds while reports wait), calls :meth:`flush`, which writes them in order.
+    """
+
+    def __init__(self, db: Callable[[], Database | None], capacity: int = 500) -> None:
+        self._db = db
+        self.pending: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.dropped = 0
+
+    async def __call__(self, report: CrashReport) -> None:
+        """Queue ``report`` behind any that wait, then write what can be written."""
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped += 1
+        self.pending.append(report.to_json_dict())
+        await self.flush()
+
+    async def flush(self) -> int:
+        """Write the waiting reports in order until done or the database says "not now"."""
+        written = 0
+        while self.pending:
+            db = self._db()
+            if db is None:
+                _log.warning("%d crash report(s) wait for storage to come up", len(self.pending))
+                return written
+            report = self.pending[0]
+            try:
+                await db.run(record_crash_report, report=report)
+            except _NOT_NOW as exc:
+                _log.warning("%d crash report(s) wait for the database: %s", len(self.pending), exc)
+                return written
+            except Exception:  # noqa: BLE001 - logged with its traceback, then skipped
+                # Not an outage: this one report cannot be stored. It is in the JSON log; do not
+                # let it hold back the others.
+                _log.exception("crash report %s %s cannot be stored", report.get("kind"), report.get("path"))
+            self.pending.popleft()
+            written += 1
+        return written
 
 
 def _counting_sink(services: Services) -> Any:
@@ -128,7 +169,8 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     )
     reporter.add_sink(ring)
     reporter.add_sink(_counting_sink(services))
-    reporter.add_sink(_db_sink(services))
+    services.crash_store = DurableCrashSink(lambda: services.db)
+    reporter.add_sink(services.crash_store)
     if settings.bot_token is not None and settings.admin_ids:
         throttle = AlertThrottle(settings.crash_alert_interval)
         reporter.add_sink(admin_alert_sink(settings.admin_ids, throttle, lambda: services.db))

@@ -44,6 +44,8 @@ async def readiness(services: Services) -> tuple[bool, list[str]]:
         for child in supervisor.statistics().children:
             if child.state.value != "running":
                 reasons.append(f"{child.path} is {child.state.value}")
+            elif child.waiting_for is not None:
+                reasons.append(f"{child.path} is waiting for {child.waiting_for}")
     return (not reasons, reasons)
 
 
@@ -124,6 +126,7 @@ async def status_snapshot(services: Services) -> dict[str, Any]:
                 "heartbeat_age": child.heartbeat_age,
                 "mailbox": _mailbox(services, child.name),
                 "last_crash": last_crash.get(child.path),
+                "waiting_for": child.waiting_for,
             }
             for stats in supervisors
             for child in stats.children

@@ -27,12 +27,14 @@ class ChildContext:
     be called from the trio thread (it reads ``trio.current_time()``).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_stuck: Callable[[BaseException], None] | None = None) -> None:
         self.path = path
+        self._on_stuck = on_stuck
         self.started_at = trio.current_time()
         self._last_heartbeat = self.started_at
         self._busy: list[str] = []
         self._failed_while: str | None = None
+        self._waiting_for: str | None = None
         self._mailbox_probe: Callable[[], int] | None = None
 
     @property
@@ -80,6 +82,34 @@ class ChildContext:
     def handling(self) -> str | None:
         """What a report should name as being handled: the current work or the one that failed."""
         return self.busy_with or self._failed_while
+
+    def mark_waiting(self, what: str | None) -> None:
+        """Say the child is waiting for a dependency (``"database"``), or no longer (None).
+
+        A waiting child is alive and backing off on its own, not crashing: it keeps its
+        incarnation (no restart, no intensity spent) and shows up as waiting in the supervisor's
+        statistics (``/status``, and ``/readyz`` is not ready meanwhile). Which errors mean
+        "wait" is the child's business; supervision knows only the marker. Counts as a heartbeat.
+        """
+        self._waiting_for = what
+        self.heartbeat()
+
+    @property
+    def waiting_for(self) -> str | None:
+        """What the child is waiting for (see :meth:`mark_waiting`), None when it is not."""
+        return self._waiting_for
+
+    def report_stuck(self, error: BaseException) -> None:
+        """For a nested supervisor: a task under this child would not stop, so never restart it.
+
+        The nested supervisor cannot end while that task runs (it waits in its nursery), so it says
+        so here, at once, and its parent escalates instead of waiting for an end that will not come.
+        Without a supervisor (a context built by hand), this only logs.
+        """
+        if self._on_stuck is None:
+            logger.error("%s: %s (no supervisor to tell)", self.path, error)
+            return
+        self._on_stuck(error)
 
     def set_mailbox_probe(self, probe: Callable[[], int]) -> None:
         """Tell the supervisor how to read this child's mailbox depth (shown in crash reports)."""

@@ -9,14 +9,15 @@ Hierarchy::
     │   └── DuplicateChildName        two children of one supervisor share .name
     ├── ChildStartFailed              a child raised (or returned) before saying it was up: .name, .cause
     ├── SupervisorGaveUp              restart intensity exceeded: .name, .restarts, .period
+    │   └── SupervisorStuck           a task under it would not stop: .stuck_path; never restarted
     ├── ChildReturned                 a permanent child returned (carried in ``crash`` reports)
     ├── ChildStalled                  a busy child stopped beating (carried in ``stall`` reports)
-    └── ChildAbandoned                a child ignored cancellation past its shutdown timeout
+    └── ChildWouldNotStop             a child ignored cancellation past its shutdown timeout
                                       (carried in ``shutdown_error`` reports)
 
-``ChildReturned``, ``ChildStalled`` and ``ChildAbandoned`` are never raised at callers: the supervisor
-creates them so that a crash report always names an exception type and a message, even when nothing
-was raised.
+``ChildReturned``, ``ChildStalled`` and ``ChildWouldNotStop`` are never raised at callers: the
+supervisor creates them so that a crash report always names an exception type and a message, even
+when nothing was raised.
 """
 
 from __future__ import annotations
@@ -81,6 +82,26 @@ class SupervisorGaveUp(SupervisionError):
         super().__init__(f"supervisor {name!r} gave up: {restarts} restarts within {period:g}s")
 
 
+class SupervisorStuck(SupervisorGaveUp):
+    """Supervisor ``name`` gave up because the task at ``stuck_path`` would not stop when cancelled.
+
+    That task still runs (cancelled, inside the supervisor's nursery), so the supervisor cannot end
+    and must not start it again: a child never runs twice. A parent that sees this error from a
+    child escalates in turn instead of restarting it; at the root the process ends (``run_root``).
+    """
+
+    def __init__(self, name: str, stuck_path: str, restarts: int, period: float) -> None:
+        SupervisionError.__init__(
+            self,
+            f"supervisor {name!r} gave up: {stuck_path} would not stop when cancelled "
+            "(it is never started twice)",
+        )
+        self.name = name
+        self.stuck_path = stuck_path
+        self.restarts = restarts
+        self.period = period
+
+
 class ChildReturned(SupervisionError):
     """The permanent child at ``path`` returned; it should run until cancelled, so it is restarted."""
 
@@ -103,12 +124,12 @@ class ChildStalled(SupervisionError):
         )
 
 
-class ChildAbandoned(SupervisionError):
-    """Child at ``path`` ignored cancellation for ``timeout`` s and was left running."""
+class ChildWouldNotStop(SupervisionError):
+    """Child at ``path`` ignored cancellation for ``timeout`` s; its supervisor escalates."""
 
     def __init__(self, path: str, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
         super().__init__(
-            f"{path} ignored cancellation for {timeout:g}s (shutdown_timeout); abandoned, still running"
+            f"{path} ignored cancellation for {timeout:g}s (shutdown_timeout); still running, cancelled"
         )

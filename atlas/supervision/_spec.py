@@ -68,7 +68,8 @@ class ChildSpec:
       supervisor stops it: the child should let ``trio.Cancelled`` propagate promptly.
     - ``restart`` (default ``PERMANENT``): see :class:`RestartType`.
     - ``shutdown_timeout`` (default 5.0 s, ``math.inf`` allowed for nested supervisors): how long
-      a stop waits after cancelling before the child is abandoned with a ``shutdown_error`` report.
+      a stop waits after cancelling. A child still running then is ``stuck``: a ``shutdown_error``
+      report, never started again, and its supervisor escalates (``SupervisorStuck``).
     - ``stall_after`` (default None = never judged): a child that is inside ``ctx.busy(...)`` and has
       not called ``ctx.heartbeat()`` for longer than this is cancelled and restarted (a ``stall``).
     """

@@ -2,6 +2,7 @@
 
 Shape of one run (:class:`_Supervision`, created afresh by every ``Supervisor.run``)::
 
+    open the nursery (every child incarnation is a task in it, in its own cancel scope)
     start children in order ──(one fails)──▶ stop the started ones (reverse), start_error, raise
           │ all up: task_status.started()
           ▼
@@ -10,24 +11,43 @@ Shape of one run (:class:`_Supervision`, created afresh by every ``Supervisor.ru
           │                         └▶ yes ─▶ intensity exceeded? ─▶ stop all, gave_up, raise
           │                                  └▶ report "restart in Ns"; stop the restart set
           │                                     (reverse order); due = now + backoff
-          └─ restarts due ─▶ start them in start order (a failure is retried with backoff)
+          ├─ restarts due ─▶ start them in start order (a failure is retried with backoff)
+          └─ a child would not stop (or a nested supervisor says one under it would not) ─▶ escalate
     cancelled ─▶ stop every child in reverse start order (shielded; each bounded by its timeout)
+    close the nursery; raise the verdict (gave up, start failed, stuck), if any
 
-The loop is the only task of the supervisor: children run in system tasks (see
-``_incarnation.py`` for why), so the loop never blocks on a child except during a stop, which is
-bounded by the child's ``shutdown_timeout``. Waiting for a restart's backoff is a deadline of the
-loop, not a sleep, so the supervisor keeps noticing other children while a restart is pending (OTP
-gets the same effect with its ``try_again_restart`` message to itself).
+Children are started with ``nursery.start`` (a child is up when it calls ``task_status.started()``)
+and stopped one at a time by cancelling the child's own scope and waiting at most its
+``shutdown_timeout`` (see ``_incarnation.py`` for why a running child is shielded from any other
+cancellation). Waiting for a restart's backoff is a deadline of the loop, not a sleep, so the
+supervisor keeps noticing other children while a restart is pending (OTP gets the same effect with
+its ``try_again_restart`` message to itself).
+
+What Atlas does instead of OTP's brutal kill. OTP ends a child that ignores its shutdown with
+``exit(Pid, kill)``; trio cannot kill a task, and leaving it running beside a fresh incarnation
+would run the same actor twice. So a child still running after its ``shutdown_timeout``:
+
+1. gets a ``shutdown_error`` report (:class:`ChildWouldNotStop`, with the frames where it waits) and
+   the state ``stuck``; it stays in the nursery, cancelled, and is never started again;
+2. makes its supervisor escalate: the supervisor stops its other children (reverse order), emits a
+   ``gave_up`` report and fails with :class:`SupervisorStuck`, whatever its restart intensity;
+3. because the nursery cannot close while that task runs, the failure would reach the parent only
+   when the task ends, so the supervisor also tells its parent at once (through the child context,
+   ``ChildContext.report_stuck``, or ``on_stuck`` at the root); the parent reports the child's
+   failure (``crash``, decision ``escalate``) and escalates the same way, never restarting it;
+4. at the root, ``run_root`` ends the process with exit code 1 after the final ``gave_up`` report
+   (its ``hard_exit``): trio.run cannot return while a task runs, and nothing else can end it.
+
+If the task does end later (it was only slow), every nursery on the way closes and the
+:class:`SupervisorStuck` errors propagate as ordinary exceptions.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import trio
@@ -36,58 +56,23 @@ from atlas.supervision._backoff import Backoff
 from atlas.supervision._checks import int_problem, name_problem, number_problem
 from atlas.supervision._context import ChildContext
 from atlas.supervision._errors import (
-    ChildAbandoned,
     ChildReturned,
     ChildStalled,
     ChildStartFailed,
+    ChildWouldNotStop,
     InvalidSupervisorSpec,
+    SupervisionError,
     SupervisorGaveUp,
+    SupervisorStuck,
 )
 from atlas.supervision._incarnation import Incarnation
 from atlas.supervision._intensity import RestartIntensity
 from atlas.supervision._reports import CrashReporter, ReportKind, frames_of_exception, frames_of_task
 from atlas.supervision._spec import ChildSpec, RestartType, Strategy, check_child_specs
+from atlas.supervision._state import ChildState, ChildStatistics, SupervisorStatistics
 from atlas.supervision._strategy import restart_set, should_restart
 
 logger = logging.getLogger(__name__)
-
-
-class ChildState(enum.Enum):
-    """Where a child is in its life under the current run of its supervisor."""
-
-    STARTING = "starting"  # start() called, started() not yet
-    RUNNING = "running"  # up
-    WAITING = "waiting"  # stopped, restart due at a known time (backoff)
-    STOPPED = "stopped"  # ended for good (transient/temporary rules), or the supervisor stopped
-
-
-@dataclass(frozen=True, slots=True)
-class ChildStatistics:
-    """A snapshot of one child (for ``/status``). Ages and uptimes in seconds, None when not running."""
-
-    name: str
-    path: str
-    state: ChildState
-    restarts: int
-    consecutive_failures: int
-    uptime: float | None
-    busy_with: str | None
-    heartbeat_age: float | None
-    restart_in: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorStatistics:
-    """A snapshot of a supervisor: its intensity window and its children in start order."""
-
-    name: str
-    path: str | None
-    strategy: Strategy
-    running: bool
-    restarts_in_window: int
-    max_restarts: int
-    period: float
-    children: tuple[ChildStatistics, ...]
 
 
 class Supervisor:
@@ -171,24 +156,31 @@ class Supervisor:
 
         Startup is all-or-nothing: if a child fails to start, the started ones are stopped in
         reverse order, a ``start_error`` report is emitted and :class:`ChildStartFailed` is raised.
-        On cancellation every child is stopped in reverse start order (a child that ignores
-        cancellation is abandoned after its ``shutdown_timeout``) and ``Cancelled`` propagates.
-        Raises :class:`SupervisorGaveUp` when restarts exceed the intensity.
+        On cancellation every child is stopped in reverse start order and ``Cancelled`` propagates.
+        Raises :class:`SupervisorGaveUp` when restarts exceed the intensity, and
+        :class:`SupervisorStuck` when a child would not stop within its ``shutdown_timeout``: that
+        one is raised only once the stuck task has ended, because the supervisor's nursery waits
+        for it (the reports are out long before; see the module docstring).
         """
         path = f"{parent_path}/{self.name}" if parent_path else self.name
         await self._run(path, task_status, gave_up_decision="escalate to parent")
 
-    async def _run(self, path: str, task_status: trio.TaskStatus[None], *, gave_up_decision: str) -> None:
-        run = _Supervision(self, path, gave_up_decision)
+    async def _run(
+        self,
+        path: str,
+        task_status: trio.TaskStatus[None],
+        *,
+        gave_up_decision: str,
+        on_stuck: Callable[[SupervisorStuck], None] | None = None,
+    ) -> None:
+        run = _Supervision(self, path, gave_up_decision, on_stuck)
         self._current = run
-        try:
-            await run.start_all()
-            task_status.started()
-            await run.supervise()
-        finally:
-            run.running = False
-            with trio.CancelScope(shield=True):
-                await run.stop_all(f"supervisor {path} is stopping")
+        async with trio.open_nursery() as nursery:
+            verdict = await run.run(nursery, task_status)
+        if verdict is not None:
+            # Raised here, outside the nursery, so that callers see the error itself rather than an
+            # exception group; the nursery has closed, so every child task has ended.
+            raise verdict
 
     def as_child(
         self, restart: RestartType = RestartType.PERMANENT, shutdown_timeout: float | None = None
@@ -196,8 +188,10 @@ class Supervisor:
         """A :class:`ChildSpec` that runs this supervisor under a parent.
 
         Its ``SupervisorGaveUp`` (or ``ChildStartFailed``) is just a crash of that child for the
-        parent. ``shutdown_timeout`` defaults to the sum of the children's timeouts plus 5 s, so
-        the parent waits for an orderly stop of the whole subtree but never forever.
+        parent, except :class:`SupervisorStuck`, which it reports to the parent at once through
+        its context and which the parent never answers with a restart. ``shutdown_timeout``
+        defaults to the sum of the children's timeouts plus 5 s, so the parent waits for an orderly
+        stop of the whole subtree but never forever.
         """
         if shutdown_timeout is None:
             shutdown_timeout = math.fsum(c.shutdown_timeout for c in self.children) + 5.0
@@ -205,7 +199,9 @@ class Supervisor:
         async def start(
             ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
         ) -> None:
-            await self._run(ctx.path, task_status, gave_up_decision="escalate to parent")
+            await self._run(
+                ctx.path, task_status, gave_up_decision="escalate to parent", on_stuck=ctx.report_stuck
+            )
 
         return ChildSpec(name=self.name, start=start, restart=restart, shutdown_timeout=shutdown_timeout)
 
@@ -235,22 +231,72 @@ class _Child:
 class _Supervision:
     """One run of a :class:`Supervisor`: the state machine drawn in the module docstring."""
 
-    def __init__(self, sup: Supervisor, path: str, gave_up_decision: str) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        path: str,
+        gave_up_decision: str,
+        on_stuck: Callable[[SupervisorStuck], None] | None,
+    ) -> None:
         self.sup = sup
         self.path = path
         self.gave_up_decision = gave_up_decision
+        self.on_stuck = on_stuck
         self.children = [_Child(spec, i) for i, spec in enumerate(sup.children)]
         self.intensity = RestartIntensity(sup.max_restarts, sup.period)
         self.started_at = trio.current_time()
         self.running = True
+        self.nursery: trio.Nursery | None = None
+        # The first task found that would not stop (its path, and where it waits), and whether the
+        # escalation it forces has happened (once per run).
+        self.stuck: tuple[str, tuple[str, ...]] | None = None
+        self.escalated = False
+        self._told_parent = False
         self._wake = trio.Event()
         interval = sup.stall_check_interval
         self.next_stall_check = math.inf if interval is None else self.started_at + interval
+
+    async def run(
+        self, nursery: trio.Nursery, task_status: trio.TaskStatus[None]
+    ) -> SupervisionError | None:
+        """Start, supervise, stop; return the verdict to raise once ``nursery`` has closed.
+
+        ``Cancelled`` propagates (after every child is stopped), unless stopping found a child
+        that would not stop: then the verdict is :class:`SupervisorStuck`.
+        """
+        self.nursery = nursery
+        try:
+            try:
+                await self.start_all()
+                task_status.started()
+                await self.supervise()
+            finally:
+                self.running = False
+                with trio.CancelScope(shield=True):
+                    await self.stop_all(f"supervisor {self.path} is stopping")
+                    await self._escalate_if_stuck()
+        except SupervisionError as verdict:
+            return verdict
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _notify(self) -> None:
         self._wake.set()
+
+    def _tell_parent(self, error: SupervisorStuck) -> None:
+        if self.on_stuck is not None and not self._told_parent:
+            self._told_parent = True
+            self.on_stuck(error)
+
+    def _child_escalated(self, inc: Incarnation) -> None:
+        """A nested supervisor says a task under it would not stop (called from its task)."""
+        if inc.up or not isinstance(inc.escalation, SupervisorStuck):
+            return  # the loop handles it (_step)
+        # It was still starting: this supervisor waits in nursery.start() for it and cannot act,
+        # so pass the word up now; the parent will stop this supervisor, which then stops the rest.
+        error = inc.escalation
+        restarts = self.intensity.count(trio.current_time())
+        self._tell_parent(SupervisorStuck(self.sup.name, error.stuck_path, restarts, self.sup.period))
 
     async def _report(
         self,
@@ -286,12 +332,13 @@ class _Supervision:
 
     async def _start(self, child: _Child) -> BaseException | None:
         """Start one child and wait until it says it is up; return its error if it did not."""
-        inc = Incarnation(child.spec, f"{self.path}/{child.spec.name}", self._notify)
+        assert self.nursery is not None
+        path = f"{self.path}/{child.spec.name}"
+        inc = Incarnation(child.spec, path, self.nursery, self._notify, self._child_escalated)
         child.inc = inc
         child.state = ChildState.STARTING
         child.due = None
-        inc.spawn()
-        await inc.settled.wait()
+        await self.nursery.start(inc.host, name=inc.path)
         if inc.up:
             child.state = ChildState.RUNNING
             logger.debug("→ started %s", inc.path)
@@ -316,15 +363,27 @@ class _Supervision:
                 path=f"{self.path}/{child.spec.name}",
             )
             await self.stop_all(f"{child.spec.name} failed to start")
+            await self._escalate_if_stuck()
             raise ChildStartFailed(child.spec.name, error) from error
 
     # -- stopping ----------------------------------------------------------------------------
 
+    def _note_stuck(self, child: _Child, inc: Incarnation) -> None:
+        """Remember a child that will not stop (its own task, or one under a nested supervisor)."""
+        child.state = ChildState.STUCK
+        child.due = None
+        if self.stuck is None:
+            if isinstance(inc.escalation, SupervisorStuck):
+                self.stuck = (inc.escalation.stuck_path, ())  # its frames are in the leaf's report
+            else:
+                self.stuck = (inc.path, frames_of_task(inc.task))
+
     async def _stop(self, child: _Child, reason: str) -> None:
-        """Cancel one child and wait its shutdown timeout; abandon it (reported) if it ignores us.
+        """Cancel one child and wait its shutdown timeout; past it, the child is stuck (reported).
 
         Shielded: a stop that has begun finishes (it is bounded by ``shutdown_timeout`` plus the
-        reports) even if the supervisor itself is cancelled meanwhile.
+        reports) even if the supervisor itself is cancelled meanwhile. A stuck child makes the
+        supervisor escalate; the callers do that (``_escalate_if_stuck``) once their stops are done.
         """
         inc = child.inc
         if inc is None:
@@ -334,21 +393,28 @@ class _Supervision:
             ended_on_its_own = inc.finished.is_set() and inc.stop_reason is None
             if not inc.finished.is_set():
                 inc.cancel(reason)
-                with trio.move_on_after(inc.spec.shutdown_timeout):
-                    await inc.finished.wait()
+                if inc.escalation is None:
+                    with trio.move_on_after(inc.spec.shutdown_timeout):
+                        await inc.gone.wait()
+            if inc.escalation is not None and not inc.finished.is_set():
+                # A nested supervisor: the task that would not stop was reported where it is.
+                self._note_stuck(child, inc)
+                logger.error("%s cannot stop: %s", inc.path, inc.escalation)
+                return
             if not inc.finished.is_set():
-                inc.abandoned = True
                 frames = frames_of_task(inc.task)
-                error = ChildAbandoned(inc.path, inc.spec.shutdown_timeout)
-                logger.error("%s ignored cancellation (%s); abandoned", inc.path, reason)
+                self._note_stuck(child, inc)
+                error = ChildWouldNotStop(inc.path, inc.spec.shutdown_timeout)
+                logger.error("%s ignored cancellation (%s); escalating", inc.path, reason)
                 await self._report(
                     ReportKind.SHUTDOWN_ERROR,
                     inc,
                     error,
-                    f"abandoned after {inc.spec.shutdown_timeout:g}s; the supervisor goes on",
+                    f"escalate: still running after {inc.spec.shutdown_timeout:g}s, never started twice",
                     frames=frames,
                 )
-            elif inc.error is not None and not isinstance(inc.error, trio.Cancelled):
+                return
+            if inc.error is not None and not isinstance(inc.error, trio.Cancelled):
                 # It crashed just before we stopped it (its end was not processed yet), or it
                 # raised while cleaning up after the cancellation: either way, say so.
                 kind = ReportKind.CRASH if ended_on_its_own else ReportKind.SHUTDOWN_ERROR
@@ -359,9 +425,36 @@ class _Supervision:
         for child in reversed(self.children):
             if child.inc is not None:
                 await self._stop(child, reason)
-            if child.state is not ChildState.STOPPED:
+            if child.state not in (ChildState.STOPPED, ChildState.STUCK):
                 child.state = ChildState.STOPPED
                 child.due = None
+
+    async def _escalate_if_stuck(self) -> None:
+        """If a child would not stop: stop the rest, report ``gave_up``, tell the parent, raise.
+
+        Whatever the intensity: the stuck child cannot be started again (it would run twice), and
+        this supervisor cannot end while it runs, so the decision belongs to the parent.
+        """
+        if self.stuck is None or self.escalated:
+            return
+        self.escalated = True
+        stuck_path, frames = self.stuck
+        await self.stop_all(f"supervisor {self.path} escalates: {stuck_path} would not stop")
+        sup = self.sup
+        restarts = self.intensity.count(trio.current_time())
+        error = SupervisorStuck(sup.name, stuck_path, restarts, sup.period)
+        await self._report(
+            ReportKind.GAVE_UP,
+            None,
+            error,
+            self.gave_up_decision,
+            path=self.path,
+            frames=frames,
+            restarts=restarts,
+        )
+        logger.error("%s", error)
+        self._tell_parent(error)
+        raise error
 
     # -- supervising -------------------------------------------------------------------------
 
@@ -377,6 +470,11 @@ class _Supervision:
 
     async def _step(self) -> bool:
         """Do the first thing that needs doing; return whether anything was done."""
+        for child in self.children:
+            inc = child.inc
+            if child.state is ChildState.RUNNING and inc is not None and inc.escalation is not None:
+                await self._on_stuck_below(child, inc)
+                return True
         for child in self.children:
             inc = child.inc
             if (
@@ -408,6 +506,17 @@ class _Supervision:
         if limit is None or inc.ctx.busy_with is None or inc.finished.is_set():
             return False
         return trio.current_time() - inc.ctx.last_heartbeat > limit
+
+    async def _on_stuck_below(self, child: _Child, inc: Incarnation) -> None:
+        """A nested supervisor gave up because a task under it would not stop: escalate too."""
+        assert inc.escalation is not None
+        await self._report(
+            ReportKind.CRASH, inc, inc.escalation, "escalate: not restarted while a task under it runs"
+        )
+        inc.cancel(f"supervisor {self.path} escalates")
+        child.inc = None
+        self._note_stuck(child, inc)
+        await self._escalate_if_stuck()
 
     async def _on_exit(self, child: _Child, inc: Incarnation) -> None:
         if inc.error is None:
@@ -448,7 +557,9 @@ class _Supervision:
         if not should_restart(spec.restart, abnormal):
             await self._report(kind, inc, error, f"not restarted ({spec.restart.value})", frames=frames)
             await self._stop(child, f"{kind}: not restarted")
-            child.state = ChildState.STOPPED
+            if child.state is not ChildState.STUCK:
+                child.state = ChildState.STOPPED
+            await self._escalate_if_stuck()
             return
         now = trio.current_time()
         if not self.intensity.record(now):
@@ -456,7 +567,7 @@ class _Supervision:
             await self._give_up(inc, error)
         child.consecutive = 1 if inc.uptime > sup.period else child.consecutive + 1
         delay = sup.backoff.delay(child.consecutive, sup.rng)
-        live = [c.position for c in self.children if c.state is not ChildState.STOPPED]
+        live = [c.position for c in self.children if c.state not in (ChildState.STOPPED, ChildState.STUCK)]
         members = [self.children[p] for p in restart_set(sup.strategy, live, child.position)]
         others = [m.spec.name for m in members if m is not child]
         decision = f"restart in {delay:.2f}s"
@@ -466,6 +577,8 @@ class _Supervision:
         for member in reversed(members):
             reason = f"{kind}: restarting" if member is child else f"restarting with {spec.name}"
             await self._stop(member, f"supervisor {self.path}: {reason}")
+        # A member that would not stop is never started beside itself: escalate instead.
+        await self._escalate_if_stuck()
         due = trio.current_time() + delay
         for member in members:
             if member is not child and member.spec.restart is RestartType.TEMPORARY:
@@ -505,6 +618,8 @@ class _Supervision:
         restarts = self.intensity.count(trio.current_time())
         error = SupervisorGaveUp(sup.name, restarts, sup.period)
         await self.stop_all(f"supervisor {self.path} gave up")
+        await self._escalate_if_stuck()  # a child that would not stop outranks the intensity
+        self.escalated = True
         where = path if path is not None else (inc.path if inc is not None else self.path)
         await self._report(
             ReportKind.GAVE_UP,
@@ -540,6 +655,7 @@ class _Supervision:
                     busy_with=inc.ctx.busy_with if inc is not None else None,
                     heartbeat_age=now - inc.ctx.last_heartbeat if inc is not None else None,
                     restart_in=max(0.0, c.due - now) if c.due is not None else None,
+                    waiting_for=inc.ctx.waiting_for if inc is not None else None,
                 )
             )
         sup = self.sup
