@@ -13,7 +13,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +100,7 @@ class FlakyRecords:
 # Pacing
 
 
+@pytest.mark.slow
 async def test_with_300ms_answers_the_sender_keeps_30_per_virtual_second_for_60_seconds(
     db: Database, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -307,3 +313,69 @@ async def _run_in(sender: OutboxSender, scope: trio.CancelScope, stopped: trio.E
             await sender.run(ChildContext("root/workers/outbox_sender"))
     finally:
         stopped.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real kill
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _child(dsn: str, base: str, offset: float, hold_after: int) -> trio.Process:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "tests._outbox_kill_child", dsn, base, str(offset), str(hold_after)]
+    return await trio.lowlevel.open_process(command, cwd=ROOT, env=env, stdout=subprocess.PIPE)
+
+
+async def _read_line(process: trio.Process) -> str:
+    assert process.stdout is not None
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await process.stdout.receive_some(1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+@pytest.mark.slow
+async def test_sigkill_between_answers_and_records_twenty_times(db: Database, fresh_database: str) -> None:
+    chats = list(range(950_001, 950_201))
+    broadcast_chats, notice_chats = set(chats[1::2]), set(chats[::2])
+    await _seed(db, chats, broadcast_chats=broadcast_chats, notice_chats=notice_chats)
+    in_the_air_at_kills: dict[int, int] = {i: 0 for i in chats}
+    seen: dict[int, int] = {i: 0 for i in chats}
+    async with emulated() as (emulator, _bot, nursery):
+        for i in chats:
+            emulator.add_user(i)
+        base = emulator.url
+        for kill in range(20):
+            child = await _child(fresh_database, base, offset=100.0 * (kill + 1), hold_after=2)
+            with trio.fail_after(90):
+                line = await _read_line(child)
+            if line != "holding":  # nothing left to send: it finished
+                await child.wait()
+                break
+            child.send_signal(signal.SIGKILL)  # sends answered, results not recorded
+            await child.wait()
+            states = await db.run(_state_by_key)
+            for i, n in _copies(emulator, chats).items():
+                key = f"n:{i}" if i in notice_chats else f"b:{i}"
+                if n > seen[i] and states[key][0] == "pending":  # delivered by this one, not recorded
+                    in_the_air_at_kills[i] += 1
+                seen[i] = n
+        kills = kill + 1
+        assert kills >= 10  # the work really was cut short again and again
+        final = await _child(fresh_database, base, offset=100.0 * 30, hold_after=-1)
+        with trio.fail_after(120):
+            assert await _read_line(final) == "done"
+        await final.wait()
+        copies = _copies(emulator, chats)
+        assert max(copies[i] for i in broadcast_chats) == 1  # zero broadcast copies doubled
+        # A notice comes once more for each kill that caught it between its answer and its record.
+        assert {i: copies[i] for i in notice_chats} == {i: 1 + in_the_air_at_kills[i] for i in notice_chats}
+        assert any(in_the_air_at_kills[i] for i in notice_chats)  # the window was really hit
+        states = await db.run(_state_by_key)
+        assert {states[f"n:{i}"][0] for i in notice_chats} == {"sent"}
+        nursery.cancel_scope.cancel()
