@@ -70,7 +70,8 @@ RECORDER_POLL = 0.2
 """While the recorder is failing, the scheduler looks again this often (sends wait meanwhile)."""
 
 STAGED_SECONDS = 0.1
-"""... and at most this much sending time's worth: a notice is at most 0.1 s behind a broadcast."""
+"""Sending time's worth of rows staged at once (when more than :data:`STAGED`): a notice is at
+most this far behind a broadcast's staged copies."""
 
 
 def guarantee_of(message: ClaimedMessage) -> Guarantee:
@@ -125,6 +126,7 @@ class Drain:
     # -- claiming ------------------------------------------------------------------------------
 
     async def claimer(self) -> None:
+        """Lease due rows in batches while the queues and the results have room (contract 3)."""
         s, sender = self.s, self.sender
         try:
             while trio.current_time() < self.deadline and self.failure is None:
@@ -164,6 +166,7 @@ class Drain:
     # -- scheduling ----------------------------------------------------------------------------
 
     async def schedule(self, work: trio.Nursery) -> None:
+        """Start the best ready row whenever a slot and a staging place are free; end when idle."""
         recorder = self.sender.recorder
         while True:
             if recorder.failures and self.failure is None and self.sending == 0:
@@ -201,9 +204,11 @@ class Drain:
                 await self.wait_for_change()
 
     async def wait_for_change(self) -> None:
+        """Return after the next claim, finished send or failure."""
         await self.changed.park()
 
     def fail(self, exc: StorageError) -> None:
+        """Stop new sends and claims because of ``exc``; the drain raises it once it has settled."""
         if self.failure is None:
             self.failure = exc
             _log.error("outbox drain stops sending: %s", exc)
@@ -211,6 +216,7 @@ class Drain:
         self.sender.buffer.notify()
 
     async def write_marks(self, ids: Sequence[int]) -> list[int]:
+        """The marker's unit of work: mark ``ids`` as being sent by this sender."""
         sender = self.sender
         marked: list[int] = await sender.db().run(
             mark_attempts, now=sender.clock.now(), owner=sender.owner, ids=list(ids)
@@ -222,13 +228,18 @@ class Drain:
     async def send_one(self, row: QueuedRow) -> None:
         """Stage, start on the slot, answer, result (see the module docstring)."""
         sender, message = self.sender, row.message
-        verdict: Verdict | None = None
+        # Until something else is known, the row is "not started": cancelled while staged (maybe
+        # marked), it is given back, which also clears its mark.
+        verdict = Verdict(Answer.NOT_STARTED)
+        rendered: Rendered | None = None
         started = False
         try:
             try:
-                verdict, rendered = await self.stage(row)
+                refusal, rendered = await self.stage(row)
             finally:
                 self.staging.release()
+            if refusal is not None:
+                verdict = refusal
             if rendered is not None:
                 started = True
                 try:
@@ -244,7 +255,7 @@ class Drain:
             now = trio.current_time()
             if started:
                 sender.chat_pacer.note_answered(message.chat_id, now)
-            requeue = verdict is not None and self.settle(message, verdict)
+            requeue = self.settle(message, verdict)
             given = self.queues.finished(row, now, requeue=requeue)
             if given is not None:
                 self.give_back(given.rows, given.delay)
@@ -297,6 +308,7 @@ class Drain:
         return False
 
     def delivery(self, message: ClaimedMessage, step: Step, verdict: Verdict) -> Delivery:
+        """The :class:`Delivery` that records ``step`` for ``message`` (retry time, reason)."""
         sender = self.sender
         status = STATUS_OF[step]
         error = verdict.error
