@@ -379,3 +379,29 @@ async def test_sigkill_between_answers_and_records_twenty_times(db: Database, fr
         states = await db.run(_state_by_key)
         assert {states[f"n:{i}"][0] for i in notice_chats} == {"sent"}
         nursery.cancel_scope.cancel()
+
+
+async def test_marks_asked_for_together_share_one_write(autojump_clock: trio.testing.MockClock) -> None:
+    from collections.abc import Sequence
+
+    from atlas.actors.outbox.marks import AttemptMarker
+
+    writes: list[list[int]] = []
+
+    async def write(ids: Sequence[int]) -> list[int]:
+        writes.append(list(ids))
+        await trio.sleep(0.01)  # the round trip, during which more marks are asked for
+        return [i for i in ids if i != 13]  # row 13 was lost to another sender
+
+    marker = AttemptMarker(write)
+    answers: dict[int, bool] = {}
+
+    async def ask(row_id: int, after: float) -> None:
+        await trio.sleep(after)
+        answers[row_id] = await marker.mark(row_id)
+
+    async with trio.open_nursery() as nursery:
+        for row_id, after in ((1, 0.0), (2, 0.001), (13, 0.002), (4, 0.003), (5, 0.02)):
+            nursery.start_soon(ask, row_id, after)
+    assert writes == [[1], [2, 13, 4], [5]]  # whoever asks while a write runs rides the next one
+    assert answers == {1: True, 2: True, 13: False, 4: True, 5: True}
