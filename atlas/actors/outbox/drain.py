@@ -15,9 +15,10 @@ A drain runs four kinds of task under one nursery:
 
 Why staging: the mark's round trip happens while the row waits for its start slot, so a marked
 send starts exactly on its slot and the rate stays ``rate`` whatever the database latency (the
-marks of the staged rows are written together: :mod:`atlas.actors.outbox.marks`). Only a tenth
-of a second's worth of sends (at least :data:`STAGED`) wait for a slot at a time, so a personal
-notice that arrives during a broadcast is at most that far behind.
+marks of the staged rows are written together: :mod:`atlas.actors.outbox.marks`), as long as a
+mark takes less than the staged quarter of a second. Only that much sending (at least
+:data:`STAGED` rows) waits for a slot at a time, so a personal notice that arrives during a
+broadcast is at most a quarter of a second behind.
 
 A drain that ends — done, out of time, cancelled or failed — hands back every row it did not
 start (``deferred``, due at once) and, under cancellation, records the sends that were in the air
@@ -69,7 +70,7 @@ STAGED = 2
 RECORDER_POLL = 0.2
 """While the recorder is failing, the scheduler looks again this often (sends wait meanwhile)."""
 
-STAGED_SECONDS = 0.1
+STAGED_SECONDS = 0.25
 """Sending time's worth of rows staged at once (when more than :data:`STAGED`): a notice is at
 most this far behind a broadcast's staged copies."""
 
