@@ -16,6 +16,13 @@ Each tick (and each ``"wake"`` cast, sent by the admin screen right after a conf
    that edit (5xx, network), the broadcast stays ``sending`` and the next tick tries again, so the
    admin always gets the final count.
 
+**One writer per broadcast.** With several ``atlas run`` processes every broadcaster materialises
+(safe: the dedupe key writes each recipient once), but only one may edit the admin's progress
+message, or two would race each other's counts. The writer is the process whose outbox sender
+leads (``may_edit``, wired to :attr:`OutboxSender.leads
+<atlas.actors.outbox_sender.OutboxSender.leads>`): the process that sends the broadcast reports
+on it, and the advisory lock that elects the sender makes it exactly one.
+
 A crash at any point loses nothing: the cursor and the outbox rows are in the database, and the
 dedupe key ``broadcast:<id>:<user>`` makes a repeated batch write nothing twice. Progress edits are
 best effort (a 400 "message is not modified" or a deleted message is logged and skipped); they are
@@ -81,8 +88,10 @@ class Broadcaster(Actor):
     """Materialises broadcasts and edits their progress messages (see the module docstring).
 
     ``db`` returns the open Database, ``bot`` edits progress messages, ``wake_sender`` (optional)
-    is the outbox sender's ``wake``. Raising (a lost database) crashes the actor; its supervisor
-    restarts it and the next tick resumes from the stored cursor.
+    is the outbox sender's ``wake``, ``may_edit`` (optional; default: always) says whether this
+    process is the one that edits progress messages and finishes broadcasts. Raising (a lost
+    database) crashes the actor; its supervisor restarts it and the next tick resumes from the
+    stored cursor.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class Broadcaster(Actor):
         clock: Clock,
         rng: random.Random,
         wake_sender: Callable[[], None] | None = None,
+        may_edit: Callable[[], bool] | None = None,
         settings: BroadcasterSettings | None = None,
         translator: Translator | None = None,
         name: str = "broadcaster",
@@ -106,6 +116,7 @@ class Broadcaster(Actor):
         self._bot = bot
         self._clock = clock
         self._wake_sender = wake_sender
+        self._may_edit = may_edit
         self._translator = translator
         self._last_edit: dict[int, tuple[float, str]] = {}
         self.materialized = 0
@@ -150,6 +161,8 @@ class Broadcaster(Actor):
         return dataclasses.replace(broadcast, state=state)
 
     async def _report(self, broadcast: BroadcastView) -> None:
+        if self._may_edit is not None and not self._may_edit():
+            return  # another process's broadcaster writes this broadcast's progress
         progress = await self._db().run(broadcast_progress, broadcast_id=broadcast.id)
         final = broadcast.state == "sending" and progress.pending == 0
         if final:

@@ -238,7 +238,12 @@ def worker_specs(services: Services) -> list[ChildSpec]:
     if services.bot is not None:
         sender = OutboxSender(db=db, bot=services.bot, clock=clock, rng=rng("outbox_sender"))
         broadcaster = Broadcaster(
-            db=db, bot=services.bot, clock=clock, rng=rng("broadcaster"), wake_sender=sender.wake
+            db=db,
+            bot=services.bot,
+            clock=clock,
+            rng=rng("broadcaster"),
+            wake_sender=sender.wake,
+            may_edit=lambda: sender.leads,
         )
         services.broadcaster = broadcaster
         specs.append(supervised(sender, stall_after=180.0))

@@ -31,7 +31,6 @@ from atlas.telegram.intake import configure_webhook as configure_webhook
 from atlas.telegram.intake import telegram_webhook_route as telegram_webhook_route
 from atlas.telegram.pacing import ChatPacer as ChatPacer
 from atlas.telegram.pacing import Pacer as Pacer
-from atlas.telegram.pacing import PacerTicket as PacerTicket
 from atlas.telegram.session import GuardedAiohttpSession as GuardedAiohttpSession
 from atlas.telegram.session import make_bot as make_bot
 from atlas.telegram.wiring import build_dispatcher as build_dispatcher

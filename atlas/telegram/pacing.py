@@ -1,31 +1,38 @@
-"""Send pacing on the trio clock: a global rate and a per-chat interval, both with pauses.
+"""Send pacing on the trio clock: a global rate over send *starts*, and a per-chat interval.
 
-Telegram counts messages when they *arrive*; we only know when a send *started* and when its answer
-*came back*, and the arrival lies somewhere in between. Spacing the starts alone is not enough: a
-request delayed by a busy CPU or network can arrive just before the next one, so a sender that
-starts exactly ``rate`` sends per second can still land ``rate + 1`` in some second (under load this
-is not rare). Both pacers therefore reason about the whole ``[start, answer]`` interval of a send:
+Telegram counts messages as they arrive; a sender knows when a send *started* and when its answer
+*came back*. An earlier version waited, for send ``k``, until ``window`` seconds after send
+``k - limit`` was *answered*: arrivals could then never bunch over the limit, but the rate was
+capped at ``limit / (window + answer latency)`` — 23/s instead of 30/s with 300 ms answers — and
+the sender had to hold a ticket per send until its answer. That was the wrong trade: the limit
+being protected is Telegram's *soft* flood limit, and Telegram itself says when it is crossed (a
+429 with ``retry_after``), which pauses the pacer. So:
 
-* :class:`Pacer` (global): send ``k`` may start only ``window`` seconds after the *answers* of every
-  send up to ``k - limit`` have come back (``limit = floor(rate × window)``). Then no ``window``-long
-  interval can contain the arrivals of ``limit + 1`` sends, whatever the latency. Starts are also
-  spaced ``1 / rate`` apart, so a backlog goes out evenly instead of in bursts (a token bucket
-  with capacity > 1 would let a burst out after an idle spell, which is what Telegram punishes).
-* :class:`ChatPacer` (per chat): the next message to a chat starts one interval after the previous
-  one's *answer*; a chat has at most one send in the air (the sender guarantees that).
+* :class:`Pacer` (global) is a token bucket over send starts with a capacity of one send: start
+  ``k`` comes ``k / rate`` seconds after the first of a backlog, whatever the answers do, and no
+  ``window``-long interval ever holds more than ``floor(rate × window)`` starts (a sliding window
+  over the last starts enforces that exactly, so float rounding of ``1 / rate`` cannot let a 31st
+  in). A capacity above one would let a burst out after an idle spell, which is what Telegram
+  punishes. :meth:`Pacer.pause_until` holds every start (the bot as a whole was told to wait).
+* :class:`ChatPacer` (per chat) is stricter on purpose: the next message to a chat starts one
+  interval after the previous one's *answer*, so two arrivals in one chat can never be closer than
+  the interval. Latency slows one chat, not the sender: other chats fill the global rate.
 
-Both accept pauses (``retry_after``). Neither is a burst allowance, and both err only on the slow
-side: a slot that is reserved and not used is simply lost.
+Both err only on the slow side: a start that is granted and not used is simply lost.
 
-Memory: the global pacer keeps at most ``limit`` + (sends in flight) completion times; the per-chat
-pacer forgets chats whose next slot is already in the past (they carry no information).
+Memory: the global pacer keeps the last ``limit`` start times; the per-chat pacer forgets chats
+whose next slot is already in the past (they carry no information).
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import trio
+
+_WINDOW_MARGIN = 1e-6
+"""Seconds added to the sliding window: starts exactly ``window`` apart are never counted together."""
 
 
 def _positive(name: str, value: float) -> float:
@@ -34,28 +41,12 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-class PacerTicket:
-    """One send's place in the global pacing; call :meth:`done` when its answer came back."""
-
-    __slots__ = ("_done", "_pacer", "number")
-
-    def __init__(self, pacer: Pacer, number: int) -> None:
-        self._pacer = pacer
-        self.number = number
-        self._done = False
-
-    def done(self) -> None:
-        """The send's answer (or failure) is back, or it was never sent. Idempotent."""
-        if not self._done:
-            self._done = True
-            self._pacer._complete(self.number, trio.current_time())
-
-
 class Pacer:
-    """At most ``floor(rate × window)`` sends arrive in any ``window`` seconds; starts ``1/rate`` apart.
+    """At most ``floor(rate × window)`` send starts in any ``window`` seconds, ``1/rate`` apart.
 
-    Every ticket from :meth:`acquire` must be finished with :meth:`PacerTicket.done` (in a
-    ``finally``): a later ticket waits for it.
+    :meth:`acquire` returns when a send may start *now*; the caller starts it at once, with no
+    await in between (an await there would let the start drift from its slot). Waiters are served
+    in arrival order. Nothing is to be given back: answers do not matter to the global rate.
     """
 
     def __init__(self, rate: float, *, window: float = 1.0) -> None:
@@ -63,61 +54,41 @@ class Pacer:
         self.window = _positive("window", window)
         self.limit = max(1, math.floor(self.rate * self.window))
         self.interval = 1.0 / self.rate
-        self._next = -math.inf
+        self._starts: deque[float] = deque(maxlen=self.limit)
         self._paused = -math.inf
-        self._issued = 0
-        self._answered: dict[int, float] = {}  # ticket → answer time, not yet folded
-        self._through = -1  # tickets up to here are folded into _latest
-        self._latest = -math.inf  # the latest answer among tickets <= _through
-        self._changed = trio.lowlevel.ParkingLot()
+        self._turn = trio.Lock()  # FIFO: waiters start in the order they asked
+        self.granted = 0
 
-    async def acquire(self) -> PacerTicket:
-        """Wait until a send may start, and return its ticket.
+    def next_start(self) -> float:
+        """The earliest trio time at which the next send may start (may be in the past)."""
+        at = self._paused
+        if self._starts:
+            at = max(at, self._starts[-1] + self.interval)
+            if len(self._starts) == self.limit:
+                at = max(at, self._starts[0] + self.window + _WINDOW_MARGIN)
+        return at
 
-        Cancelled while waiting: the ticket is finished at once (nothing was sent) and the
-        cancellation propagates.
+    async def acquire(self) -> None:
+        """Wait for the next start slot and take it.
+
+        Cancelled while waiting: no slot is taken (the next waiter gets it) and the cancellation
+        propagates. A pause set while waiting is obeyed (the slot is recomputed on every wake).
         """
-        number = self._issued
-        self._issued += 1
-        ticket = PacerTicket(self, number)
-        try:
-            slot = max(trio.current_time(), self._next, self._paused)
-            self._next = slot + self.interval
-            need = number - self.limit
-            if need >= 0:
-                await self._fold_through(need)
-                slot = max(slot, self._latest + self.window)
-            slot = max(slot, self._paused)
-            # After a wait for answers, space the following sends from here, not from before.
-            self._next = max(self._next, slot + self.interval)
-            await trio.sleep_until(slot)
-        except BaseException:
-            ticket.done()
-            raise
-        return ticket
+        async with self._turn:
+            # A pause may be set while we sleep: look again after every wake.
+            while (at := self.next_start()) > trio.current_time():  # noqa: ASYNC110 - time is the event
+                await trio.sleep_until(at)
+            self._starts.append(trio.current_time())
+            self.granted += 1
 
     def pause_until(self, when: float) -> None:
         """No send starts before trio time ``when`` (Telegram said "retry after" to the whole bot)."""
         self._paused = max(self._paused, when)
 
     @property
-    def in_flight(self) -> int:
-        """Tickets issued whose answer is not back yet."""
-        return self._issued - (self._through + 1) - len(self._answered)
-
-    async def _fold_through(self, need: int) -> None:
-        while self._through < need:
-            following = self._through + 1
-            if following in self._answered:
-                self._latest = max(self._latest, self._answered.pop(following))
-                self._through = following
-            else:
-                await self._changed.park()
-
-    def _complete(self, number: int, when: float) -> None:
-        if number > self._through:
-            self._answered[number] = when
-        self._changed.unpark_all()
+    def paused_until(self) -> float:
+        """The trio time before which nothing starts (``-inf``: never paused)."""
+        return self._paused
 
 
 class ChatPacer:

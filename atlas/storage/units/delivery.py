@@ -6,14 +6,23 @@ The outbox sender (:mod:`atlas.actors.outbox_sender`) runs these; they never cal
   broadcasts (priority 1), oldest first — with ``FOR UPDATE SKIP LOCKED`` and stamps them with a
   lease ``(lease_owner, leased_until)`` (migration 0005). Two senders never claim the same row; a
   row whose lease ran out (its sender crashed) is due again.
+* :func:`mark_attempts` stamps ``attempt_started_at`` on rows about to be sent at most once (the
+  copies of a broadcast), in a unit that commits *before* the sender calls Telegram (migration
+  0008).
 * :func:`record_deliveries` writes a batch of :class:`Delivery` results in one transaction, only
-  for rows the caller still owns, and marks users who blocked the bot (``users.bot_blocked_at``).
+  for rows the caller still owns, clears the attempt mark, and marks users who blocked the bot
+  (``users.bot_blocked_at``).
 * :func:`broadcast_progress` counts a broadcast's rows by state, for the admin's progress message.
 * :func:`user_language` reads a user's language, for the dispatcher's apology.
 
-The window in which a message can be sent twice is exactly "sent, but its result not yet recorded":
-a sender that dies there leaves the row leased and pending, and it is sent again after the lease
-expires. Everything else is decided by the table.
+What a sender that dies between a send and its record leaves behind, by guarantee:
+
+* an at-least-once row (a personal notice) is leased and pending; it is due again once the lease
+  runs out, and is sent again — a second copy only if the first had truly gone out;
+* an at-most-once row (a broadcast copy) is leased, pending *and marked*; once the lease runs out,
+  :func:`claim_outbox` moves it to the final state ``unknown`` instead of sending it again.
+
+Everything else is decided by the table.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED    ``failed``       400 and the like, a bad payload, or attempts used up
     RETRY     ``pending``      5xx or network: ``attempts + 1``, due at ``next_attempt_at``
     DEFERRED  ``pending``      not tried (429 pause, lease running out): due at ``next_attempt_at``
+    UNKNOWN   ``unknown``      an at-most-once send got no answer: maybe delivered, never resent
     ========  ===============  ==========================================================
     """
 
@@ -52,6 +62,7 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
     RETRY = "retry"
     DEFERRED = "deferred"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,11 @@ class ClaimedMessage:
     attempts: int
     next_attempt_at: dt.datetime
     language: str | None
+
+    @property
+    def at_most_once(self) -> bool:
+        """True for a broadcast copy: never sent twice, even at the price of never being sent."""
+        return self.broadcast_id is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +122,13 @@ class BroadcastProgress:
     blocked: int
     failed: int
     cancelled: int
+    unknown: int = 0
+    """Copies whose send got no answer (maybe delivered); never resent."""
 
     @property
     def total(self) -> int:
         """Every row of the broadcast."""
-        return self.pending + self.sent + self.blocked + self.failed + self.cancelled
+        return self.pending + self.sent + self.blocked + self.failed + self.cancelled + self.unknown
 
     @property
     def done(self) -> bool:
@@ -123,20 +141,38 @@ async def claim_outbox(
 ) -> list[ClaimedMessage]:
     """Lease at most ``limit`` due rows to ``owner`` until ``lease_until``; return them in send order.
 
-    Due: ``pending``, ``next_attempt_at <= now`` and no live lease. Rows locked by another claim are
-    skipped, not waited for. ``ValueError`` on a naive time, a lease that ends before ``now`` or a
-    limit outside 1..1000; nothing is changed then.
+    Due: ``pending``, ``next_attempt_at <= now``, no live lease and no attempt mark. First, at most
+    ``limit`` abandoned marked rows (an at-most-once send whose sender stopped before recording it)
+    become ``unknown``. Rows locked by another claim are skipped, not waited for. ``ValueError`` on a
+    naive time, a lease that ends before ``now`` or a limit outside 1..1000; nothing is changed then.
     """
     check_now(now)
     check_now(lease_until)
     check_limit(limit, most=MAX_CLAIM)
     if lease_until <= now:
         raise ValueError(f"lease_until must be after now, got {lease_until!r} <= {now!r}")
+    await tx.execute(
+        """
+        WITH abandoned AS (
+            SELECT id FROM outbox
+            WHERE state = 'pending' AND attempt_started_at IS NOT NULL AND leased_until <= $1
+            ORDER BY leased_until LIMIT $2
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE outbox AS o SET state = 'unknown', lease_owner = NULL, leased_until = NULL,
+            last_error = 'no answer recorded for the attempt started at '
+                         || to_char(o.attempt_started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                         || ' UTC; not resent (at most once)'
+        FROM abandoned WHERE o.id = abandoned.id
+        """,
+        now,
+        limit,
+    )
     rows = await tx.fetch(
         """
         WITH due AS (
             SELECT id FROM outbox
-            WHERE state = 'pending' AND next_attempt_at <= $1
+            WHERE state = 'pending' AND next_attempt_at <= $1 AND attempt_started_at IS NULL
               AND (leased_until IS NULL OR leased_until <= $1)
             ORDER BY priority, next_attempt_at, id
             LIMIT $4
@@ -178,14 +214,43 @@ def _payload(value: Any) -> dict[str, Any]:
     return decoded if isinstance(decoded, dict) else {"__invalid__": decoded}
 
 
+async def mark_attempts(
+    tx: Tx, *, now: dt.datetime, owner: uuid.UUID, ids: Sequence[int]
+) -> list[int]:
+    """Mark the rows ``ids`` (at most 1000) as being sent by ``owner``; return the ids marked.
+
+    Only rows still pending and leased to ``owner`` are marked; the caller sends exactly those
+    (a row missing from the answer was lost to another sender). The unit must have committed
+    before the send starts: that is what makes the send at most once.
+    """
+    check_now(now)
+    check_limit(len(ids) or 1, most=MAX_CLAIM)
+    if not ids:
+        return []
+    rows = await tx.fetch(
+        """
+        UPDATE outbox SET attempt_started_at = $3
+        WHERE id = ANY($2::bigint[]) AND lease_owner = $1 AND state = 'pending'
+        RETURNING id
+        """,
+        owner,
+        list(ids),
+        now,
+        bounded_by="one row per id passed in, at most 1000",
+    )
+    return sorted(int(row["id"]) for row in rows)
+
+
 async def record_deliveries(
     tx: Tx, *, now: dt.datetime, owner: uuid.UUID, deliveries: Sequence[Delivery]
 ) -> RecordSummary:
     """Write ``deliveries`` (at most 5000) for rows leased to ``owner``; release their leases.
 
     A result for a row ``owner`` no longer holds (its lease ran out and another sender took it) is
-    not written and is counted in ``not_owned``. BLOCKED also stamps ``users.bot_blocked_at`` (if
-    not set). ``ValueError`` on a naive ``now`` or too many results; nothing is changed then.
+    not written and is counted in ``not_owned``; a lease that ran out while nobody else claimed the
+    row still counts as owned (results kept through a database outage land late, not never).
+    BLOCKED also stamps ``users.bot_blocked_at`` (if not set). ``ValueError`` on a naive ``now`` or
+    too many results; nothing is changed then.
     """
     check_now(now)
     if len(deliveries) > MAX_RECORD:
@@ -199,13 +264,15 @@ async def record_deliveries(
         """
         UPDATE outbox AS o SET
             state = CASE d.status WHEN 'sent' THEN 'sent' WHEN 'blocked' THEN 'blocked'
-                                  WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+                                  WHEN 'failed' THEN 'failed' WHEN 'unknown' THEN 'unknown'
+                                  ELSE 'pending' END,
             sent_at = CASE WHEN d.status = 'sent' THEN $2 ELSE o.sent_at END,
-            attempts = o.attempts + CASE WHEN d.status IN ('retry', 'failed') THEN 1 ELSE 0 END,
+            attempts = o.attempts + CASE WHEN d.status IN ('retry', 'failed', 'unknown') THEN 1 ELSE 0 END,
             last_error = CASE WHEN d.status = 'sent' THEN NULL ELSE coalesce(d.error, o.last_error) END,
             next_attempt_at = coalesce(d.next_at, o.next_attempt_at),
             lease_owner = NULL,
-            leased_until = NULL
+            leased_until = NULL,
+            attempt_started_at = NULL
         FROM unnest($3::bigint[], $4::text[], $5::text[], $6::timestamptz[]) AS d(id, status, error, next_at)
         WHERE o.id = d.id AND o.lease_owner = $1 AND o.state = 'pending'
         RETURNING o.id
@@ -243,7 +310,7 @@ async def broadcast_progress(tx: Tx, *, broadcast_id: int) -> BroadcastProgress:
     rows = await tx.fetch(
         "SELECT state, count(*) AS n FROM outbox WHERE broadcast_id = $1 GROUP BY state",
         broadcast_id,
-        bounded_by="one row per outbox state, at most 5",
+        bounded_by="one row per outbox state, at most 6",
     )
     counts = {row["state"]: int(row["n"]) for row in rows}
     return BroadcastProgress(
@@ -252,6 +319,7 @@ async def broadcast_progress(tx: Tx, *, broadcast_id: int) -> BroadcastProgress:
         blocked=counts.get("blocked", 0),
         failed=counts.get("failed", 0),
         cancelled=counts.get("cancelled", 0),
+        unknown=counts.get("unknown", 0),
     )
 
 

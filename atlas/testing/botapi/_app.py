@@ -13,6 +13,7 @@ import hmac
 import json
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -103,6 +104,13 @@ def _chat_key(core: EmulatorCore, params: Params) -> int | str | None:
         return raw
 
 
+async def _answer_latency(core: EmulatorCore, method: str) -> None:
+    # The call counts (rates, state) as of its arrival; only its answer is late, like a far server.
+    delay = core.answer_latency.get(method.lower(), 0.0)
+    if delay > 0:
+        await trio.sleep(delay)
+
+
 def build_app(core: EmulatorCore) -> Starlette:
     """The ASGI app answering Bot API calls for ``core``'s bot."""
 
@@ -136,9 +144,11 @@ def build_app(core: EmulatorCore) -> Starlette:
             if sends:
                 core.rates.record(SendStamp(arrived, method, chat_id, accepted=False))
             core.served(method, chat_id, error)
+            await _answer_latency(core, method)
             return _error_response(error)
         if sends:
             core.rates.record(SendStamp(arrived, method, chat_id, accepted=True))
+        await _answer_latency(core, method)
         body: dict[str, Any] = {"ok": True, "result": result}
         if isinstance(result, Described):
             body = {"ok": True, "result": result.result, "description": result.description}

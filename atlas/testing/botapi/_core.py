@@ -159,6 +159,8 @@ class EmulatorCore:
         self.files: dict[str, FileMeta] = {}
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.faults = FaultTable()
+        self.answer_latency: dict[str, float] = {}
+        """Seconds (trio clock) each method's answer takes after the call arrived, by lower-case name."""
         self.rates = RateMeter(limits)
         self.served_errors: list[ServedError] = []
         self.calls: Counter[str] = Counter()

@@ -352,6 +352,16 @@ class BotApiEmulator:
         """While on, every call of every method answers ``code`` (an outage)."""
         self._core.faults.fail_all_5xx(on, code)
 
+    def set_answer_latency(self, method: str, seconds: float) -> None:
+        """Answer every ``method`` call ``seconds`` (trio clock) after it arrived; 0 for at once.
+
+        The call is stamped and takes effect when it arrives; only the answer waits — what a
+        distant Bot API server looks like to the bot. ``ValueError`` on a negative or infinite delay.
+        """
+        if not 0 <= seconds < float("inf"):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        self._core.answer_latency[method.lower()] = float(seconds)
+
     def clear_faults(self) -> None:
         """Remove every injected fault and end an outage."""
         self._core.faults.clear()
