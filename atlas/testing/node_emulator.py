@@ -32,6 +32,7 @@ Like Xray, emails are case-insensitive: the emulator stores them lower-cased.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hmac
 import re
@@ -82,6 +83,35 @@ class _Fault:
     garbage: GarbageKind | None = None
 
 
+class _UserTable(dict[str, "EmulatedUser"]):
+    """The user table: a dict that counts its changes, so the sorted listing index knows when to rebuild."""
+
+    version = 0
+
+    def __setitem__(self, key: str, value: EmulatedUser) -> None:
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        """``dict.pop``, counted."""
+        self.version += 1
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        """``dict.clear``, counted."""
+        self.version += 1
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """``dict.update``, counted."""
+        self.version += 1
+        super().update(*args, **kwargs)
+
+
 class _BadRequest(Exception):
     """Raised inside a handler to answer 400 with ``{"error": message}``."""
 
@@ -99,7 +129,9 @@ class NodeEmulator:
         self._token = token.encode()
         self.latency = latency
         self.core_up = True
-        self.users: dict[str, EmulatedUser] = {}
+        self.users: dict[str, EmulatedUser] = _UserTable()
+        self._index: list[str] | None = None
+        self._index_version: tuple[int, int] = (0, -1)
         self.traffic_counters: dict[str, tuple[int, int]] = {}
         self.calls: collections.Counter[str] = collections.Counter()
         self.ops: collections.Counter[str] = collections.Counter()
@@ -308,10 +340,13 @@ class NodeEmulator:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
             raise _BadRequest(f"limit must be an integer in 1..{MAX_LIMIT}, got {raw_limit[:20]!r}")
         limit = int(raw_limit)
-        # Sorting per call is O(n log n); fine for an emulator holding thousands of users.
-        emails = sorted(email for email in self.users if after is None or email > after.lower())
-        page = emails[:limit]
-        more = len(emails) > limit
+        # A sorted index, rebuilt only when the user set changed (as the real agent's bisect over its
+        # sorted keys): sorting on every page made a full listing quadratic, so the emulator, not
+        # the bot, set the pace of a million-key reconcile.
+        emails = self._sorted_emails()
+        start = 0 if after is None else bisect.bisect_right(emails, after.lower())
+        page = emails[start : start + limit]
+        more = start + limit < len(emails)
         return {
             "users": [
                 {"email": email, "uuid": self.users[email].uuid, "flow": self.users[email].flow}
@@ -319,6 +354,15 @@ class NodeEmulator:
             ],
             "next": page[-1] if more else None,
         }
+
+    def _sorted_emails(self) -> list[str]:
+        users = self.users
+        if not isinstance(users, _UserTable):  # a test replaced the table with a plain dict
+            return sorted(users)
+        if self._index is None or self._index_version != (id(users), users.version):
+            self._index = sorted(users)
+            self._index_version = (id(users), users.version)
+        return self._index
 
     @staticmethod
     def _checked_user(raw_uuid: object, flow: object, level: object) -> EmulatedUser:
