@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject, Update
 
@@ -417,7 +416,7 @@ async def _measure(args: argparse.Namespace, db: Database, clock: Clock, run: _R
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -160,7 +159,7 @@ async def bench(db: Database, **dependencies: Any) -> AsyncIterator[Bench]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 def texts(records: list[ChatRecord]) -> str:

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from starlette.applications import Starlette
@@ -45,7 +44,7 @@ FAST = PollingSettings(timeout=1, standby_retry=0.05, lock_check_every=0.2)
 
 async def trio_wait(event: trio.Event) -> None:
     """Await a trio event from an aiogram handler (the asyncio side)."""
-    await trio_asyncio.trio_as_aio(event.wait)()
+    await event.wait()
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
@@ -98,7 +97,7 @@ async def harness(router: Router, **options: Any) -> AsyncIterator[Harness]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +357,7 @@ async def test_a_failing_handler_gets_an_apology_and_a_crash_report(bridge: None
 
     @router.message(F.text == "hang")
     async def hang(message: Message) -> None:
-        await trio_asyncio.trio_as_aio(trio.sleep_forever)()
+        await trio.sleep_forever()
 
     @router.message()
     async def fine(message: Message) -> None:
@@ -384,7 +383,7 @@ async def test_a_failing_handler_gets_an_apology_and_a_crash_report(bridge: None
         jane.send_text("hang")
         assert (await jane.next_message()).text == t("en", "errors.apology")  # the stored language wins
 
-        await trio_asyncio.aio_as_trio(h.bot.send_message)(
+        await h.bot.send_message(
             ivan.id,
             "menu",
             reply_markup=InlineKeyboardMarkup(
@@ -439,10 +438,10 @@ async def test_polling_backs_off_on_5xx_and_a_set_webhook_and_stops_on_a_bad_tok
         alice.send_text("after the outage")
         await wait_for(lambda: handled == ["after the outage"])
 
-        await trio_asyncio.aio_as_trio(h.bot.set_webhook)("https://example.org/hook")
+        await h.bot.set_webhook("https://example.org/hook")
         await wait_for(lambda: intake.conflicts >= 2)
         assert "a webhook is set for this bot" in caplog.text
-        await trio_asyncio.aio_as_trio(h.bot.delete_webhook)()
+        await h.bot.delete_webhook()
         alice.send_text("polling again")
         await wait_for(lambda: handled[-1:] == ["polling again"])
 
@@ -451,4 +450,4 @@ async def test_polling_backs_off_on_5xx_and_a_set_webhook_and_stops_on_a_bad_tok
             with pytest.raises(IntakeUnauthorized, match="bot token"):
                 await PollingIntake(bot=wrong, dispatcher=dispatch, settings=quick).run()
         finally:
-            await trio_asyncio.aio_as_trio(wrong.session.close)()
+            await wrong.session.close()

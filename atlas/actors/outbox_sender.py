@@ -72,7 +72,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import (
     AiogramError,
@@ -403,7 +402,7 @@ class OutboxSender(Actor):
         timeout = self.settings.send_timeout
         try:
             with trio.fail_after(timeout + 1):
-                await trio_asyncio.aio_as_trio(self._bot.send_message)(
+                await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,
                     parse_mode=parse_mode,

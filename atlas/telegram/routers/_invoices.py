@@ -79,8 +79,7 @@ async def send_crypto_invoice(
         amount_minor=amount_minor,
     )
     try:
-        invoice = await ui.trio(
-            client.create_invoice,
+        invoice = await client.create_invoice(
             amount=format_amount(intent.amount_minor, exponent=ui.config.money.exponent),
             fiat=intent.currency,
             accepted_assets=ui.config.crypto_assets,

@@ -8,9 +8,8 @@ if a button of an old chat is their first contact), refusing banned users, and a
 only once a handler of its router has matched), so a router that does not handle an update costs
 nothing.
 
-The bridge: aiogram handlers run on the asyncio side of trio-asyncio, units of work run through the
-trio-flavoured ``db.run``; :meth:`Screen.run` is the one crossing (``trio_as_aio``), used for every
-unit and for every trio-flavoured client call (:meth:`Screen.trio`).
+Handlers run in trio tasks (see :mod:`atlas.telegram.dispatch`), so :meth:`Screen.run` is simply
+``db.run`` and a payments client is awaited directly.
 
 Every action is for ``callback.from_user.id`` / ``message.from_user.id`` — Telegram authenticates
 that field; nothing in callback data can redirect an action to someone else (see
@@ -36,7 +35,6 @@ from atlas.domain.money import format_amount
 from atlas.payments import CryptoPayClient
 from atlas.storage import Database
 from atlas.storage.units import UserView, get_user, register_user
-from atlas.telegram.bridge import run_trio, run_unit
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import MissingParameter, bundled
 from atlas.telegram.keyboards import back_to_menu
@@ -83,12 +81,8 @@ class Screen:
         return f"{format_amount(amount_minor, exponent=Currency(code).exponent)} {code}"
 
     async def run(self, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
-        """Run a unit of work through ``db.run`` (the one bridge crossing); domain errors propagate."""
-        return await run_unit(self.db, unit, **kwargs)
-
-    async def trio(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
-        """Call a trio-flavoured coroutine function (a payments client) from the handler."""
-        return await run_trio(fn, **kwargs)
+        """Run a unit of work through ``db.run``; domain errors propagate."""
+        return await self.db.run(unit, **kwargs)
 
     async def say(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> Message:
         """Send ``text`` (HTML) to the user's chat as a new message."""
@@ -189,11 +183,10 @@ class ScreenMiddleware(BaseMiddleware):
 
 async def _user(db: Database, clock: Clock, sender: TgUser, payload: str | None, register: bool) -> UserView:
     if not register:
-        found: UserView | None = await run_unit(db, get_user, user_id=sender.id)
+        found: UserView | None = await db.run(get_user, user_id=sender.id)
         if found is not None:
             return found
-    registration = await run_unit(
-        db,
+    registration = await db.run(
         register_user,
         user_id=sender.id,
         username=sender.username,
