@@ -53,6 +53,7 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -292,10 +293,18 @@ class UpdateDispatcher:
 
         Cancellation cancels the handlers in progress and drops what was
         queued: those updates were confirmed to Telegram and are lost, which is why the intake
-        hands over at most ``max_pending``. Raises only for a bug in the dispatcher itself.
+        hands over at most ``max_pending``. Raises ``RuntimeError`` at once when no asyncio loop is
+        visible from trio (the bridge is not open); otherwise only for a bug in the dispatcher.
         """
         if self._nursery is not None:
             raise RuntimeError("UpdateDispatcher.run is already running")
+        try:
+            asyncio.get_running_loop()  # what feed_update calls; fail at start, not on every update
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "UpdateDispatcher needs the trio-asyncio bridge open (atlas.runtime.bridge.open_bridge): "
+                "aiogram's feed_update calls asyncio.get_running_loop()"
+            ) from exc
         if ctx is not None:
             self.path = ctx.path
         self._started_at = trio.current_time()

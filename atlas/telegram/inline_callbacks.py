@@ -46,7 +46,10 @@ def _callables(router: Router) -> Iterator[CallableObject]:
     """Every ``CallableObject`` aiogram may call for ``router`` and the routers below it."""
     for each in router.chain_tail:
         for observer in each.observers.values():
-            yield from _with_filters(observer._handler)
+            # The observer's own HandlerObject only carries the router-level filters; aiogram
+            # checks them and never calls its callback.
+            for found in observer._handler.filters or ():
+                yield from _filter_tree(found)
             for handler in observer.handlers:
                 yield from _with_filters(handler)
 
