@@ -121,8 +121,10 @@ async def test_the_per_request_timeout_is_a_deadline_and_errors_are_translated()
                 await bot.get_chat(chat_id=1, request_timeout=1)
         assert isinstance(slow.value.__cause__, trio.TooSlowError | httpx.TimeoutException)
 
+        bounded = GuardedHttpxSession(api=bot.session.api, max_response_bytes=4096)
         with pytest.raises(TelegramResponseTooLarge, match="exceeds 4096 bytes"):
-            await GuardedHttpxSession(api=bot.session.api, max_response_bytes=4096)(bot, GetUpdates())
+            await bounded(bot, GetUpdates())
+        await bounded.close()
 
         with pytest.raises(TelegramRetryAfter) as limited:  # aiogram's own mapping of the answer
             await bot.send_message(1, "hi")

@@ -291,9 +291,9 @@ class UpdateDispatcher:
     ) -> None:
         """Accept and handle updates until cancelled.
 
-        Cancellation cancels the handlers in progress and drops what was
-        queued: those updates were confirmed to Telegram and are lost, which is why the intake
-        hands over at most ``max_pending``. Raises ``RuntimeError`` at once when no asyncio loop is
+        Cancellation cancels the handlers in progress and drops what was queued: those updates
+        were confirmed to Telegram and are lost, which is why the intake hands over at most
+        ``max_pending``. Raises ``RuntimeError`` at once when no asyncio loop is
         visible from trio (the bridge is not open); otherwise only for a bug in the dispatcher.
         """
         if self._nursery is not None:

@@ -63,6 +63,9 @@ _NETWORK_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class TelegramResponseTooLarge(TelegramNetworkError):
     """The Bot API's answer was larger than the session's ``max_response_bytes``."""
 
@@ -73,7 +76,8 @@ class GuardedHttpxSession(BaseSession):
     ``limit`` is the pool size (connections at once, all kept alive for reuse: the outbox sender
     and the handlers talk to one host all the time); ``timeout`` the default total deadline of a
     call; ``transport`` the I/O backend (tests may pass an ``httpx.MockTransport``). The client is
-    created on the first call and again after :meth:`close`, so a closed session can be reused.
+    created with the session and again on the first call after :meth:`close`, so a closed session
+    can be reused.
     """
 
     def __init__(
@@ -97,17 +101,24 @@ class GuardedHttpxSession(BaseSession):
         self.max_response_bytes = max_response_bytes
         self.max_upload_bytes = max_upload_bytes
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
+        # Built now, not on the first call: loading the CA bundle blocks the scheduler for tens of
+        # milliseconds, which belongs at start-up (make_bot), not inside the first handler.
+        self._client: httpx.AsyncClient | None = self._new_client()
+        # Parsing a URL is a noticeable part of an httpx request; a bot calls few distinct methods.
+        self._urls: dict[tuple[str, str], httpx.URL] = {}
+
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=self.limit, max_keepalive_connections=self.limit),
+            headers={"User-Agent": f"atlas aiogram/{aiogram_version}"},
+            transport=self._transport,
+            follow_redirects=False,
+            timeout=httpx.Timeout(self.timeout),
+        )
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None or self._client.is_closed:
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=self.limit, max_keepalive_connections=self.limit),
-                headers={"User-Agent": f"atlas aiogram/{aiogram_version}"},
-                transport=self._transport,
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.timeout),
-            )
+            self._client = self._new_client()
         return self._client
 
     async def close(self) -> None:
@@ -125,7 +136,7 @@ class GuardedHttpxSession(BaseSession):
         """Check the guard, send the call, and map the answer the way aiogram does."""
         ensure_no_connection_held(f"Telegram {method.__api_method__}")
         deadline = self.timeout if timeout is None else timeout
-        url = self.api.api_url(token=bot.token, method=method.__api_method__)
+        url = self._url(bot.token, method.__api_method__)
         files: dict[str, InputFile] = {}
         fields: dict[str, Any] = {}
         for key, value in method.model_dump(warnings=False).items():
@@ -143,7 +154,7 @@ class GuardedHttpxSession(BaseSession):
                         url,
                         httpx_timeout=deadline,
                         content=self.json_dumps(fields).encode(),
-                        headers={"Content-Type": "application/json"},
+                        headers=_JSON,
                     )
         except trio.TooSlowError as exc:
             raise TelegramNetworkError(method=method, message="Request timeout error") from exc
@@ -173,12 +184,24 @@ class GuardedHttpxSession(BaseSession):
             parts[key] = (file.filename or key, b"".join(chunks))
         return {"data": data, "files": parts}
 
+    def _url(self, token: str, api_method: str) -> httpx.URL:
+        key = (token, api_method)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= 1024:  # a bound, though a bot has a few dozen methods
+                self._urls.clear()
+            url = self._urls[key] = httpx.URL(self.api.api_url(token=token, method=api_method))
+        return url
+
     async def _post(
-        self, method: TelegramMethod[Any], url: str, *, httpx_timeout: float, **body: Any
+        self, method: TelegramMethod[Any], url: httpx.URL, *, httpx_timeout: float, **body: Any
     ) -> tuple[int, str]:
         """POST and read the whole (bounded) answer; httpx's errors become ``TelegramNetworkError``."""
+        extra: dict[str, Any] = {}
+        if httpx_timeout != self.timeout:  # else the client's own Timeout: no object per request
+            extra["timeout"] = httpx.Timeout(httpx_timeout)
         try:
-            request = self._http().stream("POST", url, timeout=httpx.Timeout(httpx_timeout), **body)
+            request = self._http().stream("POST", url, **extra, **body)
             async with request as response:
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
