@@ -43,7 +43,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.exceptions import TelegramEntityTooLarge, TelegramNetworkError
-from aiogram.methods.base import TelegramMethod, TelegramType
+from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import FSInputFile, InputFile
 
 from atlas.net.guard import ensure_no_connection_held
@@ -115,6 +115,12 @@ class GuardedHttpxSession(BaseSession):
         self._client: httpx.AsyncClient | None = self._new_client()
         # Parsing a URL is a noticeable part of an httpx request; a bot calls few distinct methods.
         self._urls: dict[tuple[str, str], httpx.URL] = {}
+        # aiogram's check_response builds ``Response[method.__returning__]`` on every call; pydantic
+        # caches parametrized generics weakly, so once the garbage collector drops one it is built
+        # again (milliseconds of schema work each; in a profile of the bot benchmark, building them
+        # took more CPU than the whole HTTP client). Held here, pydantic's cache entries stay alive;
+        # one per return type.
+        self._response_types: dict[Any, type[Response[Any]]] = {}
 
     def _new_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -167,6 +173,9 @@ class GuardedHttpxSession(BaseSession):
                     )
         except trio.TooSlowError as exc:
             raise TelegramNetworkError(method=method, message="Request timeout error") from exc
+        returning = method.__returning__
+        if returning not in self._response_types:
+            self._response_types[returning] = Response[returning]  # type: ignore[valid-type]
         response = self.check_response(bot=bot, method=method, status_code=status, content=content)
         return cast(TelegramType, response.result)
 
