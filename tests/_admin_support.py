@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import Bot, Router
 from aiogram.types import CallbackQuery, Message
 
@@ -97,7 +96,7 @@ async def admin_bot(db: Database, **dependencies: Any) -> AsyncIterator[AdminBot
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 async def settle(h: AdminBot) -> None:

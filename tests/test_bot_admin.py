@@ -331,3 +331,29 @@ async def test_csv_export_pages_through_every_row(db: Database) -> None:
     assert [int(r[0]) for r in parsed[1:]] == ids and parsed[1][1] == "u,1"
     data, rows, cut = await build_csv(db, export_users_page, USER_EXPORT_HEADER, max_rows=1200)
     assert (rows, cut) == (1200, True) and len(list(csv.reader(io.StringIO(data.decode())))) == 1201
+
+
+async def test_a_handler_error_does_not_leave_the_admin_stuck_in_the_broadcast_prompt(db: Database) -> None:
+    # Issue 11, item 10: a broadcast text the database refuses (a NUL byte) crashed the handler and
+    # left the admin in the "type the broadcast text" state, where every next message failed too.
+    await db.run(_seed)
+    async with admin_bot(db) as h:
+        admin = h.emulator.add_user(ADMIN, "Boss")
+        admin.send_command("/broadcast")
+        assert (await admin.next_message(within=10)).plain_text == "Who gets the broadcast?"
+        admin.press("Everyone")
+        assert "Send the text" in ((await admin.next_message(within=10)).plain_text or "")
+        admin.send_text("before\x00after")
+        # The handler fails (PostgreSQL refuses the text); the boundary apologises, reports, and
+        # ends the conversation.
+        assert (await admin.next_message(within=10)).plain_text == bundled().t("en", "errors.apology")
+        await settle(h)
+        (report,) = h.reports.latest()
+        assert "conversation state cleared" in report.decision
+        admin.send_text("just a message")  # not taken for a broadcast text
+        assert (await admin.next_message(within=10)).plain_text == UNKNOWN
+    assert await db.run(_count_broadcasts) == 0
+
+
+async def _count_broadcasts(tx: Tx) -> int:
+    return int(await tx.fetchval("SELECT count(*) FROM broadcasts"))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -160,7 +160,7 @@ async def bench(db: Database, **dependencies: Any) -> AsyncIterator[Bench]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 def texts(records: list[ChatRecord]) -> str:
@@ -239,6 +239,44 @@ async def test_start_trial_subscription_gives_working_links_qr_and_guides(db: Da
         new_key = keys[1]["uuid"]
         assert keys[1]["desired"] == "present" and new_key != key
         assert {parse_vless_link(link).uuid for link in VLESS.findall(texts(seen))} == {str(new_key)}
+
+
+async def test_a_screen_and_its_user_lookup_cost_one_unit_of_work(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    units: list[str] = []
+    original = Database.run
+
+    async def counting(self: Database, unit: Any, /, **kwargs: Any) -> Any:
+        units.append(unit.__name__)
+        return await original(self, unit, **kwargs)
+
+    async with bench(db) as b:
+        alice = b.emulator.add_user(5101, "Alice", language_code="en")
+        await b.step(alice, "command", "/start")
+        await b.step(alice, "press", en("user.button.trial"))
+        monkeypatch.setattr(Database, "run", counting)
+        screens = {
+            "subscription": en("user.button.subscription"),
+            "qr": en("user.button.qr"),
+            "menu": en("user.button.menu"),
+            "plans": en("user.button.plans"),
+        }
+        for name, button in screens.items():
+            units.clear()
+            seen = await b.step(alice, "press", button)
+            assert seen, name
+            assert units == ["get_user_for_screen"], (name, units)  # the screen's read rode along
+        units.clear()
+        seen = await b.step(alice, "command", "/ref")
+        assert units == ["get_user_for_screen"] and "?start=ref_" in texts(seen)
+
+        # A handler that changes something reads afresh after its change: its own units.
+        await b.step(alice, "press", en("user.button.subscription"))
+        units.clear()
+        seen = await b.step(alice, "press", en("user.button.auto_on"))
+        assert units == ["get_user_for_screen", "set_auto_renew", "run_screen_read"]
+        assert "Auto-renew from balance: on" in texts(seen)
 
 
 async def test_a_referred_users_payment_rewards_the_referrer_and_buying_from_balance(db: Database) -> None:

@@ -1,4 +1,4 @@
-"""The Bot API emulator, driven by the real aiogram Bot over real HTTP (trio + one trio-asyncio loop)."""
+"""The Bot API emulator, driven by the real aiogram Bot over real HTTP (its httpx session, on trio)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramBadRequest,
@@ -29,18 +28,11 @@ from starlette.routing import Route
 
 import atlas.testing.botapi as botapi
 from atlas.net import ConnectionHeldAcrossIO, holding_connection
-from atlas.telegram.session import GuardedAiohttpSession, make_bot
+from atlas.telegram.session import GuardedHttpxSession, make_bot
 from atlas.testing.botapi import BotApiEmulator, PaymentOutcome, RateLimits, ScriptError, max_in_window
 from atlas.testing.botapi._validate import plain_text
 from atlas.testing.botapi.errors import ApiError
 from atlas.web.server import serve_asgi
-
-T = TypeVar("T")
-
-
-def aio(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Call an asyncio coroutine function (aiogram) from trio."""
-    return trio_asyncio.aio_as_trio(fn)  # type: ignore[no-any-return]
 
 
 @asynccontextmanager
@@ -48,12 +40,11 @@ async def running(**options: Any) -> AsyncIterator[tuple[BotApiEmulator, Bot]]:
     emulator = BotApiEmulator(**options)
     async with trio.open_nursery() as nursery:
         base = await nursery.start(emulator.serve)
-        async with trio_asyncio.open_loop():
-            bot = make_bot(emulator.token, base)
-            try:
-                yield emulator, bot
-            finally:
-                await aio(bot.session.close)()
+        bot = make_bot(emulator.token, base)
+        try:
+            yield emulator, bot
+        finally:
+            await bot.session.close()
         nursery.cancel_scope.cancel()
 
 
@@ -84,13 +75,13 @@ def tiny_png(width: int, height: int) -> bytes:
 
 async def test_get_me_auth_unknown_method_and_json_bodies() -> None:
     async with running(bot_username="vpn_bot") as (emulator, bot):
-        me = await aio(bot.get_me)()
+        me = await bot.get_me()
         assert (me.id, me.is_bot, me.username) == (emulator.bot_id, True, "vpn_bot")
 
         wrong = make_bot("999:wrong-token", emulator.url)
         with pytest.raises(TelegramUnauthorizedError):
-            await aio(wrong.get_me)()
-        await aio(wrong.session.close)()
+            await wrong.get_me()
+        await wrong.session.close()
 
         alice = emulator.add_user(1001, "Alice")
         async with httpx.AsyncClient(base_url=emulator.url) as client:
@@ -110,7 +101,7 @@ async def test_get_me_auth_unknown_method_and_json_bodies() -> None:
 async def test_send_message_records_inline_keyboard_and_validates_like_telegram() -> None:
     async with running() as (emulator, bot):
         alice = emulator.add_user(1001, "Alice", username="alice")
-        sent = await aio(bot.send_message)(
+        sent = await bot.send_message(
             alice.id, "<b>Plans</b> &amp; prices", parse_mode="HTML", reply_markup=keyboard()
         )
         assert sent.text == "Plans & prices"
@@ -135,20 +126,20 @@ async def test_send_message_records_inline_keyboard_and_validates_like_telegram(
         }
         assert record.button_texts() == ["Buy", "Site"]
 
-        second = await aio(bot.send_message)("@alice", "again")
+        second = await bot.send_message("@alice", "again")
         assert second.message_id == sent.message_id + 1
 
         with pytest.raises(TelegramBadRequest, match="can't parse entities"):
-            await aio(bot.send_message)(alice.id, "1 < 2 <b>x", parse_mode="HTML")
+            await bot.send_message(alice.id, "1 < 2 <b>x", parse_mode="HTML")
         too_long = InlineKeyboardMarkup(
             inline_keyboard=[[InlineKeyboardButton(text="x", callback_data="d" * 65)]]
         )
         with pytest.raises(TelegramBadRequest, match="BUTTON_DATA_INVALID"):
-            await aio(bot.send_message)(alice.id, "x", reply_markup=too_long)
+            await bot.send_message(alice.id, "x", reply_markup=too_long)
         with pytest.raises(TelegramBadRequest, match="chat not found"):
-            await aio(bot.send_message)(424242, "nobody")
+            await bot.send_message(424242, "nobody")
         with pytest.raises(TelegramBadRequest, match="message text is empty"):
-            await aio(bot.send_message)(alice.id, "<b></b>", parse_mode="HTML")
+            await bot.send_message(alice.id, "<b></b>", parse_mode="HTML")
         assert [r.kind for r in alice.chat_log()] == ["message", "message"]  # refused calls left no trace
 
 
@@ -186,7 +177,7 @@ async def test_start_reaches_bot_through_get_updates_with_offset_confirmation() 
         alice = emulator.add_user(1001, "Alice", language_code="ru")
         update_id = alice.send_command("/start", "ref42")
 
-        first = await aio(bot.get_updates)()
+        first = await bot.get_updates()
         assert [u.update_id for u in first] == [update_id]
         message = first[0].message
         assert message is not None and message.from_user is not None
@@ -199,16 +190,16 @@ async def test_start_reaches_bot_through_get_updates_with_offset_confirmation() 
         )
         assert (message.from_user.id, message.from_user.language_code, message.chat.id) == (1001, "ru", 1001)
 
-        again = await aio(bot.get_updates)()  # not confirmed yet: delivered again
+        again = await bot.get_updates()  # not confirmed yet: delivered again
         assert [u.update_id for u in again] == [update_id]
-        assert await aio(bot.get_updates)(offset=update_id + 1) == []
+        assert await bot.get_updates(offset=update_id + 1) == []
         assert emulator.pending_updates() == []
 
         # A long poll returns as soon as an update arrives, not when its timeout ends.
         got: list[Any] = []
 
         async def poll() -> None:
-            got.extend(await aio(bot.get_updates)(offset=update_id + 1, timeout=30))
+            got.extend(await bot.get_updates(offset=update_id + 1, timeout=30))
 
         started = trio.current_time()
         async with trio.open_nursery() as nursery:
@@ -223,50 +214,50 @@ async def test_start_reaches_bot_through_get_updates_with_offset_confirmation() 
 
         async def parked() -> None:
             try:
-                await aio(bot.get_updates)(offset=got[0].update_id + 1, timeout=30)
+                await bot.get_updates(offset=got[0].update_id + 1, timeout=30)
             except TelegramConflictError as exc:
                 conflict.append(exc)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(parked)
             await emulator.wait_for_long_poll()
-            assert await aio(bot.get_updates)(offset=got[0].update_id + 1) == []
+            assert await bot.get_updates(offset=got[0].update_id + 1) == []
         assert conflict and "terminated by other getUpdates request" in str(conflict[0])
 
 
 async def test_callback_press_round_trip_edit_and_delete() -> None:
     async with running() as (emulator, bot):
         alice = emulator.add_user(1001, "Alice")
-        sent = await aio(bot.send_message)(alice.id, "Choose", reply_markup=keyboard())
+        sent = await bot.send_message(alice.id, "Choose", reply_markup=keyboard())
 
         query_id = alice.press("Buy")
-        updates = await aio(bot.get_updates)()
+        updates = await bot.get_updates()
         callback = updates[0].callback_query
         assert callback is not None and callback.message is not None
         assert (callback.id, callback.data, callback.from_user.id) == (query_id, "buy:1m", alice.id)
         assert callback.message.message_id == sent.message_id
 
-        assert await aio(bot.answer_callback_query)(query_id, text="Done") is True
+        assert await bot.answer_callback_query(query_id, text="Done") is True
         answer = await alice.callback_answer(query_id, within=1)
         assert (answer.text, answer.data, answer.show_alert) == ("Done", "buy:1m", False)
         with pytest.raises(TelegramBadRequest, match="query is too old"):
-            await aio(bot.answer_callback_query)(query_id)
+            await bot.answer_callback_query(query_id)
         with pytest.raises(ScriptError, match="no callback_data"):
             alice.press("Site")
 
-        edited = await aio(bot.edit_message_text)("Bought", chat_id=alice.id, message_id=sent.message_id)
+        edited = await bot.edit_message_text("Bought", chat_id=alice.id, message_id=sent.message_id)
         assert not isinstance(edited, bool) and edited.text == "Bought" and edited.reply_markup is None
         with pytest.raises(TelegramBadRequest, match="message is not modified"):
-            await aio(bot.edit_message_text)("Bought", chat_id=alice.id, message_id=sent.message_id)
+            await bot.edit_message_text("Bought", chat_id=alice.id, message_id=sent.message_id)
         with pytest.raises(ScriptError, match="no inline button"):
             alice.press("Buy")  # the edit without reply_markup removed the keyboard, as on Telegram
 
-        await aio(bot.edit_message_reply_markup)(
+        await bot.edit_message_reply_markup(
             chat_id=alice.id, message_id=sent.message_id, reply_markup=keyboard()
         )
-        assert await aio(bot.delete_message)(alice.id, sent.message_id) is True
+        assert await bot.delete_message(alice.id, sent.message_id) is True
         with pytest.raises(TelegramBadRequest, match="message to delete not found"):
-            await aio(bot.delete_message)(alice.id, sent.message_id)
+            await bot.delete_message(alice.id, sent.message_id)
         assert [r.kind for r in alice.chat_log()] == ["message", "edit_text", "edit_markup", "delete"]
         assert (await alice.next_record(within=1)).kind == "message"
         assert (await alice.next_record(within=1)).kind == "edit_text"
@@ -276,7 +267,7 @@ async def test_send_photo_and_document_from_bytes_are_recorded() -> None:
     async with running() as (emulator, bot):
         alice = emulator.add_user(1001, "Alice")
         png = tiny_png(3, 2)
-        photo = await aio(bot.send_photo)(
+        photo = await bot.send_photo(
             alice.id, BufferedInputFile(png, "qr.png"), caption="<i>Your key</i>", parse_mode="HTML"
         )
         assert photo.photo is not None and photo.caption == "Your key"
@@ -286,14 +277,14 @@ async def test_send_photo_and_document_from_bytes_are_recorded() -> None:
         assert (record.file.width, record.file.height) == (3, 2)
         assert record.plain_text == "Your key"
 
-        again = await aio(bot.send_photo)(alice.id, photo.photo[-1].file_id)
+        again = await bot.send_photo(alice.id, photo.photo[-1].file_id)
         assert again.photo is not None and again.photo[-1].file_id == photo.photo[-1].file_id
         assert (await alice.next_message(within=1)).file.source == "file_id"  # type: ignore[union-attr]
         with pytest.raises(TelegramBadRequest, match="wrong file identifier"):
-            await aio(bot.send_photo)(alice.id, "no-such-file-id")
+            await bot.send_photo(alice.id, "no-such-file-id")
 
         csv = b"id,name\n1,alice\n"
-        document = await aio(bot.send_document)(alice.id, BufferedInputFile(csv, "export.csv"))
+        document = await bot.send_document(alice.id, BufferedInputFile(csv, "export.csv"))
         assert document.document is not None and document.document.file_name == "export.csv"
         record = await alice.next_message(within=1)
         assert record.kind == "document" and record.file is not None
@@ -311,20 +302,20 @@ async def _pay_while_bot_answers(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_payment)
-        updates = await aio(bot.get_updates)(timeout=5)
+        updates = await bot.get_updates(timeout=5)
         query = updates[-1].pre_checkout_query
         assert query is not None
         if ok:
-            await aio(bot.answer_pre_checkout_query)(query.id, ok=True)
+            await bot.answer_pre_checkout_query(query.id, ok=True)
         else:
-            await aio(bot.answer_pre_checkout_query)(query.id, ok=False, error_message="Sold out")
+            await bot.answer_pre_checkout_query(query.id, ok=False, error_message="Sold out")
     return outcome[0], updates[-1].update_id
 
 
 async def test_stars_invoice_pre_checkout_successful_payment_and_refund() -> None:
     async with running() as (emulator, bot):
         alice = emulator.add_user(1001, "Alice")
-        await aio(bot.send_invoice)(
+        await bot.send_invoice(
             alice.id,
             title="1 month",
             description="VPN for 30 days",
@@ -342,7 +333,7 @@ async def test_stars_invoice_pre_checkout_successful_payment_and_refund() -> Non
         assert outcome.ok and outcome.charge is not None and outcome.answer is not None
         assert outcome.answer.in_time and 0 <= outcome.answer.elapsed < 10
 
-        updates = await aio(bot.get_updates)(offset=last_id + 1, timeout=5)
+        updates = await bot.get_updates(offset=last_id + 1, timeout=5)
         payment = updates[0].message.successful_payment if updates[0].message else None
         assert payment is not None
         assert (payment.currency, payment.total_amount, payment.invoice_payload) == (
@@ -354,11 +345,11 @@ async def test_stars_invoice_pre_checkout_successful_payment_and_refund() -> Non
         assert payment.provider_payment_charge_id
 
         charge_id = payment.telegram_payment_charge_id
-        assert await aio(bot.refund_star_payment)(alice.id, charge_id) is True
+        assert await bot.refund_star_payment(alice.id, charge_id) is True
         with pytest.raises(TelegramBadRequest, match="CHARGE_ALREADY_REFUNDED"):
-            await aio(bot.refund_star_payment)(alice.id, charge_id)
+            await bot.refund_star_payment(alice.id, charge_id)
         with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
-            await aio(bot.refund_star_payment)(alice.id, "stx-never-issued")
+            await bot.refund_star_payment(alice.id, "stx-never-issued")
         assert [r.telegram_payment_charge_id for r in emulator.refunds] == [charge_id]
 
         # A second payment of the same invoice gets its own, unique charge id.
@@ -373,28 +364,28 @@ async def test_stars_validation_declined_payment_and_subscription_link() -> None
         alice = emulator.add_user(1001, "Alice")
         base: dict[str, Any] = dict(title="1 month", description="VPN", payload="p", currency="XTR")
         with pytest.raises(TelegramBadRequest, match="STARS_INVOICE_INVALID"):
-            await aio(bot.send_invoice)(alice.id, **base, prices=[LabeledPrice(label="a", amount=1)] * 2)
+            await bot.send_invoice(alice.id, **base, prices=[LabeledPrice(label="a", amount=1)] * 2)
         with pytest.raises(TelegramBadRequest, match="STARS_INVOICE_INVALID"):
-            await aio(bot.send_invoice)(
+            await bot.send_invoice(
                 alice.id, **base, provider_token="tok", prices=[LabeledPrice(label="a", amount=1)]
             )
         with pytest.raises(TelegramBadRequest, match="INVOICE_PAYLOAD_INVALID"):
-            await aio(bot.send_invoice)(
+            await bot.send_invoice(
                 alice.id, **{**base, "payload": "x" * 129}, prices=[LabeledPrice(label="a", amount=1)]
             )
         assert alice.chat_log() == [] and emulator.invoices == ()
 
-        link = await aio(bot.create_invoice_link)(
+        link = await bot.create_invoice_link(
             **base, prices=[LabeledPrice(label="month", amount=100)], subscription_period=2592000
         )
         declined, last_id = await _pay_while_bot_answers(
             emulator, bot, lambda: alice.pay_stars(link), ok=False
         )
         assert not declined.ok and declined.charge is None and declined.reason == "declined: Sold out"
-        assert await aio(bot.get_updates)(offset=last_id + 1) == []  # no successful_payment
+        assert await bot.get_updates(offset=last_id + 1) == []  # no successful_payment
 
         paid, last_id = await _pay_while_bot_answers(emulator, bot, lambda: alice.pay_stars(link), ok=True)
-        updates = await aio(bot.get_updates)(offset=last_id + 1)
+        updates = await bot.get_updates(offset=last_id + 1)
         payment = updates[0].message.successful_payment if updates[0].message else None
         assert (
             paid.ok and payment is not None and payment.is_recurring and payment.subscription_expiration_date
@@ -403,7 +394,7 @@ async def test_stars_validation_declined_payment_and_subscription_link() -> None
         unanswered = await alice.pay_stars(link, answer_timeout=0.05)
         assert not unanswered.ok and "did not answer" in (unanswered.reason or "")
         with pytest.raises(TelegramBadRequest, match="query is too old"):
-            await aio(bot.answer_pre_checkout_query)(unanswered.query_id, ok=True)
+            await bot.answer_pre_checkout_query(unanswered.query_id, ok=True)
         assert emulator.pre_checkout_answers[-1].in_time is False
 
 
@@ -413,33 +404,33 @@ async def test_injected_faults_surface_as_aiogram_errors() -> None:
         bob = emulator.add_user(1002, "Bob")
         fault = emulator.inject("sendMessage", chat_id=alice.id, error=429, retry_after=7)
         with pytest.raises(TelegramRetryAfter) as caught:
-            await aio(bot.send_message)(alice.id, "hi")
+            await bot.send_message(alice.id, "hi")
         assert caught.value.retry_after == 7
         assert (fault.hits, fault.live) == (1, False)
-        await aio(bot.send_message)(bob.id, "not faulted")
-        await aio(bot.send_message)(alice.id, "the fault was used up")
+        await bot.send_message(bob.id, "not faulted")
+        await bot.send_message(alice.id, "the fault was used up")
         assert emulator.served_429 == 1
         assert [s.accepted for s in emulator.send_stamps] == [False, True, True]
 
         alice.block_bot()
         with pytest.raises(TelegramForbiddenError, match="bot was blocked by the user"):
-            await aio(bot.send_message)(alice.id, "hi")
+            await bot.send_message(alice.id, "hi")
         alice.send_command("/start")  # restarting the bot unblocks it
-        await aio(bot.send_message)(alice.id, "welcome back")
+        await bot.send_message(alice.id, "welcome back")
 
         emulator.inject(None, chat_id=bob.id, error=403, count=2)
         for _ in range(2):
             with pytest.raises(TelegramForbiddenError):
-                await aio(bot.send_message)(bob.id, "hi")
+                await bot.send_message(bob.id, "hi")
         emulator.inject("sendMessage", error=400, description="Bad Request: chat not found")
         with pytest.raises(TelegramBadRequest, match="chat not found"):
-            await aio(bot.send_message)(bob.id, "hi")
+            await bot.send_message(bob.id, "hi")
 
         emulator.fail_all_5xx(True)
         with pytest.raises(TelegramServerError):
-            await aio(bot.get_me)()
+            await bot.get_me()
         emulator.fail_all_5xx(False)
-        assert (await aio(bot.get_me)()).id == emulator.bot_id
+        assert (await bot.get_me()).id == emulator.bot_id
         with pytest.raises(ValueError, match="retry_after"):
             emulator.inject("sendMessage", error=429, retry_after=0)
 
@@ -455,11 +446,11 @@ async def test_webhook_delivers_with_secret_header_and_retries_non_2xx() -> None
     async with running(webhook_first_retry=0.01) as (emulator, bot), trio.open_nursery() as nursery:
         hook_base = await nursery.start(serve_asgi, receiver)
         alice = emulator.add_user(1001, "Alice")
-        assert await aio(bot.set_webhook)(
+        assert await bot.set_webhook(
             f"{hook_base}/hook", secret_token="s3cret_-", drop_pending_updates=True
         )
         with pytest.raises(TelegramConflictError, match="webhook is active"):
-            await aio(bot.get_updates)()
+            await bot.get_updates()
 
         update_id = alice.send_text("hi")
         await emulator.wait_until_delivered(within=5)
@@ -467,15 +458,15 @@ async def test_webhook_delivers_with_secret_header_and_retries_non_2xx() -> None
         assert {a.secret_token for a in emulator.webhook_attempts} == {"s3cret_-"}
         assert [(secret, body["update_id"]) for secret, body in received] == [("s3cret_-", update_id)] * 3
         assert received[-1][1]["message"]["text"] == "hi"
-        info = await aio(bot.get_webhook_info)()
+        info = await bot.get_webhook_info()
         assert info.url == f"{hook_base}/hook" and info.pending_update_count == 0
         assert info.last_error_message is not None and "500" in info.last_error_message
 
         with pytest.raises(TelegramBadRequest, match="secret token contains unallowed characters"):
-            await aio(bot.set_webhook)(f"{hook_base}/hook", secret_token="no spaces")
-        assert await aio(bot.delete_webhook)() is True
+            await bot.set_webhook(f"{hook_base}/hook", secret_token="no spaces")
+        assert await bot.delete_webhook() is True
         second = alice.send_text("polling again")
-        assert [u.update_id for u in await aio(bot.get_updates)()] == [second]
+        assert [u.update_id for u in await bot.get_updates()] == [second]
         nursery.cancel_scope.cancel()
 
 
@@ -490,10 +481,10 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
     async with running() as (emulator, bot):
         alice, bob = emulator.add_user(1001, "Alice"), emulator.add_user(1002, "Bob")
         for i in range(5):
-            await aio(bot.send_message)(alice.id, f"a{i}")
+            await bot.send_message(alice.id, f"a{i}")
         for i in range(3):
-            await aio(bot.send_message)(bob.id, f"b{i}")
-        await aio(bot.get_me)()  # not a send: not counted
+            await bot.send_message(bob.id, f"b{i}")
+        await bot.get_me()  # not a send: not counted
         assert len(emulator.send_stamps) == 8
         assert emulator.max_global_rate(window=1.0) == 8
         assert emulator.max_per_chat_rate(window=1.0) == 5
@@ -502,14 +493,14 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
     limits = RateLimits(global_per_window=3, per_chat_per_window=1, window=1.0)
     async with running(enforce_limits=True, limits=limits) as (emulator, bot):
         users = [emulator.add_user(2000 + i, f"U{i}") for i in range(4)]
-        await aio(bot.send_message)(users[0].id, "one")
+        await bot.send_message(users[0].id, "one")
         with pytest.raises(TelegramRetryAfter) as per_chat:
-            await aio(bot.send_message)(users[0].id, "too soon for this chat")
+            await bot.send_message(users[0].id, "too soon for this chat")
         assert per_chat.value.retry_after == 1
-        await aio(bot.send_message)(users[1].id, "two")
-        await aio(bot.send_message)(users[2].id, "three")
+        await bot.send_message(users[1].id, "two")
+        await bot.send_message(users[2].id, "three")
         with pytest.raises(TelegramRetryAfter):
-            await aio(bot.send_message)(users[3].id, "over the global limit")
+            await bot.send_message(users[3].id, "over the global limit")
         assert emulator.served_429 == 2
         assert emulator.max_global_rate(accepted_only=True) == 3
         assert emulator.max_per_chat_rate(accepted_only=True) == 1
@@ -517,17 +508,17 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
 
 async def test_guarded_session_refuses_telegram_calls_inside_a_unit_of_work() -> None:
     async with running() as (emulator, bot):
-        assert isinstance(bot.session, GuardedAiohttpSession)
+        assert isinstance(bot.session, GuardedHttpxSession)
 
         async def inside_unit() -> None:
-            # The context variable must be set in the asyncio task that makes the call.
+            # The context variable is set in the task that makes the call.
             with holding_connection("apply_payment"):
                 await bot.get_me()
 
         with pytest.raises(ConnectionHeldAcrossIO, match=r"Telegram getMe.*apply_payment"):
-            await aio(inside_unit)()
+            await inside_unit()
         assert emulator.calls["getMe"] == 0  # refused before any I/O
-        assert (await aio(bot.get_me)()).id == emulator.bot_id
+        assert (await bot.get_me()).id == emulator.bot_id
 
     production = make_bot("123:abc")
     assert production.session.api.base.startswith("https://api.telegram.org/")

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramBadRequest,
@@ -165,7 +164,7 @@ async def emulated() -> AsyncIterator[tuple[BotApiEmulator, Bot, trio.Nursery]]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 async def until_no_pending(db: Database, within: float) -> None:

@@ -20,7 +20,6 @@ from typing import Any, cast
 import httpx
 import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.types import LabeledPrice
 from starlette.applications import Starlette
@@ -448,7 +447,7 @@ async def stars_bot(db: Database) -> AsyncIterator[StarsBot]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 async def stars_intent(s: StarsBot, user_id: int) -> PaymentIntent:
@@ -576,7 +575,7 @@ async def test_pre_checkout_refuses_a_changed_price_and_answers_in_time_when_the
         user = s.emulator.add_user(602, "Max", language_code="ru")
         intent = await stars_intent(s, 602)
         # An invoice that asks another price than the intent's quote.
-        await trio_asyncio.aio_as_trio(s.bot.send_invoice)(
+        await s.bot.send_invoice(
             chat_id=602,
             title="Atlas",
             description="30 days",

@@ -11,7 +11,6 @@ import json
 import random
 
 import pytest
-import trio_asyncio
 from aiogram.exceptions import TelegramBadRequest
 
 from atlas.actors.stars_reconciler import CURSOR, StarsReconciler
@@ -133,4 +132,4 @@ async def test_get_star_transactions_pages_oldest_first_with_refunds(db: Databas
         assert await ledger.transactions(offset=10, limit=5) == []
         for bad in ({"limit": 101}, {"limit": 0}, {"offset": -1}):
             with pytest.raises(TelegramBadRequest):
-                await trio_asyncio.aio_as_trio(s.bot.get_star_transactions)(**bad)
+                await s.bot.get_star_transactions(**bad)

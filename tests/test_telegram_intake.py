@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import pytest
 import trio
-import trio_asyncio
 from aiogram import Bot, Dispatcher, F, Router
+from aiogram.filters import Command, StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from starlette.applications import Starlette
 
@@ -41,11 +43,6 @@ from atlas.web.server import serve_asgi
 
 SECRET = "hook-Secret_123"
 FAST = PollingSettings(timeout=1, standby_retry=0.05, lock_check_every=0.2)
-
-
-async def trio_wait(event: trio.Event) -> None:
-    """Await a trio event from an aiogram handler (the asyncio side)."""
-    await trio_asyncio.trio_as_aio(event.wait)()
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
@@ -98,7 +95,7 @@ async def harness(router: Router, **options: Any) -> AsyncIterator[Harness]:
         finally:
             nursery.cancel_scope.cancel()
             with trio.CancelScope(shield=True):
-                await trio_asyncio.aio_as_trio(bot.session.close)()
+                await bot.session.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +114,7 @@ async def test_polling_keeps_order_per_user_and_runs_users_in_parallel(bridge: N
         events.append((user, text, "start"))
         if text == "slow":
             slow_started.set()
-            await trio_wait(release_slow)
+            await release_slow.wait()
         events.append((user, text, "end"))
         await message.answer(f"done: {text}")
         if user == 1002:
@@ -166,7 +163,7 @@ async def test_the_offset_advances_only_after_hand_off(bridge: None) -> None:
 
     @router.message()
     async def on_message(message: Message) -> None:
-        await trio_wait(gate)
+        await gate.wait()
         handled.append(str(message.text))
 
     async with harness(router) as h:
@@ -286,7 +283,7 @@ async def test_webhook_route_checks_the_secret_and_answers_503_when_full(bridge:
     @router.message()
     async def on_message(message: Message) -> None:
         if message.text == "wait":
-            await trio_wait(gate)
+            await gate.wait()
         handled.append(str(message.text))
         await message.answer(f"echo: {message.text}")
 
@@ -358,7 +355,7 @@ async def test_a_failing_handler_gets_an_apology_and_a_crash_report(bridge: None
 
     @router.message(F.text == "hang")
     async def hang(message: Message) -> None:
-        await trio_asyncio.trio_as_aio(trio.sleep_forever)()
+        await trio.sleep_forever()
 
     @router.message()
     async def fine(message: Message) -> None:
@@ -384,7 +381,7 @@ async def test_a_failing_handler_gets_an_apology_and_a_crash_report(bridge: None
         jane.send_text("hang")
         assert (await jane.next_message()).text == t("en", "errors.apology")  # the stored language wins
 
-        await trio_asyncio.aio_as_trio(h.bot.send_message)(
+        await h.bot.send_message(
             ivan.id,
             "menu",
             reply_markup=InlineKeyboardMarkup(
@@ -415,6 +412,53 @@ async def test_a_failing_handler_gets_an_apology_and_a_crash_report(bridge: None
         assert dispatch.statistics().failed == 3 and dispatch.statistics().handled == 1
 
 
+class Conversation(StatesGroup):
+    waiting_for_name = State()
+
+
+async def test_a_failing_handler_ends_the_users_conversation_state(bridge: None) -> None:
+    router = Router()
+
+    @router.message(Command("ask"))
+    async def ask(message: Message, state: FSMContext) -> None:
+        await state.set_state(Conversation.waiting_for_name)
+        await message.answer("your name?")
+
+    @router.message(StateFilter(Conversation.waiting_for_name), F.text)
+    async def named(message: Message, state: FSMContext) -> None:
+        if message.text == "boom":
+            raise ValueError("the step failed")  # e.g. the database refused the text
+        await state.clear()
+        await message.answer(f"hello {message.text}")
+
+    @router.message()
+    async def elsewhere(message: Message, state: FSMContext) -> None:
+        await message.answer(f"no conversation: {message.text} ({await state.get_state()})")
+
+    async with harness(router) as h:
+        ivan = h.emulator.add_user(1001, "Ivan", language_code="en")
+        olga = h.emulator.add_user(1002, "Olga", language_code="en")
+        dispatch = h.dispatcher()
+        await h.start(dispatch.run)
+        await h.start(PollingIntake(bot=h.bot, dispatcher=dispatch, settings=FAST).run)
+
+        for user in (ivan, olga):
+            user.send_command("/ask")
+            assert (await user.next_message()).text == "your name?"
+        ivan.send_text("boom")
+        assert (await ivan.next_message()).text == t("en", "errors.apology")
+        ivan.send_text("Ivan")  # not taken for the failed step's answer
+        assert (await ivan.next_message()).text == "no conversation: Ivan (None)"
+        olga.send_text("Olga")  # another user's conversation is untouched
+        assert (await olga.next_message()).text == "hello Olga"
+
+        with trio.fail_after(5):
+            await dispatch.join()
+        (report,) = h.reports.latest()
+        assert report.exc_type == "ValueError"
+        assert "conversation state cleared" in report.decision
+
+
 async def test_polling_backs_off_on_5xx_and_a_set_webhook_and_stops_on_a_bad_token(
     bridge: None, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -439,10 +483,10 @@ async def test_polling_backs_off_on_5xx_and_a_set_webhook_and_stops_on_a_bad_tok
         alice.send_text("after the outage")
         await wait_for(lambda: handled == ["after the outage"])
 
-        await trio_asyncio.aio_as_trio(h.bot.set_webhook)("https://example.org/hook")
+        await h.bot.set_webhook("https://example.org/hook")
         await wait_for(lambda: intake.conflicts >= 2)
         assert "a webhook is set for this bot" in caplog.text
-        await trio_asyncio.aio_as_trio(h.bot.delete_webhook)()
+        await h.bot.delete_webhook()
         alice.send_text("polling again")
         await wait_for(lambda: handled[-1:] == ["polling again"])
 
@@ -451,4 +495,4 @@ async def test_polling_backs_off_on_5xx_and_a_set_webhook_and_stops_on_a_bad_tok
             with pytest.raises(IntakeUnauthorized, match="bot token"):
                 await PollingIntake(bot=wrong, dispatcher=dispatch, settings=quick).run()
         finally:
-            await trio_asyncio.aio_as_trio(wrong.session.close)()
+            await wrong.session.close()

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 
@@ -200,7 +199,7 @@ class Broadcaster(Actor):
             return False
         try:
             with trio.fail_after(self.settings.edit_timeout):
-                await trio_asyncio.aio_as_trio(self._bot.edit_message_text)(
+                await self._bot.edit_message_text(
                     text=text, chat_id=chat, message_id=message_id, parse_mode="HTML"
                 )
         except (TelegramRetryAfter, TelegramServerError, TelegramNetworkError, trio.TooSlowError) as exc:

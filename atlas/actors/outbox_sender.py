@@ -39,7 +39,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import AiogramError
 from aiogram.types import InlineKeyboardMarkup
@@ -244,7 +243,7 @@ class OutboxSender(Actor):
         timeout = self.settings.send_timeout
         try:
             with trio.fail_after(timeout + 1):
-                await trio_asyncio.aio_as_trio(self._bot.send_message)(
+                await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,
                     parse_mode=parse_mode,

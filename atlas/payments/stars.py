@@ -1,8 +1,7 @@
 """Telegram Stars: sending an intent's invoice, and an admin refund that corrects the ledger.
 
-Both functions are **trio-side** (like ``db.run``): they reach aiogram's asyncio ``Bot`` through
-``trio_asyncio.aio_as_trio``. An aiogram handler calls them as
-``await trio_asyncio.trio_as_aio(refund_stars_payment)(db, bot, ...)``.
+Both functions are trio code, like ``db.run`` and the Bot's session (httpx on trio); an aiogram
+handler (itself running in a trio task) awaits them directly.
 
 The refund's order — Telegram first, then the database — and why:
 
@@ -35,7 +34,6 @@ from __future__ import annotations
 import logging
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramNetworkError
 from aiogram.types import LabeledPrice
@@ -80,7 +78,7 @@ async def send_stars_invoice(
         raise ValueError(
             f"intent {intent.payment_id} is {intent.provider}/{intent.currency}, not a Stars intent"
         )
-    message = await trio_asyncio.aio_as_trio(bot.send_invoice)(
+    message = await bot.send_invoice(
         chat_id=chat_id,
         title=title[:32],
         description=description[:255],
@@ -109,7 +107,7 @@ async def refund_stars_payment(
     if target.balance_short:
         raise RefundRefused(payment_id, "balance_short")
     try:
-        await trio_asyncio.aio_as_trio(bot.refund_star_payment)(
+        await bot.refund_star_payment(
             user_id=target.user_id, telegram_payment_charge_id=target.external_id
         )
     except TelegramBadRequest as exc:

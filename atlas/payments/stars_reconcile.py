@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.types import StarTransaction as AiogramStarTransaction
@@ -97,15 +96,13 @@ class BotStarsLedger:
         """One page of ``getStarTransactions`` as :class:`StarTransaction` values."""
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             raise ValueError(f"offset must be >= 0 and limit in 1..{MAX_PAGE}, got {offset}, {limit}")
-        page = await trio_asyncio.aio_as_trio(self._bot.get_star_transactions)(offset=offset, limit=limit)
+        page = await self._bot.get_star_transactions(offset=offset, limit=limit)
         return [star_transaction(item) for item in page.transactions]
 
     async def refund(self, *, user_id: int, charge_id: str) -> RefundAnswer:
         """``refundStarPayment``; ``CHARGE_ALREADY_REFUNDED`` is an answer, not an error."""
         try:
-            await trio_asyncio.aio_as_trio(self._bot.refund_star_payment)(
-                user_id=user_id, telegram_payment_charge_id=charge_id
-            )
+            await self._bot.refund_star_payment(user_id=user_id, telegram_payment_charge_id=charge_id)
         except TelegramBadRequest as exc:
             if ALREADY_REFUNDED in exc.message:
                 return RefundAnswer.ALREADY_REFUNDED

@@ -33,7 +33,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
-import trio_asyncio
 
 from atlas.actors.base import Actor
 from atlas.actors.broadcaster import Broadcaster
@@ -375,7 +374,7 @@ async def _close_clients(services: Services) -> None:
         if services.cryptopay is not None:
             await services.cryptopay.aclose()
         if services.bot is not None:
-            await trio_asyncio.aio_as_trio(services.bot.session.close)()
+            await services.bot.session.close()
 
 
 async def run_app(settings: Settings, *, hard_exit: Callable[[int], object] = os._exit) -> int:

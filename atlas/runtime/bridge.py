@@ -1,9 +1,11 @@
 """The asyncio bridge: one trio-asyncio loop, opened once at the root of the process.
 
-asyncpg and aiogram (aiohttp) are asyncio-only. Atlas hosts them in a single trio-asyncio loop that
-is opened when the process starts and closed when it stops; it is never restarted, because asyncpg's
-pool and aiohttp's sessions are bound to the loop that created them. Code finds the loop through
-trio-asyncio's context variable, so every task started below this point inherits it.
+asyncpg is asyncio-only, and aiogram's ``Dispatcher.feed_update`` reads the running asyncio loop's
+clock (its Bot session is httpx on trio, and its handlers run in trio tasks: see
+:mod:`atlas.telegram.dispatch`). Atlas hosts them in a single trio-asyncio loop that is opened when
+the process starts and closed when it stops; it is never restarted, because asyncpg's pool is bound
+to the loop that created it. Code finds the loop through trio-asyncio's context variable, so every
+task started below this point inherits it.
 """
 
 from __future__ import annotations

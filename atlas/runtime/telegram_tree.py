@@ -11,7 +11,8 @@
 ``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
 restart the intake too (it re-polls from the last confirmed offset). The outbox sender and the
 other bot-facing workers live under ``root/workers``. The ``Bot`` object itself is a process
-resource (its aiohttp session belongs to the one asyncio loop), created in ``run_app``.
+resource (its httpx session's connection pool is shared by every bot-facing task), created in
+``run_app``.
 
 The subtree is built when it starts, not when the tree is defined, because it needs the bot's
 username (one ``getMe``) and the open database; both are there by then (storage starts first).
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import Bot, Router
 from aiogram.types import Update
 
@@ -124,7 +124,7 @@ def telegram_child(
     async def start(
         ctx: ChildContext, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        me = await trio_asyncio.aio_as_trio(bot.get_me)()
+        me = await bot.get_me()
         config = BotConfig(
             currency=settings.currency,
             public_base_url=settings.public_base_url,
@@ -157,7 +157,7 @@ def telegram_child(
             mode = f"webhook {webhook}"
         else:
             # A webhook left over from an earlier configuration would make getUpdates answer 409.
-            await trio_asyncio.aio_as_trio(bot.delete_webhook)()
+            await bot.delete_webhook()
             children.append(PollingIntake(bot=bot, dispatcher=updates, db=db, rng=rng).child_spec("intake"))
             mode = "long polling"
         slot.current = updates

@@ -4,6 +4,7 @@
 - :mod:`.intake`: long polling driven by Atlas (with a singleton advisory lock) or a webhook route.
 - :mod:`.dispatch`: per-user ordered dispatch into aiogram, within bounds, with an error boundary.
 - :mod:`.wiring`: the aiogram root, feature routers in one ordered list.
+- :mod:`.inline_callbacks`: sync filters and handlers called inline (aiogram would use a thread).
 - :mod:`.i18n`: texts in locale files (``locales/<lang>.toml``), ``t(lang, key, **params)``.
 - :mod:`.pacing`: the global and per-chat send pacing the outbox sender uses.
 
@@ -31,6 +32,6 @@ from atlas.telegram.intake import configure_webhook as configure_webhook
 from atlas.telegram.intake import telegram_webhook_route as telegram_webhook_route
 from atlas.telegram.pacing import ChatPacer as ChatPacer
 from atlas.telegram.pacing import Pacer as Pacer
-from atlas.telegram.session import GuardedAiohttpSession as GuardedAiohttpSession
+from atlas.telegram.session import GuardedHttpxSession as GuardedHttpxSession
 from atlas.telegram.session import make_bot as make_bot
 from atlas.telegram.wiring import build_dispatcher as build_dispatcher

@@ -4,8 +4,23 @@ The intake (polling or webhook) hands every update to :class:`UpdateDispatcher`.
 user are handled one after another, in the order they were handed over (a user who taps "buy"
 twice must not race themselves); different users are handled in parallel, at most
 ``max_concurrency`` at a time (a ``trio.CapacityLimiter``). Each update goes to aiogram's
-``Dispatcher.feed_update`` on the asyncio side of the bridge, so routers, filters, middlewares and
-FSM work as aiogram documents them.
+``Dispatcher.feed_update``, awaited directly from the user's trio task, so routers, filters,
+middlewares and FSM work as aiogram documents them, and a handler awaits ``db.run`` and the trio
+clients without crossing any bridge (the Bot's session is httpx on trio: :mod:`.session`).
+
+Why aiogram runs from a trio task: aiogram's dispatch path is plain ``async``/``await`` over its
+own objects, with two asyncio touch points, both handled:
+
+- sync filters and handlers go through ``asyncio.to_thread``; the dispatcher is built with them
+  called inline instead (:mod:`atlas.telegram.inline_callbacks`);
+- ``feed_update`` reads ``asyncio.get_running_loop().time()`` for its log line. trio-asyncio
+  (opened once at the process root, :mod:`atlas.runtime.bridge`) patches
+  ``asyncio.get_running_loop`` to return its loop from any trio task below it, whose ``time()`` is
+  ``trio.current_time()``. So **feed_update needs the bridge to be open**, and nothing else here
+  does; without it aiogram raises ``RuntimeError: no running event loop``.
+
+aiogram's FSM uses no asyncio primitive on this path: ``MemoryStorage`` is a dict, and the default
+event isolation (``DisabledEventIsolation``) takes no lock — per-user ordering is ours (below).
 
 Memory is bounded: at most ``max_pending`` updates are queued or running, at most
 ``per_user_queue`` of them for one user, and a user's queue (and its task) is dropped as soon as it
@@ -22,7 +37,9 @@ The error boundary: aiogram's own ``@router.errors(...)`` handlers see a failure
 events). A failure nobody handled — or a handler that runs longer than ``handler_timeout`` — is
 caught here: the user gets a short apology in their language, sent directly and best effort, and a
 crash report (kind ``crash``, path ``.../dispatch``, the update described without its text) goes to
-the :class:`~atlas.supervision.CrashReporter`. The update is then done; the dispatcher goes on.
+the :class:`~atlas.supervision.CrashReporter`, and the user's FSM state (their conversation: "type
+the broadcast text", "enter a promo code") is cleared, so that a failed step does not leave them
+stuck in a prompt whose every answer fails again. The update is then done; the dispatcher goes on.
 Never silence, never a dead user queue.
 
 Latency (handed over → handled, and the handler alone) is kept in bounded reservoirs for p50/p99.
@@ -36,6 +53,7 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -44,7 +62,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-import trio_asyncio
 from aiogram import Bot, Dispatcher
 from aiogram.dispatcher.middlewares.user_context import EventContext, UserContextMiddleware
 from aiogram.exceptions import AiogramError
@@ -274,12 +291,20 @@ class UpdateDispatcher:
     ) -> None:
         """Accept and handle updates until cancelled.
 
-        Cancellation cancels the handlers in progress (their asyncio tasks too) and drops what was
-        queued: those updates were confirmed to Telegram and are lost, which is why the intake
-        hands over at most ``max_pending``. Raises only for a bug in the dispatcher itself.
+        Cancellation cancels the handlers in progress and drops what was queued: those updates
+        were confirmed to Telegram and are lost, which is why the intake hands over at most
+        ``max_pending``. Raises ``RuntimeError`` at once when no asyncio loop is
+        visible from trio (the bridge is not open); otherwise only for a bug in the dispatcher.
         """
         if self._nursery is not None:
             raise RuntimeError("UpdateDispatcher.run is already running")
+        try:
+            asyncio.get_running_loop()  # what feed_update calls; fail at start, not on every update
+        except RuntimeError as exc:
+            raise RuntimeError(
+                "UpdateDispatcher needs the trio-asyncio bridge open (atlas.runtime.bridge.open_bridge): "
+                "aiogram's feed_update calls asyncio.get_running_loop()"
+            ) from exc
         if ctx is not None:
             self.path = ctx.path
         self._started_at = trio.current_time()
@@ -391,7 +416,7 @@ class UpdateDispatcher:
                 began = trio.current_time()
                 try:
                     with trio.fail_after(self.settings.handler_timeout):
-                        await trio_asyncio.aio_as_trio(self._feed)(item.update)
+                        await self._feed(item.update)
                 finally:
                     self.handler_time.add(trio.current_time() - began)
             self.handled += 1
@@ -402,8 +427,8 @@ class UpdateDispatcher:
             self.latency.add(trio.current_time() - item.received)
 
     async def _feed(self, update: Update) -> None:
-        # asyncio side. A handler may return a method instead of awaiting it (the webhook-reply
-        # style); aiogram's own polling executes it, so do we.
+        # A handler may return a method instead of awaiting it (the webhook-reply style); aiogram's
+        # own polling executes it, so do we.
         response = await self._dp.feed_update(self._bot, update, **self._feed_kwargs)
         if isinstance(response, TelegramMethod):
             await self._bot(response)
@@ -415,12 +440,13 @@ class UpdateDispatcher:
         else:
             message = f"{type(error).__name__}: {error}"
         _log.error("handler failed on %s: %s", what, message, exc_info=error)
+        state = await self._clear_state(update)
         apology = await self._apologise(update)
         report = self._reporter.compose(
             kind=ReportKind.CRASH,
             path=self.path,
             error=error,
-            decision=f"update dropped; {apology}",
+            decision=f"update dropped; {state}; {apology}",
             restarts_in_window=0,
             max_restarts=0,
             period=0.0,
@@ -430,6 +456,28 @@ class UpdateDispatcher:
             message=message,
         )
         await self._reporter.report(report)
+
+    async def _clear_state(self, update: Update) -> str:
+        """End the user's FSM conversation (the step that failed must not be asked again)."""
+        context = event_context(update)
+        fsm = self._dp.fsm.resolve_context(
+            bot=self._bot,
+            chat_id=context.chat_id,
+            user_id=context.user_id,
+            thread_id=context.thread_id,
+            business_connection_id=context.business_connection_id,
+        )
+        if fsm is None:
+            return "no conversation state"
+        try:
+            with trio.move_on_after(self.settings.apology_timeout) as scope:
+                await fsm.clear()
+        except Exception as exc:  # noqa: BLE001 - a storage failure must not cost the apology; it is logged and reported
+            _log.warning("could not clear the conversation state of %s: %s", context.user_id, exc)
+            return f"conversation state not cleared: {type(exc).__name__}: {exc}"
+        if scope.cancelled_caught:
+            return "conversation state not cleared: timed out"
+        return "conversation state cleared"
 
     async def _apologise(self, update: Update) -> str:
         """Send the apology (best effort, time-boxed); return what happened, for the report."""
@@ -445,8 +493,8 @@ class UpdateDispatcher:
             try:
                 if update.callback_query is not None:
                     # Stop the button's spinner too; the message below carries the words.
-                    await trio_asyncio.aio_as_trio(self._bot.answer_callback_query)(update.callback_query.id)
-                await trio_asyncio.aio_as_trio(self._bot.send_message)(chat_id, text, parse_mode="HTML")
+                    await self._bot.answer_callback_query(update.callback_query.id)
+                await self._bot.send_message(chat_id, text, parse_mode="HTML")
                 outcome = f"apology sent to chat {chat_id} ({translator.language_for(language)})"
             except AiogramError as exc:
                 outcome = f"apology not sent: {type(exc).__name__}: {exc}"

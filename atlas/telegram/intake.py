@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
-import trio_asyncio
 from aiogram import Bot
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -194,7 +193,7 @@ class PollingIntake:
     ) -> None:
         """Poll until cancelled. Up at once (a standby process is up too: standing by is its job).
 
-        Cancellation ends the current ``getUpdates`` (its asyncio task is cancelled) and releases
+        Cancellation ends the current ``getUpdates`` (its HTTP request is abandoned) and releases
         the lock; nothing of an unfinished batch was confirmed.
         """
         task_status.started()
@@ -237,7 +236,7 @@ class PollingIntake:
                 ctx.heartbeat()
             try:
                 with trio.fail_after(settings.timeout + 30):
-                    updates = await trio_asyncio.aio_as_trio(self._bot.get_updates)(
+                    updates = await self._bot.get_updates(
                         offset=offset,
                         limit=settings.limit,
                         timeout=settings.timeout,
@@ -377,7 +376,7 @@ async def configure_webhook(
     """Point Telegram at ``url`` with ``secret`` (``setWebhook``); aiogram's errors propagate."""
     if not _SECRET.match(secret):
         raise ValueError("secret must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
-    await trio_asyncio.aio_as_trio(bot.set_webhook)(
+    await bot.set_webhook(
         url,
         secret_token=secret,
         allowed_updates=list(allowed_updates) if allowed_updates is not None else None,

@@ -19,6 +19,10 @@ How a feature plugs in (the convention the screens follow):
   registers ``@router.errors(ExceptionTypeFilter(...))``: errors are events, and a handled one
   never reaches the boundary.
 * Handlers never call ``start_polling`` / ``run_polling``; the intake feeds updates.
+* Handlers and filters run in trio tasks (:mod:`atlas.telegram.dispatch`): a handler awaits
+  ``db.run`` and the clients directly. A sync callback (a magic filter such as ``F.data == "x"``)
+  is called inline, not in a thread (:mod:`atlas.telegram.inline_callbacks`), so it must be a quick
+  pure predicate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from collections.abc import Sequence
 from aiogram import Dispatcher, Router
 from aiogram.fsm.storage.base import BaseStorage
 from aiogram.fsm.storage.memory import MemoryStorage
+
+from atlas.telegram.inline_callbacks import call_sync_callbacks_inline
 
 
 def build_dispatcher(
@@ -40,7 +46,8 @@ def build_dispatcher(
 
     ``storage`` holds FSM state (in memory by default; it lives as long as the process).
     ``dependencies`` reach every handler and middleware by name. aiogram raises if a router is
-    already attached elsewhere or included twice.
+    already attached elsewhere or included twice. Every sync handler and filter is made to run
+    inline (see :mod:`atlas.telegram.inline_callbacks`); register handlers before calling this.
     """
     dispatcher = Dispatcher(storage=storage or MemoryStorage())
     # Workflow data is what aiogram passes to handlers by name; set after construction so that a
@@ -48,4 +55,5 @@ def build_dispatcher(
     dispatcher.workflow_data.update(dependencies)
     for router in routers:
         dispatcher.include_router(router)
+    call_sync_callbacks_inline(dispatcher)
     return dispatcher

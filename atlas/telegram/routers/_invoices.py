@@ -82,8 +82,7 @@ async def send_crypto_invoice(
         invoices_per_hour=ui.config.invoices_per_hour,
     )
     try:
-        invoice = await ui.trio(
-            client.create_invoice,
+        invoice = await client.create_invoice(
             amount=format_amount(intent.amount_minor, exponent=ui.config.money.exponent),
             fiat=intent.currency,
             accepted_assets=ui.config.crypto_assets,

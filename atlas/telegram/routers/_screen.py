@@ -8,9 +8,17 @@ if a button of an old chat is their first contact), refusing banned users, and a
 only once a handler of its router has matched), so a router that does not handle an update costs
 nothing.
 
-The bridge: aiogram handlers run on the asyncio side of trio-asyncio, units of work run through the
-trio-flavoured ``db.run``; :meth:`Screen.run` is the one crossing (``trio_as_aio``), used for every
-unit and for every trio-flavoured client call (:meth:`Screen.trio`).
+Handlers run in trio tasks (see :mod:`atlas.telegram.dispatch`), so :meth:`Screen.run` is simply
+``db.run`` and a payments client is awaited directly.
+
+**One unit per screen.** Most screens show the user something besides the user row (their
+subscription, the plans, their referral numbers). A handler that only *displays* such a read
+declares it with ``flags=reads(read)``; the middleware then runs the read in the same unit of work
+as the user lookup (or registration), and :meth:`Screen.read` hands the result over once. An
+update of such a screen costs one transaction instead of two (a budget token, ``BEGIN``/``COMMIT``
+and the pool's reset fewer). A handler that changes something first must not declare the read (it
+would see the state from before its change); :meth:`Screen.read` without a declaration, or a
+second time, simply runs the read as its own unit.
 
 Every action is for ``callback.from_user.id`` / ``message.from_user.id`` — Telegram authenticates
 that field; nothing in callback data can redirect an action to someone else (see
@@ -19,6 +27,7 @@ that field; nothing in callback data can redirect an action to someone else (see
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiogram import BaseMiddleware, Bot
+from aiogram.dispatcher.flags import get_flag
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message, TelegramObject
 from aiogram.types import User as TgUser
@@ -34,9 +44,8 @@ from atlas.clock import Clock
 from atlas.domain import Currency, DomainError, InsufficientBalance
 from atlas.domain.money import format_amount
 from atlas.payments import CryptoPayClient
-from atlas.storage import Database
+from atlas.storage import Database, Tx
 from atlas.storage.units import UserView, get_user, register_user
-from atlas.telegram.bridge import run_trio, run_unit
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import MissingParameter, bundled
 from atlas.telegram.keyboards import back_to_menu
@@ -47,6 +56,22 @@ T = TypeVar("T")
 
 ERROR_PREFIX = "user.error."
 """Where the localized text of a domain error's ``code`` lives: ``user.error.<code>``."""
+
+ScreenRead = Callable[[Tx, UserView, dt.datetime], Awaitable[T]]
+"""A read a screen needs besides the user: ``async def read(tx, user, now) -> T`` (reads only)."""
+
+SCREEN_READ_FLAG = "atlas_screen_read"
+
+
+def reads(read: ScreenRead[Any]) -> dict[str, Any]:
+    """Handler flags: do ``read`` in the user lookup's unit; the handler takes it with :meth:`Screen.read`."""
+    return {SCREEN_READ_FLAG: read}
+
+
+@dataclass(frozen=True, slots=True)
+class _Preread:
+    read: ScreenRead[Any]
+    result: Any
 
 
 @dataclass(slots=True)
@@ -67,6 +92,7 @@ class Screen:
     callback: CallbackQuery | None = None
     cryptopay: CryptoPayClient | None = None
     acked: bool = False
+    preread: _Preread | None = None
 
     @property
     def lang(self) -> str:
@@ -83,12 +109,17 @@ class Screen:
         return f"{format_amount(amount_minor, exponent=Currency(code).exponent)} {code}"
 
     async def run(self, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
-        """Run a unit of work through ``db.run`` (the one bridge crossing); domain errors propagate."""
-        return await run_unit(self.db, unit, **kwargs)
+        """Run a unit of work through ``db.run``; domain errors propagate."""
+        return await self.db.run(unit, **kwargs)
 
-    async def trio(self, fn: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
-        """Call a trio-flavoured coroutine function (a payments client) from the handler."""
-        return await run_trio(fn, **kwargs)
+    async def read(self, read: ScreenRead[T]) -> T:
+        """The result of ``read`` for this user: the one done with the user lookup, if the handler
+        declared it (``flags=reads(read)``) and nobody took it yet; else a unit run now."""
+        preread, self.preread = self.preread, None
+        if preread is not None and preread.read is read:
+            result: T = preread.result
+            return result
+        return await self.db.run(run_screen_read, read=read, user=self.user, now=self.clock.now())
 
     async def say(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> Message:
         """Send ``text`` (HTML) to the user's chat as a new message."""
@@ -158,15 +189,20 @@ class ScreenMiddleware(BaseMiddleware):
         if sender is None or sender.is_bot:
             return None  # channel posts and the like: no user to answer
         callback = event if isinstance(event, CallbackQuery) else None
+        read: ScreenRead[Any] | None = get_flag(data, SCREEN_READ_FLAG)
+        user, preread = await _user(
+            data["db"], data["clock"], sender, start_payload(event), self._register, read
+        )
         ui = Screen(
             db=data["db"],
             clock=data["clock"],
             config=data["config"],
             bot=data["bot"],
-            user=await _user(data["db"], data["clock"], sender, start_payload(event), self._register),
+            user=user,
             chat_id=sender.id,  # private chats: the chat is the user
             callback=callback,
             cryptopay=data.get("cryptopay"),
+            preread=preread,
         )
         if ui.user.banned_at is not None:
             await ui.ack()
@@ -187,23 +223,76 @@ class ScreenMiddleware(BaseMiddleware):
                 await ui.ack()
 
 
-async def _user(db: Database, clock: Clock, sender: TgUser, payload: str | None, register: bool) -> UserView:
+async def _user(
+    db: Database,
+    clock: Clock,
+    sender: TgUser,
+    payload: str | None,
+    register: bool,
+    read: ScreenRead[Any] | None,
+) -> tuple[UserView, _Preread | None]:
+    """The user (read, or registered when unknown) and the screen's declared read: one unit."""
+    now = clock.now()
     if not register:
-        found: UserView | None = await run_unit(db, get_user, user_id=sender.id)
+        found: tuple[UserView, _Preread | None] | None = await db.run(
+            get_user_for_screen, user_id=sender.id, read=read, now=now
+        )
         if found is not None:
             return found
-    registration = await run_unit(
-        db,
-        register_user,
+    return await db.run(
+        register_user_for_screen,
+        read=read,
         user_id=sender.id,
         username=sender.username,
         first_name=sender.first_name,
         language=sender.language_code,
         start_payload=payload,
-        now=clock.now(),
+        now=now,
+    )
+
+
+async def get_user_for_screen(
+    tx: Tx, *, user_id: int, read: ScreenRead[Any] | None, now: dt.datetime
+) -> tuple[UserView, _Preread | None] | None:
+    user = await get_user(tx, user_id=user_id)
+    if user is None:
+        return None
+    return user, await _preread(tx, read, user, now)
+
+
+async def register_user_for_screen(
+    tx: Tx,
+    *,
+    read: ScreenRead[Any] | None,
+    user_id: int,
+    username: str | None,
+    first_name: str | None,
+    language: str | None,
+    start_payload: str | None,
+    now: dt.datetime,
+) -> tuple[UserView, _Preread | None]:
+    registration = await register_user(
+        tx,
+        user_id=user_id,
+        username=username,
+        first_name=first_name,
+        language=language,
+        start_payload=start_payload,
+        now=now,
     )
     user: UserView = registration.user
-    return user
+    return user, await _preread(tx, read, user, now)
+
+
+async def _preread(tx: Tx, read: ScreenRead[Any] | None, user: UserView, now: dt.datetime) -> _Preread | None:
+    # A banned user gets no screen: nothing to read for them.
+    if read is None or user.banned_at is not None:
+        return None
+    return _Preread(read, await read(tx, user, now))
+
+
+async def run_screen_read(tx: Tx, *, read: ScreenRead[T], user: UserView, now: dt.datetime) -> T:
+    return await read(tx, user, now)
 
 
 def _menu_button(ui: Screen) -> InlineKeyboardMarkup:

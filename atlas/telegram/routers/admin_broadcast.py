@@ -26,7 +26,6 @@ from atlas.storage.units.broadcasts import (
     create_broadcast,
     segment_size,
 )
-from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import (
     AdminAction,
     AdminBroadcastCb,
@@ -136,8 +135,7 @@ def build_broadcast_router() -> Router:
         data: dict[str, Any] = await state.get_data()
         assert message.from_user is not None
         try:
-            draft = await run_unit(
-                db,
+            draft = await db.run(
                 create_broadcast,
                 admin_id=message.from_user.id,
                 segment=str(data.get("segment", "")),
@@ -148,7 +146,7 @@ def build_broadcast_router() -> Router:
             await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc))
             return
         await state.clear()
-        size = await run_unit(db, segment_size, segment=draft.segment, now=clock.now())
+        size = await db.run(segment_size, segment=draft.segment, now=clock.now())
         segment_name = tr.t(lang, f"admin.broadcast.segment_{draft.segment}")
         await message.answer(
             parse_mode="HTML",
@@ -176,8 +174,7 @@ def build_broadcast_router() -> Router:
         admin_id = callback.from_user.id
         try:
             if callback_data.action is BroadcastAction.CANCEL:
-                await run_unit(
-                    db,
+                await db.run(
                     cancel_broadcast,
                     broadcast_id=callback_data.broadcast_id,
                     admin_id=admin_id,
@@ -189,8 +186,7 @@ def build_broadcast_router() -> Router:
                     text=tr.t(lang, "admin.broadcast.cancelled", id=callback_data.broadcast_id),
                 )
                 return
-            await run_unit(
-                db,
+            await db.run(
                 confirm_broadcast,
                 broadcast_id=callback_data.broadcast_id,
                 admin_id=admin_id,

@@ -1,4 +1,4 @@
-"""What every admin router shares: the admin filter, the bridge to units of work, texts, input states.
+"""What every admin router shares: the admin filter, refusals, texts, input states.
 
 **Who is an admin.** The dependency ``admin_ids`` (a ``frozenset[int]`` of Telegram user ids, from
 the runtime's settings) is the whole truth; :class:`AdminFilter` checks ``event_from_user.id``
@@ -8,10 +8,10 @@ update is *not handled* there: it falls through to the next routers exactly like
 or a stale button, and gets the same answer. No admin text, no "access denied" that would tell a
 prober the command exists.
 
-**Reaching the database.** Handlers run on the asyncio side (inside aiogram); units of work run
-through the trio-flavoured ``db.run``. :func:`run_unit` is the one crossing every admin handler
-uses. A :class:`~atlas.domain.DomainError` a unit raises is an admin's mistake: :func:`refusal`
-turns it into a text and nothing has changed.
+**Reaching the database.** Handlers run in trio tasks (inside aiogram, fed by
+:mod:`atlas.telegram.dispatch`) and await ``db.run`` directly. A
+:class:`~atlas.domain.DomainError` a unit raises is an admin's mistake: :func:`refusal` turns it
+into a text and nothing has changed.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ at once, other processes see it within the TTL.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import datetime as dt
 import io
@@ -56,7 +55,6 @@ from atlas.storage.units.admin_views import (
     get_maintenance,
     set_maintenance,
 )
-from atlas.telegram.bridge import run_trio, run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminStatsCb, StatsPeriod
 from atlas.telegram.i18n import Translator
 from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, is_admin, language, refusal, texts
@@ -122,9 +120,9 @@ async def build_csv(
 class MaintenanceGate:
     """The maintenance switch as the bot sees it: read from the table, cached for ``ttl`` seconds.
 
-    Used on the asyncio side (inside aiogram); the time is the loop's clock (trio's, under
-    trio-asyncio). A failed read keeps the last known state (off at first): the bot stays usable
-    rather than locking everyone out on a database hiccup.
+    Used by aiogram filters, in the dispatcher's trio tasks; the time is ``trio.current_time()``
+    (so trio's ``MockClock`` drives the TTL in tests). A failed read keeps the last known state
+    (off at first): the bot stays usable rather than locking everyone out on a database hiccup.
     """
 
     def __init__(self, db: Database, *, ttl: float = 5.0) -> None:
@@ -137,10 +135,10 @@ class MaintenanceGate:
 
     async def current(self) -> MaintenanceState:
         """The switch, refreshed from the table when older than ``ttl``."""
-        now = asyncio.get_running_loop().time()
+        now = trio.current_time()
         if self._read_at is None or now - self._read_at >= self._ttl:
             try:
-                self._state = await run_unit(self._db, _read_maintenance)
+                self._state = await self._db.run(_read_maintenance)
             except StorageError as exc:
                 _log.warning(
                     "maintenance switch unreadable (%s); keeping enabled=%s", exc, self._state.enabled
@@ -151,7 +149,7 @@ class MaintenanceGate:
     def remember(self, state: MaintenanceState) -> None:
         """Adopt a state just written by this process (no wait for the TTL)."""
         self._state = state
-        self._read_at = asyncio.get_running_loop().time()
+        self._read_at = trio.current_time()
 
 
 async def _read_maintenance(tx: Tx) -> MaintenanceState:
@@ -235,7 +233,7 @@ def build_ops_router() -> Router:
     async def show_stats(
         message: Message, period: StatsPeriod, db: Database, clock: Clock, tr: Translator, lang: str
     ) -> None:
-        result = await run_unit(db, stats, now=clock.now(), period=PERIODS[period])
+        result = await db.run(stats, now=clock.now(), period=PERIODS[period])
         revenue = ", ".join(_money(amount, code) for code, amount in sorted(result.revenue.items())) or "0"
         await message.answer(
             parse_mode="HTML",
@@ -288,7 +286,7 @@ def build_ops_router() -> Router:
             )
 
     async def show_crashes(message: Message, db: Database, tr: Translator, lang: str) -> None:
-        reports = await run_unit(db, latest_crash_reports, limit=CRASHES_SHOWN)
+        reports = await db.run(latest_crash_reports, limit=CRASHES_SHOWN)
         if not reports:
             await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.crashes.none"))
             return
@@ -330,7 +328,7 @@ def build_ops_router() -> Router:
             else (export_payments_page, PAYMENT_EXPORT_HEADER)
         )
         await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.export.started"))
-        data, rows, cut = await run_trio(build_csv, db, unit, header)
+        data, rows, cut = await build_csv(db, unit, header)
         name = f"{what}-{clock.now().strftime('%Y%m%d-%H%M%S')}.csv"
         caption = tr.t(lang, "admin.export.cut" if cut else "admin.export.done", rows=rows)
         await bot.send_document(message.chat.id, BufferedInputFile(data, filename=name), caption=caption)
@@ -377,8 +375,8 @@ def build_ops_router() -> Router:
     ) -> None:
         lang = language(admin, tr)
         try:
-            state = await run_unit(
-                db, set_maintenance, admin_id=admin.id, enabled=enabled, message=text, now=clock.now()
+            state = await db.run(
+                set_maintenance, admin_id=admin.id, enabled=enabled, message=text, now=clock.now()
             )
         except DomainError as exc:
             await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc))
@@ -417,7 +415,7 @@ def build_ops_router() -> Router:
         await callback.answer()
         if not isinstance(callback.message, Message):
             return
-        state = await run_unit(db, _read_maintenance)
+        state = await db.run(_read_maintenance)
         action = AdminAction.MAINTENANCE_OFF if state.enabled else AdminAction.MAINTENANCE_ON
         markup = InlineKeyboardMarkup(
             inline_keyboard=[

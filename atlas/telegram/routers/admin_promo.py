@@ -25,7 +25,6 @@ from atlas.clock import Clock
 from atlas.domain import Currency, DomainError, InvalidPromoDefinition, PromoCode, PromoKind, PromoPurpose
 from atlas.storage import Database
 from atlas.storage.units import create_promo_code, list_promo_codes
-from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminPromoPageCb
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import Translator
@@ -110,8 +109,7 @@ def build_promo_router() -> Router:
         assert message.from_user is not None
         try:
             promo = parse_promo_definition(definition, default_currency=config.currency, now=clock.now())
-            created = await run_unit(
-                db,
+            created = await db.run(
                 create_promo_code,
                 admin_id=message.from_user.id,
                 promo=promo,
@@ -127,7 +125,7 @@ def build_promo_router() -> Router:
         return True
 
     async def show_page(message: Message, after: str | None, db: Database, tr: Translator, lang: str) -> None:
-        codes = await run_unit(db, list_promo_codes, after=after, limit=PAGE + 1)
+        codes = await db.run(list_promo_codes, after=after, limit=PAGE + 1)
         page, more = codes[:PAGE], len(codes) > PAGE
         if not page:
             await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.promo.empty"))

@@ -31,7 +31,6 @@ from atlas.domain import DomainError, format_amount, parse_amount
 from atlas.storage import Database
 from atlas.storage.units import InvalidAdminInput, admin_adjust_balance, admin_grant_days, admin_set_banned
 from atlas.storage.units.admin_views import UserCard, find_user, parse_user_query, user_card
-from atlas.telegram.bridge import run_unit
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminUserCb, UserAction
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import Translator
@@ -110,7 +109,7 @@ async def show_card(
     message: Message, db: Database, clock: Clock, config: BotConfig, tr: Translator, lang: str, user_id: int
 ) -> None:
     """Send the card of ``user_id`` (or "not found")."""
-    card = await run_unit(db, user_card, user_id=user_id, now=clock.now())
+    card = await db.run(user_card, user_id=user_id, now=clock.now())
     if card is None:
         await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.user.not_found", query=str(user_id)))
         return
@@ -136,7 +135,7 @@ def build_users_router() -> Router:
         except DomainError as exc:
             await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc))
             return
-        found = await run_unit(db, find_user, query=query)
+        found = await db.run(find_user, query=query)
         if found is None:
             await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.user.not_found", query=str(query)))
             return
@@ -161,8 +160,7 @@ def build_users_router() -> Router:
                 days_text, reason = _split(args)
                 if not days_text.lstrip("+-").isdigit():
                     raise InvalidAdminInput("days", days_text, "not_a_number")
-                change = await run_unit(
-                    db,
+                change = await db.run(
                     admin_grant_days,
                     admin_id=admin_id,
                     user_id=user_id,
@@ -179,8 +177,7 @@ def build_users_router() -> Router:
                 amount = parse_amount(
                     amount_text.lstrip("+"), exponent=config.money.exponent, allow_negative=True
                 )
-                balance = await run_unit(
-                    db,
+                balance = await db.run(
                     admin_adjust_balance,
                     admin_id=admin_id,
                     user_id=user_id,
@@ -196,8 +193,7 @@ def build_users_router() -> Router:
                 )
             else:
                 banned = action is UserAction.BAN
-                await run_unit(
-                    db,
+                await db.run(
                     admin_set_banned,
                     admin_id=admin_id,
                     user_id=user_id,

@@ -7,15 +7,18 @@ update charges once. Not enough money is a refusal with its own screen and a top
 
 from __future__ import annotations
 
+import datetime as dt
+
 from aiogram import F, Router
 from aiogram.types import CallbackQuery
 
 from atlas.domain import Currency, InsufficientBalance, Plan
-from atlas.storage.units import buy_plan_from_balance, plans_for_sale
+from atlas.storage import Tx
+from atlas.storage.units import UserView, buy_plan_from_balance, plans_for_sale
 from atlas.telegram import keyboards
 from atlas.telegram.callbacks import BuyCb, MenuAction, MenuCb, PayMethod, PlanCb
 from atlas.telegram.routers._invoices import send_crypto_invoice, send_stars_invoice
-from atlas.telegram.routers._screen import Screen, ScreenMiddleware
+from atlas.telegram.routers._screen import Screen, ScreenMiddleware, reads
 from atlas.telegram.routers.subscription import format_time
 
 
@@ -24,9 +27,14 @@ def _price(ui: Screen, plan: Plan) -> str | None:
     return None if minor is None else ui.money(minor)
 
 
+async def plans_on_sale(tx: Tx, user: UserView, now: dt.datetime) -> list[Plan]:
+    """The screen read of this router: the plans for sale (see :func:`._screen.reads`)."""
+    return await plans_for_sale(tx)
+
+
 async def _plan(ui: Screen, code: str) -> Plan | None:
     """The plan ``code`` if it is for sale now; None after telling the user the button is old."""
-    for plan in await ui.run(plans_for_sale):
+    for plan in await ui.read(plans_on_sale):
         if plan.code == code:
             return plan
     await ui.say(ui.t("user.buy.plan_gone"), keyboards.back_to_menu(ui.lang))
@@ -38,10 +46,12 @@ def build_router() -> Router:
     router = Router(name="user.buy")
     router.callback_query.middleware(ScreenMiddleware())
 
-    @router.callback_query(MenuCb.filter(F.action == MenuAction.PLANS))
+    # Every handler here reads the catalogue before it changes anything (the catalogue itself is
+    # never changed by a purchase), so each declares it: it runs in the user lookup's unit.
+    @router.callback_query(MenuCb.filter(F.action == MenuAction.PLANS), flags=reads(plans_on_sale))
     async def on_plans(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
-        plans = await ui.run(plans_for_sale)
+        plans = await ui.read(plans_on_sale)
         options = [
             (
                 plan.code,
@@ -59,7 +69,7 @@ def build_router() -> Router:
         )
         await ui.say(text, keyboards.plans(ui.lang, options))
 
-    @router.callback_query(PlanCb.filter())
+    @router.callback_query(PlanCb.filter(), flags=reads(plans_on_sale))
     async def on_plan(callback: CallbackQuery, callback_data: PlanCb, ui: Screen) -> None:
         await ui.ack()
         plan = await _plan(ui, callback_data.plan)
@@ -82,7 +92,7 @@ def build_router() -> Router:
             ),
         )
 
-    @router.callback_query(BuyCb.filter())
+    @router.callback_query(BuyCb.filter(), flags=reads(plans_on_sale))
     async def on_buy(callback: CallbackQuery, callback_data: BuyCb, ui: Screen) -> None:
         await ui.ack()
         plan = await _plan(ui, callback_data.plan)

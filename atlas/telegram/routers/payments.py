@@ -18,7 +18,7 @@ operator can apply it by hand.
 
 Dependencies (``build_dispatcher(..., db=, clock=, referral_policy=, config=)``, or
 ``balance_currency=`` in place of ``config``): ``db`` is the :class:`~atlas.storage.Database`;
-handlers run on the asyncio side and reach it through :mod:`atlas.telegram.bridge`.
+handlers run in the dispatcher's trio tasks and await ``db.run`` directly.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, Storag
 from atlas.storage.units.apply import apply_payment
 from atlas.storage.units.payment_checks import CheckoutVerdict, check_stars_checkout
 from atlas.storage.units.records import ApplyOutcome, PaymentResult
-from atlas.telegram.bridge import run_trio
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import t
 
@@ -75,8 +74,7 @@ async def _apply_with_retries(db: Database, **kwargs: object) -> PaymentResult:
 async def on_pre_checkout(query: PreCheckoutQuery, db: Database, clock: Clock) -> None:
     """Validate the intent behind the invoice and answer within Telegram's 10 s."""
     language = query.from_user.language_code
-    verdict = await run_trio(
-        _checkout_verdict,
+    verdict = await _checkout_verdict(
         db,
         CHECKOUT_DB_BUDGET,
         payload=query.invoice_payload,
@@ -113,8 +111,7 @@ async def on_successful_payment(
         raise RuntimeError("the payments router needs a 'config' or 'balance_currency' dependency")
     user_id = message.from_user.id if message.from_user is not None else message.chat.id
     try:
-        result = await run_trio(
-            _apply_with_retries,
+        result = await _apply_with_retries(
             db,
             provider="stars",
             external_id=payment.telegram_payment_charge_id,

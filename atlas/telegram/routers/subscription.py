@@ -12,15 +12,17 @@ import datetime as dt
 from aiogram import F, Router
 from aiogram.types import BufferedInputFile, CallbackQuery
 
+from atlas.storage import Tx
 from atlas.storage.units import (
     SubscriptionView,
+    UserView,
     get_subscription_view,
     reissue_key,
     set_auto_renew,
 )
 from atlas.telegram import keyboards
 from atlas.telegram.callbacks import MenuAction, MenuCb, Platform, SubAction, SubCb
-from atlas.telegram.routers._screen import Screen, ScreenMiddleware, code
+from atlas.telegram.routers._screen import Screen, ScreenMiddleware, code, reads
 from atlas.vpn import qr_png, vless_link
 
 
@@ -63,9 +65,14 @@ def describe(ui: Screen, view: SubscriptionView) -> str:
     return "\n\n".join(lines)
 
 
+async def subscription_of(tx: Tx, user: UserView, now: dt.datetime) -> SubscriptionView | None:
+    """The screen read of this router: the user's subscription (see :func:`._screen.reads`)."""
+    return await get_subscription_view(tx, user_id=user.id, now=now)
+
+
 async def show_subscription(ui: Screen) -> None:
     """Send the "my subscription" screen (or the "no subscription yet" one)."""
-    view = await ui.run(get_subscription_view, user_id=ui.user.id, now=ui.clock.now())
+    view = await ui.read(subscription_of)
     if view is None:
         await ui.say(
             ui.t("user.sub.none"),
@@ -79,7 +86,7 @@ async def show_subscription(ui: Screen) -> None:
 
 async def _active_view(ui: Screen) -> SubscriptionView | None:
     """The presser's active subscription, or None after telling them they have none."""
-    view = await ui.run(get_subscription_view, user_id=ui.user.id, now=ui.clock.now())
+    view = await ui.read(subscription_of)
     if view is None or not view.is_active:
         await ui.say(
             ui.t("user.sub.none"),
@@ -94,12 +101,13 @@ def build_router() -> Router:
     router = Router(name="user.subscription")
     router.callback_query.middleware(ScreenMiddleware())
 
-    @router.callback_query(MenuCb.filter(F.action == MenuAction.SUBSCRIPTION))
+    # Display-only handlers declare their read: it runs in the user lookup's unit.
+    @router.callback_query(MenuCb.filter(F.action == MenuAction.SUBSCRIPTION), flags=reads(subscription_of))
     async def on_subscription(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         await show_subscription(ui)
 
-    @router.callback_query(SubCb.filter(F.action == SubAction.QR))
+    @router.callback_query(SubCb.filter(F.action == SubAction.QR), flags=reads(subscription_of))
     async def on_qr(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         view = await _active_view(ui)
@@ -121,7 +129,7 @@ def build_router() -> Router:
         else:
             await ui.say(ui.t(f"user.guide.{callback_data.platform.value}"), keyboards.guides(ui.lang))
 
-    @router.callback_query(SubCb.filter(F.action == SubAction.REISSUE))
+    @router.callback_query(SubCb.filter(F.action == SubAction.REISSUE), flags=reads(subscription_of))
     async def on_reissue(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         if await _active_view(ui) is not None:
