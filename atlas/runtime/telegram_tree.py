@@ -38,6 +38,7 @@ from atlas.storage import Database
 from atlas.supervision import Backoff, ChildContext, ChildSpec, CrashReporter, Strategy, Supervisor
 from atlas.telegram.config import BotConfig
 from atlas.telegram.dispatch import DispatchNotRunning, UpdateDispatcher
+from atlas.telegram.fsm_storage import PostgresFsmStorage
 from atlas.telegram.intake import PollingIntake, configure_webhook
 from atlas.telegram.routers import build_user_routers
 from atlas.telegram.routers.admin_ops import MaintenanceGate
@@ -136,8 +137,12 @@ def telegram_child(
             invoices_per_hour=settings.invoices_per_hour,
         )
         database = db()
+        webhook_mode = settings.telegram_webhook_url is not None
         dispatcher = build_dispatcher(
             build_routers(),
+            # Behind a webhook load balancer the next message of a conversation may reach another
+            # process: its state lives in PostgreSQL. Polling has one receiving process: memory.
+            storage=PostgresFsmStorage(db, clock) if webhook_mode else None,
             db=database,
             maintenance=MaintenanceGate(database),
             clock=clock,
