@@ -505,6 +505,9 @@ def main() -> None:
     load_before = h.load_line()
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="atlas-bench-bot-") as tmp:
+        # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
+        # (atlas-pg, when we run as root) can reach its data directory inside.
+        os.chmod(tmp, 0o711)
         work = Path(tmp)
         server = h.embedded_server(work / "pg", with_statements=True)
         h.start_server(server)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -164,6 +165,9 @@ def main() -> None:
     base: list[dict[str, float | str]] = []
     atlas: list[dict[str, float | str]] = []
     with tempfile.TemporaryDirectory(prefix="atlas-bench-db-") as tmp:
+        # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
+        # (atlas-pg, when we run as root) can reach its data directory inside.
+        os.chmod(tmp, 0o711)
         server = h.embedded_server(Path(tmp))
         dsn = h.start_server(server)
         try:

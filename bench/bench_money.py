@@ -319,6 +319,9 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="atlas-bench-money-") as tmp:
+        # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
+        # (atlas-pg, when we run as root) can reach its data directory inside.
+        os.chmod(tmp, 0o711)
         server = EmbeddedPostgres(Path(tmp), durable=False)
         try:
             r = trio.run(_main, args, server)

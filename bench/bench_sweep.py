@@ -198,6 +198,9 @@ def _run_child(dsn: str, count: int) -> dict[str, float]:
 
 async def _harness(sizes: list[int], plot: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="atlas-bench-sweep-") as tmp:
+        # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
+        # (atlas-pg, when we run as root) can reach its data directory inside.
+        os.chmod(tmp, 0o711)
         server = EmbeddedPostgres(Path(tmp) / "pg")
         admin_dsn = await server.start()
         results = []

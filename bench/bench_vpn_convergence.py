@@ -280,6 +280,9 @@ def main() -> None:
     )
     try:
         with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
+            # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
+            # (atlas-pg, when we run as root) can reach its data directory inside.
+            os.chmod(tmp, 0o711)
             server = EmbeddedPostgres(Path(tmp), durable=False)
             dsn = trio.run(server.start)
             try:
