@@ -23,7 +23,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 import trio
-import trio_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -206,7 +205,7 @@ async def test_the_telegram_webhook_answers_every_hostile_request_and_queues_onl
             queued = len(sink.updates) - before
             assert queued == (1 if answer.status_code == 200 else 0)
     assert {200, 400, 401, 413} <= seen  # the draw reached every door
-    await trio_asyncio.aio_as_trio(bot.session.close)()
+    await bot.session.close()
 
 
 # ----------------------------------------------------------------------------- the Crypto Pay webhook route
@@ -615,6 +614,6 @@ def _user_bot(db: Database, config: BotConfig, cryptopay: CryptoPayClient) -> An
             finally:
                 nursery.cancel_scope.cancel()
                 with trio.CancelScope(shield=True):
-                    await trio_asyncio.aio_as_trio(bot.session.close)()
+                    await bot.session.close()
 
     return run()

@@ -45,6 +45,10 @@ def json_depth(data: bytes) -> int:
     return deepest
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def loads_bounded(
     data: bytes | bytearray | str,
     *,
@@ -54,13 +58,15 @@ def loads_bounded(
     """``json.loads(data)``, but :class:`JsonTooDeep` for nesting deeper than ``max_depth``.
 
     Every failure is a ``ValueError`` (``JSONDecodeError``, ``UnicodeDecodeError``,
-    :class:`JsonTooDeep`); never ``RecursionError``.
+    :class:`JsonTooDeep`); never ``RecursionError``. ``NaN``, ``Infinity`` and ``-Infinity``, which
+    Python's decoder accepts but JSON (RFC 8259) does not, are refused too: no provider sends them,
+    and a NaN compares unequal to itself wherever it lands.
     """
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
     depth = json_depth(raw)
     if depth > max_depth:
         raise JsonTooDeep(f"JSON nested {depth} levels deep; at most {max_depth} allowed")
     try:
-        return json.loads(data, parse_float=parse_float)
+        return json.loads(data, parse_float=parse_float, parse_constant=_refuse_constant)
     except RecursionError:  # pragma: no cover - the depth check above refuses these first
         raise JsonTooDeep(f"JSON nested too deeply to decode (limit {max_depth})") from None
