@@ -18,6 +18,7 @@ from atlas.storage import Tx
 from atlas.storage.units import create_payment_intent
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import BotApiEmulator
+from tests._running_tree import running_tree
 from tests._vpn_support import free_ports
 
 
@@ -121,22 +122,8 @@ async def test_a_stars_payment_made_during_maintenance_is_applied(bridge: None, 
     """Maintenance answers every non-admin update, but a charge is money that has moved: the
     pre-checkout and the ``successful_payment`` message must still reach the payments router."""
     emulator = BotApiEmulator(bot_username="atlas_maint_bot")
-    async with trio.open_nursery() as nursery:
-        api = await nursery.start(emulator.serve)
-        settings = load_settings(
-            database_url=fresh_database,
-            http_port=0,
-            seed=5,
-            bot_token=emulator.token,
-            telegram_api_base=api,
-            admin_ids=[900],
-        )
-        services = make_services(settings)
-        services.bot = make_bot(emulator.token, api)
-        stop = trio.Event()
-        await nursery.start(
-            lambda task_status: serve_tree(services, fresh_database, stop=stop, task_status=task_status)
-        )
+    async with running_tree(fresh_database, emulator=emulator, seed=5, admin_ids=[900]) as tree:
+        services, settings = tree.services, tree.services.settings
         user = emulator.add_user(701, "Pay", language_code="en")
         user.send_command("/start")
         await user.next_message(within=20)
@@ -171,9 +158,6 @@ async def test_a_stars_payment_made_during_maintenance_is_applied(bridge: None, 
         with trio.fail_after(20):
             while (status := await db.run(payment_status)) != "applied":  # noqa: ASYNC110
                 await trio.sleep(0.1)
-        stop.set()
-        await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
 
     assert "maintenance" in (refused.plain_text or "").lower()
     assert outcome.ok, outcome

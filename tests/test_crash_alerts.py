@@ -9,13 +9,11 @@ import trio
 import trio.lowlevel
 
 from atlas.actors import Actor
-from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.crash_alerts import AlertThrottle
-from atlas.runtime.settings import load_settings
 from atlas.storage import Tx
 from atlas.supervision import RestartType
-from atlas.telegram.session import make_bot
 from atlas.testing.botapi import BotApiEmulator
+from tests._running_tree import running_tree
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -53,30 +51,12 @@ async def test_a_crashing_actor_alerts_each_admin_once_per_interval(
 ) -> None:
     emulator = BotApiEmulator(bot_username="atlas_alert_bot")
     flaky = Flaky(crashes=3)
-    async with trio.open_nursery() as nursery:
-        api = await nursery.start(emulator.serve)
-        settings = load_settings(
-            database_url=fresh_database,
-            http_port=0,
-            seed=9,
-            bot_token=emulator.token,
-            telegram_api_base=api,
-            admin_ids=[900, 901],
-            crash_alert_interval=3600.0,
-            max_restarts=10,
-        )
-        services = make_services(settings)
-        services.bot = make_bot(emulator.token, api)
-        stop = trio.Event()
-        await nursery.start(
-            lambda task_status: serve_tree(
-                services,
-                fresh_database,
-                stop=stop,
-                extra_workers=[flaky.child_spec(restart=RestartType.PERMANENT)],
-                task_status=task_status,
-            )
-        )
+    extra = [flaky.child_spec(restart=RestartType.PERMANENT)]
+    async with running_tree(
+        fresh_database, emulator=emulator, extra_workers=extra, seed=9, admin_ids=[900, 901],
+        crash_alert_interval=3600.0, max_restarts=10,
+    ) as tree:  # fmt: skip
+        services = tree.services
         english_admin = emulator.add_user(900, "Op", language_code="en")
         russian_admin = emulator.add_user(901, "Ops", language_code="ru")
         english_admin.send_command("/start")  # registers the admin's language; the other has no user row
@@ -100,10 +80,7 @@ async def test_a_crashing_actor_alerts_each_admin_once_per_interval(
             while (rows := await services.require_db().run(alert_rows)) != [(900, "sent"), (901, "sent")]:  # noqa: ASYNC110
                 await trio.sleep(0.1)
         await trio.sleep(0.5)  # room for a wrongly sent second alert to arrive
-        extra = [admin.chat_log() for admin in admins]
-        stop.set()
-        await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
+        extra_messages = [admin.chat_log() for admin in admins]
 
     assert services.crash_counts["crash"] >= 3
     assert rows == [(900, "sent"), (901, "sent")]  # three crashes, one alert per admin
@@ -111,4 +88,5 @@ async def test_a_crashing_actor_alerts_each_admin_once_per_interval(
     assert "root/workers/flaky" in english and "RuntimeError: node <b>answered</b> garbage" in english
     assert "Decision: restart in" in english
     assert "root/workers/flaky" in russian and "Решение" in russian  # no user row: the default, ru
-    assert [sum('root/workers/flaky' in (r.plain_text or '') for r in log) for log in extra] == [1, 1]
+    alerts_seen = [sum('root/workers/flaky' in (r.plain_text or '') for r in log) for log in extra_messages]
+    assert alerts_seen == [1, 1]

@@ -17,13 +17,12 @@ import pytest
 import trio
 import trio.lowlevel
 
-from atlas.runtime.app import make_services, serve_tree
-from atlas.runtime.settings import load_settings
-from atlas.storage import Tx
-from atlas.telegram.session import make_bot
+from atlas.runtime.services import Services
+from atlas.storage import BudgetStatistics, Tx
+from atlas.supervision import Supervisor
 from atlas.testing.botapi import BotApiEmulator
 from atlas.testing.node_emulator import NodeEmulator
-from atlas.vpn import Fleet
+from tests._running_tree import running_tree
 
 NODE_TOKEN = "freeze-test-node-token-0123456789"
 ROWS = 1500  # per kind of due work
@@ -97,84 +96,21 @@ async def test_updates_are_answered_while_every_actor_is_busy_and_the_node_is_sl
 ) -> None:
     emulator = BotApiEmulator(bot_username="atlas_freeze_bot")
     node = NodeEmulator(NODE_TOKEN, latency=5.0)
-    async with trio.open_nursery() as nursery:
-        api = await nursery.start(emulator.serve)
-        node_url = await nursery.start(node.run)
+    async with trio.open_nursery() as nodes:
+        node_url = await nodes.start(node.run)
         nodes_file = tmp_path / "nodes.toml"
         nodes_file.write_text(
             f'[[nodes]]\nname = "slow-1"\nagent_url = "{node_url}"\ntoken = "{NODE_TOKEN}"\n'
             'public_host = "127.0.0.1"\nport = 443\nsecurity = "none"\n'
         )
-        settings = load_settings(
-            database_url=fresh_database,
-            db_pool_size=4,
-            http_port=0,
+        async with running_tree(
+            fresh_database, emulator=emulator, db_pool_size=4, nodes_file=nodes_file,
             seed=2611,  # every batch worker's seeded first tick falls within 10 s
-            bot_token=emulator.token,
-            telegram_api_base=api,
-            nodes_file=nodes_file,
-        )
-        services = make_services(settings)
-        services.bot = make_bot(emulator.token, api)
-        services.fleet = Fleet(list(services.nodes))  # as run_app does
-        stop = trio.Event()
-        root = await nursery.start(
-            lambda task_status: serve_tree(services, fresh_database, stop=stop, task_status=task_status)
-        )
-        db = services.require_db()
-        await db.run(_seed_due_work, now=services.clock.now(), rows=ROWS)
-
-        latencies: list[float] = []
-
-        async def converse(user_id: int) -> None:
-            user = emulator.add_user(user_id, f"U{user_id}", language_code="en")
-            for _ in range(ROUNDS):
-                sent = trio.current_time()
-                user.send_command("/start")
-                await user.next_record(within=30)
-                latencies.append(trio.current_time() - sent)
-                await trio.sleep(0.3)
-                menu = user.chat_log()[-1]
-                while not menu.inline_buttons():
-                    menu = await user.next_record(within=30)
-                user.skip_received()
-                sent = trio.current_time()
-                user.press(menu.button_texts()[0])
-                await user.next_record(within=30)
-                latencies.append(trio.current_time() - sent)
-                await trio.sleep(0.3)
-
-        with trio.fail_after(30):  # every worker has started on its backlog
-            busy = ("renewal", "expiry", "trial_notices", "reminders", "vpn_controller", "outbox_sender")
-            stats = [services.actors[name].statistics for name in busy]
-            while not all(s().ticks >= 1 or s().handling is not None for s in stats):  # noqa: ASYNC110
-                await trio.sleep(0.1)
-        busy_budget = db.budget_statistics()
-        async with trio.open_nursery() as users:
-            for i in range(USERS):
-                users.start_soon(converse, 500 + i)
-                await trio.sleep(0.1)
-
-        async def progress(tx: Tx) -> tuple[int, int, int]:
-            row = await tx.fetchrow(
-                """
-                SELECT (SELECT count(*) FROM subscriptions WHERE status = 'expired') AS expired,
-                       (SELECT count(*) FROM subscriptions WHERE last_auto_renewal_at IS NOT NULL) AS renewed,
-                       (SELECT count(*) FROM outbox WHERE state <> 'pending') AS delivered
-                """
-            )
-            assert row is not None
-            return int(row["expired"]), int(row["renewed"]), int(row["delivered"])
-
-        expired, renewed, delivered = await db.run(progress)
-        budget_at_end = db.budget_statistics()
-        children = {c.path: c.state.value for c in root.statistics().children}
-        stop.set()
-        await trio.lowlevel.checkpoint()
-        nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            await services.fleet.aclose()
-
+        ) as tree:  # fmt: skip
+            services, root = tree.services, tree.root
+            summary = await _converse_while_busy(services, root, emulator)
+        nodes.cancel_scope.cancel()
+    latencies, expired, renewed, delivered, children, budget_at_end, busy_budget = summary
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert len(latencies) == USERS * ROUNDS * 2
@@ -190,3 +126,58 @@ async def test_updates_are_answered_while_every_actor_is_busy_and_the_node_is_sl
     assert busy_budget.total == 4
     assert expired > 0 and renewed > 0 and delivered > 0
     assert node.max_concurrent >= 2  # the controller had several 5-second calls in flight
+
+
+async def _converse_while_busy(
+    services: Services, root: Supervisor, emulator: BotApiEmulator
+) -> tuple[list[float], int, int, int, dict[str, str], BudgetStatistics, BudgetStatistics]:
+    """Seed the backlog, wait until every worker is on it, then let the users talk; what happened."""
+    db = services.require_db()
+    await db.run(_seed_due_work, now=services.clock.now(), rows=ROWS)
+
+    latencies: list[float] = []
+
+    async def converse(user_id: int) -> None:
+        user = emulator.add_user(user_id, f"U{user_id}", language_code="en")
+        for _ in range(ROUNDS):
+            sent = trio.current_time()
+            user.send_command("/start")
+            await user.next_record(within=30)
+            latencies.append(trio.current_time() - sent)
+            await trio.sleep(0.3)
+            menu = user.chat_log()[-1]
+            while not menu.inline_buttons():
+                menu = await user.next_record(within=30)
+            user.skip_received()
+            sent = trio.current_time()
+            user.press(menu.button_texts()[0])
+            await user.next_record(within=30)
+            latencies.append(trio.current_time() - sent)
+            await trio.sleep(0.3)
+
+    with trio.fail_after(30):  # every worker has started on its backlog
+        busy = ("renewal", "expiry", "trial_notices", "reminders", "vpn_controller", "outbox_sender")
+        stats = [services.actors[name].statistics for name in busy]
+        while not all(s().ticks >= 1 or s().handling is not None for s in stats):  # noqa: ASYNC110
+            await trio.sleep(0.1)
+    busy_budget = db.budget_statistics()
+    async with trio.open_nursery() as users:
+        for i in range(USERS):
+            users.start_soon(converse, 500 + i)
+            await trio.sleep(0.1)
+
+    async def progress(tx: Tx) -> tuple[int, int, int]:
+        row = await tx.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM subscriptions WHERE status = 'expired') AS expired,
+                   (SELECT count(*) FROM subscriptions WHERE last_auto_renewal_at IS NOT NULL) AS renewed,
+                   (SELECT count(*) FROM outbox WHERE state <> 'pending') AS delivered
+            """
+        )
+        assert row is not None
+        return int(row["expired"]), int(row["renewed"]), int(row["delivered"])
+
+    expired, renewed, delivered = await db.run(progress)
+    budget_at_end = db.budget_statistics()
+    children = {c.path: c.state.value for c in root.statistics().children}
+    return latencies, expired, renewed, delivered, children, budget_at_end, busy_budget

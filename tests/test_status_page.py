@@ -9,10 +9,9 @@ import httpx
 import trio
 
 from atlas.actors import Actor
-from atlas.runtime.app import make_services, serve_tree
-from atlas.runtime.settings import load_settings
 from atlas.supervision import RestartType
 from atlas.web.status_page import render_status_page
+from tests._running_tree import running_tree
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -44,20 +43,10 @@ async def _dump_dom(url: str) -> str:
 async def test_the_status_page_shows_the_tree_budget_outbox_and_crashes_in_a_browser(
     bridge: None, fresh_database: str
 ) -> None:
-    settings = load_settings(database_url=fresh_database, http_port=0, seed=11)
-    services = make_services(settings)
-    stop = trio.Event()
     exploder = Exploder()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: serve_tree(
-                services,
-                fresh_database,
-                stop=stop,
-                extra_workers=[exploder.child_spec(restart=RestartType.PERMANENT)],
-                task_status=task_status,
-            )
-        )
+    extra = [exploder.child_spec(restart=RestartType.PERMANENT)]
+    async with running_tree(fresh_database, seed=11, extra_workers=extra) as tree:
+        services, settings = tree.services, tree.services.settings
         with trio.fail_after(20):
             while services.crash_counts.get("crash", 0) < 1 or exploder.statistics().ticks < 2:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -67,7 +56,6 @@ async def test_the_status_page_shows_the_tree_budget_outbox_and_crashes_in_a_bro
             negotiated = await client.get("/status", headers={"Accept": "application/json"})
             page = await client.get("/status", headers={"Accept": "text/html,application/xhtml+xml"})
         dom = await _dump_dom(f"{base}/status")
-        stop.set()
 
     children = {child["path"]: child for child in as_json["supervisors"]}
     renewal = children["root/workers/renewal"]

@@ -1,0 +1,70 @@
+"""The whole tree as ``atlas run`` builds it, for tests: settings, services, an optional emulated bot."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+import trio.lowlevel
+
+from atlas.runtime.app import make_services, serve_tree
+from atlas.runtime.services import Services
+from atlas.runtime.settings import load_settings
+from atlas.supervision import ChildSpec, Supervisor
+from atlas.telegram.session import make_bot
+from atlas.testing.botapi import BotApiEmulator
+from atlas.vpn import Fleet
+
+
+@dataclass
+class RunningTree:
+    """The running tree: its services, its root supervisor, and the emulator when there is a bot."""
+
+    services: Services
+    root: Supervisor
+    emulator: BotApiEmulator | None
+
+
+@asynccontextmanager
+async def running_tree(
+    database: str,
+    *,
+    emulator: BotApiEmulator | None = None,
+    extra_workers: Sequence[ChildSpec] = (),
+    **settings: object,
+) -> AsyncIterator[RunningTree]:
+    """Run the tree on ``database`` for the block; with ``emulator``, the bot talks to it.
+
+    ``settings`` override :func:`load_settings` (``http_port`` defaults to 0). Nodes from a
+    ``nodes_file`` get a :class:`Fleet`, as ``run_app`` gives them. On exit the tree is stopped and
+    every task of the block is cancelled.
+    """
+    settings.setdefault("http_port", 0)
+    async with trio.open_nursery() as nursery:
+        if emulator is not None:
+            api = await nursery.start(emulator.serve)
+            settings.update(bot_token=emulator.token, telegram_api_base=api)
+        services = make_services(load_settings(database_url=database, **settings))
+        if emulator is not None:
+            services.bot = make_bot(emulator.token, str(settings["telegram_api_base"]))
+        if services.nodes:
+            services.fleet = Fleet([node for node in services.nodes if node.enabled])
+        stop = trio.Event()
+        root = await nursery.start(
+            lambda task_status: serve_tree(
+                services, database, stop=stop, extra_workers=extra_workers, task_status=task_status
+            )
+        )
+        try:
+            yield RunningTree(services, root, emulator)
+        finally:
+            stop.set()
+            await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                if services.fleet is not None:
+                    await services.fleet.aclose()
+                if services.bot is not None:
+                    await services.bot.session.close()
