@@ -4,7 +4,8 @@
 
     process: logging → asyncio bridge → database server (embedded or external) → instruments
     root (rest_for_one)
-    ├── storage    the pool and the budget; migrations and plan sync; up when the pool is open
+    ├── storage    the pool, the budget and asyncpg's storage loop (a thread); migrations and plan
+    │              sync; up when the pool is open
     ├── web        Hypercorn + Starlette: health, status, metrics, /sub, webhooks (status and
     │              metrics behind ATLAS_OPERATOR_TOKEN and/or on their own listener)
     ├── workers    one_for_one: one actor per job (renewal, expiry, vpn_controller, outbox_sender,
@@ -17,8 +18,8 @@ restarts web and what follows but leaves the pool alone; telegram is last, so a 
 restarts nothing but the bot. The bridge and the database *server* sit outside
 the tree: they are process resources, opened once, and restarting them would take every actor down.
 
-Crash reports go to the JSON log, an in-memory ring (for ``/status``), and the ``crash_reports``
-table (``atlas crashes``) whenever storage is up.
+Crash reports go to the JSON log, an in-memory ring (for ``/status``), the ``crash_reports`` table
+(``atlas crashes``; held in memory while storage is down) and, throttled per actor, every admin chat.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The asyncio bridge: one trio-asyncio loop, opened once at the root of the process.
 
-asyncpg is asyncio-only, and aiogram's ``Dispatcher.feed_update`` reads the running asyncio loop's
-clock (its Bot session is httpx on trio, and its handlers run in trio tasks: see
-:mod:`atlas.telegram.dispatch`). Atlas hosts them in a single trio-asyncio loop that is opened when
-the process starts and closed when it stops; it is never restarted, because asyncpg's pool is bound
-to the loop that created it. Code finds the loop through trio-asyncio's context variable, so every
-task started below this point inherits it.
+Nothing on the hot path runs on it any more. asyncpg has a loop of its own in the storage thread
+(:mod:`atlas.storage.loop`), the Bot session is httpx on trio and handlers run in trio tasks
+(:mod:`atlas.telegram.dispatch`). What is left is aiogram's ``Dispatcher.feed_update``, which reads
+``asyncio.get_running_loop().time()`` for a log line: trio-asyncio makes that call work from trio
+tasks below this point (its loop's clock is trio's). It stays the place for any asyncio-only
+library that must run inside the trio thread, off the per-message path. Opened when the process
+starts and closed when it stops; code finds it through trio-asyncio's context variable.
 """
 
 from __future__ import annotations
