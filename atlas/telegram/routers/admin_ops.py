@@ -132,17 +132,26 @@ class MaintenanceGate:
         self._ttl = ttl
         self._state = MaintenanceState(False, "", None, None)
         self._read_at: float | None = None
+        self._refreshing = False
 
     async def current(self) -> MaintenanceState:
-        """The switch, refreshed from the table when older than ``ttl``."""
+        """The switch, refreshed from the table when older than ``ttl``.
+
+        One refresh at a time: while it runs, other updates get the state as last read (at most one
+        TTL old) instead of each reading the table again — under load every update in flight
+        would otherwise refresh the moment the cache expired.
+        """
         now = trio.current_time()
-        if self._read_at is None or now - self._read_at >= self._ttl:
-            try:
-                self._state = await self._db.run(_read_maintenance)
-            except StorageError as exc:
-                _log.warning(
-                    "maintenance switch unreadable (%s); keeping enabled=%s", exc, self._state.enabled
-                )
+        fresh = self._read_at is not None and now - self._read_at < self._ttl
+        if fresh or self._refreshing:
+            return self._state
+        self._refreshing = True
+        try:
+            self._state = await self._db.run(_read_maintenance)
+        except StorageError as exc:
+            _log.warning("maintenance switch unreadable (%s); keeping enabled=%s", exc, self._state.enabled)
+        finally:
+            self._refreshing = False
             self._read_at = now
         return self._state
 
