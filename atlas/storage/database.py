@@ -4,7 +4,7 @@ Contract 1 of DESIGN.md, by construction:
 
 * Code outside this package never sees a connection. It calls ``await db.run(unit, **kwargs)``
   where ``unit`` is ``async def unit(tx, **kwargs)``. The whole unit runs inside one transaction on
-  the storage loop (:mod:`atlas.storage.loop`: asyncpg on a stdlib asyncio loop in a thread of its
+  the storage loop (:mod:`atlas.storage.loop`: asyncpg on its own uvloop loop in a thread of its
   own), in one handoff each way.
 * Before the handoff, ``db.run`` borrows a token from the :class:`ConnectionBudget` (a
   ``trio.CapacityLimiter``) under a deadline; the token is returned when the unit has ended *and*
