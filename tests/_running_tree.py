@@ -32,19 +32,21 @@ async def running_tree(
     database: str,
     *,
     emulator: BotApiEmulator | None = None,
+    emulator_url: str | None = None,
     extra_workers: Sequence[ChildSpec] = (),
     **settings: object,
 ) -> AsyncIterator[RunningTree]:
     """Run the tree on ``database`` for the block; with ``emulator``, the bot talks to it.
 
-    ``settings`` override :func:`load_settings` (``http_port`` defaults to 0). Nodes from a
+    ``settings`` override :func:`load_settings` (``http_port`` defaults to 0). ``emulator_url``: the
+    emulator is already served there (several trees sharing one bot), so it is not served again. Nodes from a
     ``nodes_file`` get a :class:`Fleet`, as ``run_app`` gives them. On exit the tree is stopped and
     every task of the block is cancelled.
     """
     settings.setdefault("http_port", 0)
     async with trio.open_nursery() as nursery:
         if emulator is not None:
-            api = await nursery.start(emulator.serve)
+            api = emulator_url if emulator_url is not None else await nursery.start(emulator.serve)
             settings.update(bot_token=emulator.token, telegram_api_base=api)
         services = make_services(load_settings(database_url=database, **settings))
         if emulator is not None:

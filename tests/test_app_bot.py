@@ -162,3 +162,38 @@ async def test_a_stars_payment_made_during_maintenance_is_applied(bridge: None, 
     assert "maintenance" in (refused.plain_text or "").lower()
     assert outcome.ok, outcome
     assert status == "applied"
+
+
+async def test_a_conversation_started_on_one_process_continues_on_another(
+    bridge: None, fresh_database: str
+) -> None:
+    """Behind a webhook load balancer the admin's next message reaches another process, which
+    must know that the admin is typing a broadcast text (issue 13: conversation state in PostgreSQL)."""
+    emulator = BotApiEmulator(bot_username="atlas_scale_bot")
+    secret = "scale_out_hook_secret"
+    one_port, two_port = free_ports(2)
+    urls = [f"http://127.0.0.1:{port}/webhooks/telegram" for port in (one_port, two_port)]
+    async with trio.open_nursery() as nursery:
+        api = await nursery.start(emulator.serve)
+        common = {"emulator": emulator, "emulator_url": api, "admin_ids": [900],
+                  "telegram_webhook_secret": secret}  # fmt: skip
+        async with (
+            running_tree(fresh_database, http_port=one_port, telegram_webhook_url=urls[0], seed=6, **common),
+            running_tree(fresh_database, http_port=two_port, telegram_webhook_url=urls[1], seed=7, **common),
+        ):
+            admin = emulator.add_user(900, "Op", language_code="en")
+            emulator.route_webhook_to(urls[0])
+            admin.send_command("/broadcast")
+            asked = await admin.next_message(within=20)
+            admin.press("Everyone")
+            prompt = await admin.next_message(within=20)
+            emulator.route_webhook_to(urls[1])  # the text lands on the other process
+            admin.send_text("Maintenance tonight at 23:00")
+            preview = await admin.next_message(within=20)
+            delivered_to = {attempt.url for attempt in emulator.webhook_attempts if attempt.status == 200}
+        nursery.cancel_scope.cancel()
+
+    assert asked.plain_text == "Who gets the broadcast?"
+    assert "Send the text" in (prompt.plain_text or "")
+    assert "Preview" in (preview.plain_text or ""), preview.plain_text
+    assert delivered_to == set(urls)  # both processes took part

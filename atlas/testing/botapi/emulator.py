@@ -22,7 +22,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -311,6 +311,16 @@ class BotApiEmulator:
     def webhook(self) -> WebhookConfig | None:
         """The webhook currently set, if any."""
         return self._core.webhook
+
+    def route_webhook_to(self, url: str) -> None:
+        """Deliver the next updates to ``url`` (same secret): a load balancer picking another process.
+
+        Raises ``RuntimeError`` when no webhook is set.
+        """
+        current = self._core.webhook
+        if current is None:
+            raise RuntimeError("no webhook is set: the bot has not called setWebhook")
+        self._core.webhook = replace(current, url=url)
 
     @property
     def webhook_attempts(self) -> Sequence[WebhookAttempt]:
