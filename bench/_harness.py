@@ -2,7 +2,7 @@
 
 Imported by the harness scripts only (``bench_db_run.py``, ``bench_bot_load.py``), never by a
 baseline: a baseline process must not import ``atlas`` or ``trio_asyncio`` (importing
-``trio_asyncio`` makes ``asyncio.run()`` start trio-asyncio's loop instead of the stdlib one).
+``trio_asyncio`` replaces asyncio's default loop with trio-asyncio's). Nothing here runs asyncio.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Set-up rows are inserted in bulk with SQL (not timed). Then ``--rounds`` interle
   concurrent callers, one ``db.run(apply_payment)`` each (lock-and-read, then one write statement:
   state change + ledger row + balance + first-paid + outbox row);
 * plain: a diagnostic, not a baseline: the same ``apply_payment`` on a fresh set of top-ups, run
-  in a child process on plain ``asyncio.run`` + an asyncpg pool (no trio, no bridge, no budget):
+  in a child process on a stdlib ``SelectorEventLoop`` + an asyncpg pool (no trio, no bridge, no budget):
   what ``apply_payment`` could reach if ``db.run`` cost nothing (the storage layer's ceiling);
 * floor: the same number of ``db.run`` calls of a unit with two ``SELECT 1`` statements, same
   callers: what ``db.run`` itself costs for a two-statement unit, so the distance between "apply"
@@ -266,13 +266,13 @@ async def _plain_in_child(dsn: str, first: int, count: int, concurrency: int) ->
 
 
 def _plain_asyncio_apply(dsn: str, first: int, count: int, concurrency: int) -> float:
-    """``apply_payment`` on ``asyncio.run`` with a plain asyncpg pool (the child process's work)."""
+    """``apply_payment`` on a stdlib loop with a plain asyncpg pool (the child process's work)."""
     import asyncio
 
     import asyncpg
 
-    # Importing atlas imported trio_asyncio, which replaces asyncio's loop policy; undo that here.
-    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+    # Not a baseline (it runs Atlas's own unit, so it imports atlas and with it trio_asyncio, which
+    # replaces asyncio's default loop): the loop is named explicitly, a stdlib SelectorEventLoop.
 
     async def run() -> float:
         pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
@@ -298,7 +298,8 @@ def _plain_asyncio_apply(dsn: str, first: int, count: int, concurrency: int) -> 
         await pool.close()
         return rate
 
-    return asyncio.run(run())
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        return runner.run(run())
 
 
 def main() -> None:

