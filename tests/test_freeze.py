@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,9 @@ async def test_updates_are_answered_while_every_actor_is_busy_and_the_node_is_sl
             services, root = tree.services, tree.root
             summary = await _converse_while_busy(services, root, emulator)
         nodes.cancel_scope.cancel()
-    latencies, expired, renewed, delivered, children, budget_at_end, busy_budget = summary
+    latencies, budget_at_end = summary.latencies, summary.budget_at_end
+    expired, renewed, delivered = summary.expired, summary.renewed, summary.delivered
+    children, busy_budget = summary.children, summary.busy_budget
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     assert len(latencies) == USERS * ROUNDS * 2
@@ -128,9 +131,22 @@ async def test_updates_are_answered_while_every_actor_is_busy_and_the_node_is_sl
     assert node.max_concurrent >= 2  # the controller had several 5-second calls in flight
 
 
+@dataclass
+class BusySummary:
+    """What the users met while the workers were busy, and what the workers got done meanwhile."""
+
+    latencies: list[float]
+    expired: int
+    renewed: int
+    delivered: int
+    children: dict[str, str]
+    budget_at_end: BudgetStatistics
+    busy_budget: BudgetStatistics
+
+
 async def _converse_while_busy(
     services: Services, root: Supervisor, emulator: BotApiEmulator
-) -> tuple[list[float], int, int, int, dict[str, str], BudgetStatistics, BudgetStatistics]:
+) -> BusySummary:
     """Seed the backlog, wait until every worker is on it, then let the users talk; what happened."""
     db = services.require_db()
     await db.run(_seed_due_work, now=services.clock.now(), rows=ROWS)
@@ -180,4 +196,4 @@ async def _converse_while_busy(
     expired, renewed, delivered = await db.run(progress)
     budget_at_end = db.budget_statistics()
     children = {c.path: c.state.value for c in root.statistics().children}
-    return latencies, expired, renewed, delivered, children, budget_at_end, busy_budget
+    return BusySummary(latencies, expired, renewed, delivered, children, budget_at_end, busy_budget)

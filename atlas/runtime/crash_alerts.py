@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from atlas.storage import Database, StorageError, Tx
+from atlas.storage import Database, StorageError
 from atlas.storage.units.outbox import enqueue_many
 from atlas.supervision import CrashReport
 
@@ -77,12 +77,6 @@ def _payload(report: CrashReport, suppressed: int) -> dict[str, object]:
     }
 
 
-async def _enqueue_alerts(
-    tx: Tx, *, messages: list[tuple[int, str, dict[str, object], str]], now: dt.datetime
-) -> int:
-    return await enqueue_many(tx, messages, now=now)
-
-
 def admin_alert_sink(
     admin_ids: Sequence[int], throttle: AlertThrottle, db: Callable[[], Database | None]
 ) -> Callable[[CrashReport], Awaitable[None]]:
@@ -105,7 +99,7 @@ def admin_alert_sink(
             for admin in admin_ids
         ]
         try:
-            await database.run(_enqueue_alerts, messages=messages, now=report.time)
+            await database.run(enqueue_many, messages=messages, now=report.time)
         except StorageError as exc:
             _log.warning("crash alert for %s not queued: %s", report.path, exc.__class__.__name__)
 
