@@ -28,6 +28,8 @@ from atlas.runtime.telegram_tree import DispatcherSlot
 from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, TransactionConflict
 from atlas.storage.crash_reports import record_crash_report
 from atlas.supervision import CrashReport, CrashReporter, LogSink, RingSink, SlowStepInstrument, Supervisor
+from atlas.telegram.formatting import Formats, load_timezone
+from atlas.telegram.i18n import configure_bundled
 from atlas.vpn import Fleet, NodeConfig, load_nodes_file
 
 _log = logging.getLogger("atlas.app")
@@ -155,6 +157,8 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     starts.
     """
     clock = clock if clock is not None else Clock()
+    # Every text of this process (screens and notices) shows times in the operator's zone.
+    configure_bundled(Formats(timezone=load_timezone(settings.timezone), currency=settings.currency))
     ring = RingSink(maxlen=200)
     reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
     services = Services(

@@ -11,6 +11,7 @@ pydantic would otherwise print whole: every token and the database password).
 from __future__ import annotations
 
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -72,6 +73,8 @@ class Settings(BaseSettings):
     # currency, trial length, renewal policy, referral reward.
     plans_file: Path | None = None
     currency: str = Field("RUB", pattern=r"^[A-Z]{3}$")
+    # The operator's timezone (IANA name): every date the bot shows is in it.
+    timezone: str = "UTC"
     trial_days: int = Field(3, ge=1, le=90)
     renew_window_hours: float = Field(24.0, gt=0)
     renew_retry_hours: float = Field(6.0, gt=0)
@@ -102,6 +105,15 @@ class Settings(BaseSettings):
     cryptopay_token: SecretStr | None = None
     cryptopay_network: Literal["mainnet", "testnet"] = "mainnet"
     cryptopay_base_url: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA timezone name (e.g. UTC, Europe/Moscow)") from None
+        return value
 
     @field_validator("public_base_url", "support_url", "telegram_webhook_url", "telegram_api_base",
                      "cryptopay_base_url")

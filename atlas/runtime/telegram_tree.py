@@ -36,6 +36,7 @@ from atlas.domain.referral import ReferralTrigger, RewardKind
 from atlas.runtime.settings import Settings
 from atlas.storage import Database
 from atlas.supervision import Backoff, ChildContext, ChildSpec, CrashReporter, Strategy, Supervisor
+from atlas.telegram.commands import publish_commands
 from atlas.telegram.config import BotConfig
 from atlas.telegram.dispatch import DispatchNotRunning, UpdateDispatcher
 from atlas.telegram.fsm_storage import PostgresFsmStorage
@@ -136,6 +137,8 @@ def telegram_child(
             min_topup_minor=settings.min_topup_minor,
             invoices_per_hour=settings.invoices_per_hour,
         )
+        # The "/" menus, once per start of the subtree; a refusal is logged, never fatal.
+        await publish_commands(bot, settings.admin_ids)
         database = db()
         webhook_mode = settings.telegram_webhook_url is not None
         dispatcher = build_dispatcher(

@@ -7,7 +7,10 @@ keys, so ``[errors] apology = "..."`` is the key ``errors.apology``. Every text 
 access, no format specs — because a locale file is data, not code.
 
 Parameters are HTML-escaped when substituted, so a user's name cannot break the markup or inject a
-link; wrap a value in :class:`Markup` when it is HTML on purpose (a link built by code).
+link; wrap a value in :class:`Markup` when it is HTML on purpose (a link built by code). A parameter
+that is a ``datetime`` or a :class:`~atlas.telegram.formatting.Money` is formatted for the text's
+language (and the deployment's timezone, :class:`~atlas.telegram.formatting.Formats`) by
+:mod:`atlas.telegram.formatting`: callers pass values, never pre-formatted dates or amounts.
 
 Completeness is a test, not a hope: :func:`check_catalogs` lists every key missing from a locale and
 every key whose placeholder set differs between locales; ``tests/test_i18n.py`` fails on any.
@@ -25,10 +28,12 @@ from __future__ import annotations
 import html
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+
+from atlas.telegram.formatting import Formats, format_value
 
 DEFAULT_LANGUAGE = "ru"
 """What a user with no known language gets (the ``users.language`` column default)."""
@@ -81,8 +86,17 @@ class Text:
     template: str
     placeholders: frozenset[str]
 
-    def render(self, key: str, params: Mapping[str, object]) -> str:
-        """Substitute ``params`` (HTML-escaped unless :class:`Markup`); extra params are ignored."""
+    def render(
+        self,
+        key: str,
+        params: Mapping[str, object],
+        format_param: Callable[[object], str | None] | None = None,
+    ) -> str:
+        """Substitute ``params`` (HTML-escaped unless :class:`Markup`); extra params are ignored.
+
+        ``format_param`` turns a typed value (a time, an amount) into its text, or returns None for
+        a value it does not format (then ``str(value)`` is used).
+        """
 
         def substitute(match: re.Match[str]) -> str:
             token = match.group(0)
@@ -94,7 +108,10 @@ class Text:
             if name not in params:
                 raise MissingParameter(key, name)
             value = params[name]
-            return str(value) if isinstance(value, Markup) else html.escape(str(value), quote=False)
+            if isinstance(value, Markup):
+                return str(value)
+            shown = format_param(value) if format_param is not None else None
+            return html.escape(str(value) if shown is None else shown, quote=False)
 
         return _TOKEN.sub(substitute, self.template)
 
@@ -182,6 +199,7 @@ class Translator:
         *,
         default: str = DEFAULT_LANGUAGE,
         fallback: str = FALLBACK_LANGUAGE,
+        formats: Formats | None = None,
     ) -> None:
         for name, lang in (("default", default), ("fallback", fallback)):
             if lang not in catalogs:
@@ -189,9 +207,10 @@ class Translator:
         self._catalogs = {lang: dict(texts) for lang, texts in catalogs.items()}
         self.default = default
         self.fallback = fallback
+        self.formats = formats or Formats()
 
     @classmethod
-    def from_toml(cls, sources: Mapping[str, str], **options: str) -> Translator:
+    def from_toml(cls, sources: Mapping[str, str], **options: Any) -> Translator:
         """Build from TOML texts by language; :class:`LocaleError` names the file and the problem."""
         catalogs: dict[str, dict[str, Text]] = {}
         for lang, source in sources.items():
@@ -241,7 +260,7 @@ class Translator:
         text = self._catalogs[lang].get(key) or self._catalogs[self.fallback].get(key)
         if text is None:
             raise MissingTranslation(key, lang)
-        return text.render(key, params)
+        return text.render(key, params, lambda value: format_value(value, lang, self.formats))
 
 
 def bundled_sources(languages: Iterable[str] | None = None) -> dict[str, str]:
@@ -259,14 +278,23 @@ def bundled_sources(languages: Iterable[str] | None = None) -> dict[str, str]:
 
 
 _bundled: Translator | None = None
+_bundled_formats = Formats()
 
 
 def bundled() -> Translator:
     """The translator of the shipped locale files, loaded once (:class:`LocaleError` if malformed)."""
     global _bundled
     if _bundled is None:
-        _bundled = Translator.from_toml(bundled_sources())
+        _bundled = Translator.from_toml(bundled_sources(), formats=_bundled_formats)
     return _bundled
+
+
+def configure_bundled(formats: Formats) -> None:
+    """Make :func:`bundled` format times with ``formats`` (the runtime calls it once at start,
+    from ``ATLAS_TIMEZONE``). One process serves one deployment, so one setting for all texts."""
+    global _bundled, _bundled_formats
+    _bundled_formats = formats
+    _bundled = None
 
 
 def t(language: str | None, key: str, /, **params: object) -> str:

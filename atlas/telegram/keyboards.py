@@ -101,6 +101,11 @@ def guides(lang: str) -> InlineKeyboardMarkup:
     )
 
 
+def back_to_subscription(lang: str) -> InlineKeyboardMarkup:
+    """Under the QR code: back to "my subscription", or the menu."""
+    return _markup([_menu(lang, MenuAction.SUBSCRIPTION, "back")], [_menu(lang, MenuAction.MENU)])
+
+
 def reissue_confirm(lang: str) -> InlineKeyboardMarkup:
     """Confirm or cancel a key reissue."""
     return _markup(

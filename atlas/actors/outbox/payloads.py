@@ -8,6 +8,8 @@
 * template (what :func:`atlas.storage.units.outbox.enqueue_message` writes): no ``"text"`` key;
   ``kind`` is the locale key and the payload's other fields are its placeholders, rendered in the
   recipient's ``users.language`` at send time, as HTML; an optional ``"buttons"`` as above.
+  Times (``*_at``, ISO 8601) and amounts (``*_minor``) are formatted then, for that language
+  (:func:`atlas.telegram.formatting.notice_values`): a notice never shows a raw value.
 
 A payload that cannot become a message raises :class:`PayloadError` naming the field; the sender
 fails the row with that reason and sends nothing (checked before any I/O).
@@ -20,6 +22,7 @@ from typing import Any
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from atlas.storage.units.delivery import ClaimedMessage
+from atlas.telegram.formatting import notice_values
 from atlas.telegram.i18n import TranslationError, Translator
 
 MAX_TEXT = 4096
@@ -54,7 +57,11 @@ def render(message: ClaimedMessage, translator: Translator) -> Rendered:
                 f"payload.parse_mode must be one of {sorted(PARSE_MODES)} or null, got {parse_mode!r}"
             )
     else:
-        params = {k: v for k, v in payload.items() if k != "buttons"}
+        # Times and amounts are raw in the payload; typed here, they are formatted for the
+        # recipient's language by the translator (atlas.telegram.formatting).
+        params = notice_values(
+            {k: v for k, v in payload.items() if k != "buttons"}, translator.formats.currency
+        )
         try:
             text = translator.t(message.language, message.kind, **params)
         except TranslationError as exc:

@@ -52,7 +52,9 @@ _REACHABLE = "u.banned_at IS NULL AND u.bot_blocked_at IS NULL"
 _COLUMNS = (
     "b.id, b.created_by, b.segment, b.text, b.state, b.cursor_user_id, b.recipients, "
     "b.progress_chat_id, b.progress_message_id, b.created_at, b.confirmed_at, b.finished_at, "
-    "(SELECT u.language FROM users AS u WHERE u.id = b.created_by) AS admin_language"
+    # The language the admin wrote the broadcast in, else their user row's (older broadcasts).
+    "coalesce(b.admin_language, (SELECT u.language FROM users AS u WHERE u.id = b.created_by)) "
+    "AS admin_language"
 )
 
 
@@ -72,7 +74,8 @@ class BroadcastError(DomainError):
 
 @dataclass(frozen=True, slots=True)
 class BroadcastView:
-    """One broadcast row; ``admin_language`` is the creator's stored language (None: unknown)."""
+    """One broadcast row; ``admin_language`` is the language the admin wrote it in, else their
+    stored language (None: unknown)."""
 
     id: int
     created_by: int
@@ -137,20 +140,36 @@ def check_text(text: str) -> str:
 
 
 async def create_broadcast(
-    tx: Tx, *, admin_id: int, segment: str, text: str, now: dt.datetime
+    tx: Tx,
+    *,
+    admin_id: int,
+    segment: str,
+    text: str,
+    now: dt.datetime,
+    admin_language: str | None = None,
 ) -> BroadcastView:
-    """Write a draft broadcast of ``text`` (Telegram HTML) to ``segment``; return it."""
+    """Write a draft broadcast of ``text`` (Telegram HTML) to ``segment``; return it.
+
+    ``admin_language`` (``"en"``): what the reports to the admin are written in; None uses the
+    admin's user row, if any.
+    """
     check_admin_id(admin_id)
     check_segment(segment)
     check_text(text)
     check_now(now)
+    if admin_language is not None and not (
+        isinstance(admin_language, str) and admin_language.isascii() and admin_language.isalpha()
+        and admin_language.islower() and 2 <= len(admin_language) <= 3
+    ):
+        raise ValueError(f"admin_language must be a language code like 'en', got {admin_language!r}")
     row_id = await tx.fetchval(
-        "INSERT INTO broadcasts (created_by, segment, text, state, created_at) "
-        "VALUES ($1, $2, $3, 'draft', $4) RETURNING id",
+        "INSERT INTO broadcasts (created_by, segment, text, state, created_at, admin_language) "
+        "VALUES ($1, $2, $3, 'draft', $4, $5) RETURNING id",
         admin_id,
         segment,
         text,
         now,
+        admin_language,
     )
     return await get_broadcast(tx, broadcast_id=int(row_id))
 

@@ -65,7 +65,7 @@ async def send_crypto_invoice(
     """
     client = ui.cryptopay
     if client is None:
-        await ui.say(ui.t("user.pay.crypto_disabled"), keyboards.back_to_menu(ui.lang))
+        await ui.show(ui.t("user.pay.crypto_disabled"), keyboards.back_to_menu(ui.lang))
         return None
     intent: PaymentIntent = await ui.run(
         create_payment_intent,
@@ -94,10 +94,10 @@ async def send_crypto_invoice(
         # An outage or a refusal of the provider, not the user's mistake and not our bug: the
         # intent expires unpaid; the user may simply try again.
         _log.warning("Crypto Pay invoice for payment %s failed: %s", intent.payment_id, exc)
-        await ui.say(ui.t("user.pay.crypto_unavailable"), keyboards.back_to_menu(ui.lang))
+        await ui.show(ui.t("user.pay.crypto_unavailable"), keyboards.back_to_menu(ui.lang))
         return None
     await ui.run(attach_external_id, payment_id=intent.payment_id, external_id=str(invoice.invoice_id))
-    await ui.say(
+    await ui.show(
         ui.t("user.pay.crypto_invoice", amount=ui.money(intent.amount_minor, intent.currency)),
         keyboards.url_button(ui.t("user.button.pay_open"), invoice.bot_invoice_url, ui.lang),
     )

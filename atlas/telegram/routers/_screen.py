@@ -20,6 +20,11 @@ and the pool's reset fewer). A handler that changes something first must not dec
 would see the state from before its change); :meth:`Screen.read` without a declaration, or a
 second time, simply runs the read as its own unit.
 
+**Screens are shown in place.** :meth:`Screen.show` answers a button press by editing the message
+the button was on (see :mod:`atlas.telegram.in_place` for when it deletes and sends instead); a
+typed command gets a new message. One press is one screen: a second ``show`` in the same handler
+sends a new message below it. :meth:`Screen.say` always sends a new message.
+
 Every action is for ``callback.from_user.id`` / ``message.from_user.id`` — Telegram authenticates
 that field; nothing in callback data can redirect an action to someone else (see
 :mod:`atlas.telegram.callbacks`).
@@ -37,17 +42,18 @@ from typing import Any, TypeVar
 from aiogram import BaseMiddleware, Bot
 from aiogram.dispatcher.flags import get_flag
 from aiogram.fsm.context import FSMContext
-from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message, TelegramObject
+from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup, Message, TelegramObject
 from aiogram.types import User as TgUser
 
 from atlas.clock import Clock
-from atlas.domain import Currency, DomainError, InsufficientBalance
-from atlas.domain.money import format_amount
+from atlas.domain import DomainError, InsufficientBalance
 from atlas.payments import CryptoPayClient
 from atlas.storage import Database, Tx
 from atlas.storage.units import UserView, get_user, register_user
 from atlas.telegram.config import BotConfig
+from atlas.telegram.formatting import format_money
 from atlas.telegram.i18n import MissingParameter, bundled
+from atlas.telegram.in_place import show_photo, show_text
 from atlas.telegram.keyboards import back_to_menu
 
 _log = logging.getLogger("atlas.telegram.routers")
@@ -93,6 +99,7 @@ class Screen:
     cryptopay: CryptoPayClient | None = None
     acked: bool = False
     preread: _Preread | None = None
+    shown: bool = False
 
     @property
     def lang(self) -> str:
@@ -104,9 +111,9 @@ class Screen:
         return bundled().t(self.lang, key, **params)
 
     def money(self, amount_minor: int, currency: str | None = None) -> str:
-        """``"100.00 RUB"``: an amount in minor units of ``currency`` (default: the balance's)."""
-        code = currency or self.config.currency
-        return f"{format_amount(amount_minor, exponent=Currency(code).exponent)} {code}"
+        """An amount in minor units of ``currency`` (default: the balance's) as the user's language
+        writes it: ``"199 ₽"``, ``"RUB 199.00"`` (see :mod:`atlas.telegram.formatting`)."""
+        return format_money(amount_minor, currency or self.config.currency, self.lang)
 
     async def run(self, unit: Callable[..., Awaitable[T]], /, **kwargs: Any) -> T:
         """Run a unit of work through ``db.run``; domain errors propagate."""
@@ -121,8 +128,31 @@ class Screen:
             return result
         return await self.db.run(run_screen_read, read=read, user=self.user, now=self.clock.now())
 
+    def _to_replace(self) -> Message | None:
+        """The pressed message, the first time a screen is shown for this press; else None."""
+        if self.shown or self.callback is None:
+            return None
+        self.shown = True
+        message = self.callback.message
+        return message if isinstance(message, Message) else None
+
+    async def show(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> None:
+        """Show the screen ``text`` (HTML): in place of the pressed message for a button press,
+        as a new message otherwise (see the module docstring)."""
+        replace = self._to_replace()
+        self.shown = True
+        await show_text(self.bot, self.chat_id, text, keyboard, replace=replace)
+
+    async def show_photo(
+        self, photo: BufferedInputFile, caption: str, keyboard: InlineKeyboardMarkup | None = None
+    ) -> None:
+        """Show a photo screen, replacing the pressed message (deleted: a text cannot become a photo)."""
+        replace = self._to_replace()
+        self.shown = True
+        await show_photo(self.bot, self.chat_id, photo, caption, keyboard, replace=replace)
+
     async def say(self, text: str, keyboard: InlineKeyboardMarkup | None = None) -> Message:
-        """Send ``text`` (HTML) to the user's chat as a new message."""
+        """Send ``text`` (HTML) to the user's chat as a new message, whatever was pressed."""
         return await self.bot.send_message(
             self.chat_id, text, parse_mode="HTML", reply_markup=keyboard, disable_web_page_preview=True
         )
@@ -206,7 +236,7 @@ class ScreenMiddleware(BaseMiddleware):
         )
         if ui.user.banned_at is not None:
             await ui.ack()
-            await ui.say(ui.t("errors.banned", support=ui.config.support or "—"))
+            await ui.show(ui.t("errors.banned", support=ui.config.support or "—"))
             return None
         state = data.get("state")
         if not self._keep_state and isinstance(state, FSMContext):
@@ -216,7 +246,7 @@ class ScreenMiddleware(BaseMiddleware):
             return await handler(event, data)
         except DomainError as error:
             await ui.ack()
-            await ui.say(ui.refusal(error), _menu_button(ui))
+            await ui.show(ui.refusal(error), _menu_button(ui))
             return None
         finally:
             if ui.callback is not None and not ui.acked:

@@ -31,10 +31,10 @@ from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from atlas.telegram.callbacks import AdminAction, AdminCb
+from atlas.telegram.callbacks import AdminAction, AdminCb, MenuAction, MenuCb
 from atlas.telegram.i18n import Translator
 from atlas.telegram.routers.admin_broadcast import build_broadcast_router
-from atlas.telegram.routers.admin_common import AdminFilter, language, texts
+from atlas.telegram.routers.admin_common import AdminFilter, language, show, texts
 from atlas.telegram.routers.admin_ops import build_ops_router
 from atlas.telegram.routers.admin_promo import build_promo_router
 from atlas.telegram.routers.admin_users import build_users_router
@@ -70,7 +70,14 @@ def menu_keyboard(translator: Translator, lang: str) -> InlineKeyboardMarkup:
                 button("export_users", AdminAction.EXPORT_USERS),
                 button("export_payments", AdminAction.EXPORT_PAYMENTS),
             ],
-            [button("maintenance", AdminAction.MAINTENANCE)],
+            [
+                button("maintenance", AdminAction.MAINTENANCE),
+                # The way out: the user menu (the admin is a user of the bot too).
+                InlineKeyboardButton(
+                    text=translator.t(lang, "admin.nav.user_menu"),
+                    callback_data=MenuCb(action=MenuAction.MENU).pack(),
+                ),
+            ],
         ]
     )
 
@@ -95,10 +102,9 @@ def _build_menu_router() -> Router:
         lang = language(callback.from_user, tr)
         await state.clear()
         await callback.answer()
-        if callback.message is not None:
-            await callback.message.answer(
-                parse_mode="HTML", text=tr.t(lang, "admin.menu.title"), reply_markup=menu_keyboard(tr, lang)
-            )
+        if isinstance(callback.message, Message):
+            title = tr.t(lang, "admin.menu.title")
+            await show(callback.message, title, menu_keyboard(tr, lang), in_place=True)
 
     return router
 

@@ -35,20 +35,31 @@ from atlas.telegram.callbacks import (
     Segment,
 )
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, language, refusal, texts
+from atlas.telegram.routers.admin_common import (
+    AdminInput,
+    back_markup,
+    back_row,
+    language,
+    refusal,
+    show,
+    texts,
+)
 
 
 def segment_keyboard(translator: Translator, lang: str) -> InlineKeyboardMarkup:
-    """One button per segment."""
+    """One button per segment, then back to the admin menu."""
     return InlineKeyboardMarkup(
         inline_keyboard=[
-            [
-                InlineKeyboardButton(
-                    text=translator.t(lang, f"admin.broadcast.segment_{segment.value}"),
-                    callback_data=AdminSegmentCb(segment=segment).pack(),
-                )
-            ]
-            for segment in Segment
+            *(
+                [
+                    InlineKeyboardButton(
+                        text=translator.t(lang, f"admin.broadcast.segment_{segment.value}"),
+                        callback_data=AdminSegmentCb(segment=segment).pack(),
+                    )
+                ]
+                for segment in Segment
+            ),
+            back_row(translator, lang),
         ]
     )
 
@@ -79,11 +90,12 @@ def build_broadcast_router() -> Router:
     """The broadcast flow's router (guarded by the caller)."""
     router = Router(name="admin_broadcast")
 
-    async def ask_segment(message: Message, lang: str, tr: Translator) -> None:
-        await message.answer(
-            parse_mode="HTML",
-            text=tr.t(lang, "admin.broadcast.choose_segment"),
-            reply_markup=segment_keyboard(tr, lang),
+    async def ask_segment(message: Message, lang: str, tr: Translator, *, in_place: bool) -> None:
+        await show(
+            message,
+            tr.t(lang, "admin.broadcast.choose_segment"),
+            segment_keyboard(tr, lang),
+            in_place=in_place,
         )
 
     @router.message(Command("broadcast"))
@@ -92,7 +104,7 @@ def build_broadcast_router() -> Router:
     ) -> None:
         tr = texts(translator)
         await state.clear()
-        await ask_segment(message, language(message.from_user, tr), tr)
+        await ask_segment(message, language(message.from_user, tr), tr, in_place=False)
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.BROADCAST))
     async def broadcast_button(
@@ -102,7 +114,7 @@ def build_broadcast_router() -> Router:
         await state.clear()
         await callback.answer()
         if isinstance(callback.message, Message):
-            await ask_segment(callback.message, language(callback.from_user, tr), tr)
+            await ask_segment(callback.message, language(callback.from_user, tr), tr, in_place=True)
 
     @router.callback_query(AdminSegmentCb.filter())
     async def segment_chosen(
@@ -116,10 +128,13 @@ def build_broadcast_router() -> Router:
         await state.set_state(AdminInput.broadcast_text)
         await state.update_data(segment=callback_data.segment.value)
         await callback.answer()
-        if callback.message is not None:
+        if isinstance(callback.message, Message):
             segment_name = tr.t(lang, f"admin.broadcast.segment_{callback_data.segment.value}")
-            await callback.message.answer(
-                parse_mode="HTML", text=tr.t(lang, "admin.broadcast.enter_text", segment=segment_name)
+            await show(
+                callback.message,
+                tr.t(lang, "admin.broadcast.enter_text", segment=segment_name),
+                back_markup(tr, lang),
+                in_place=True,
             )
 
     @router.message(StateFilter(AdminInput.broadcast_text), F.text)
@@ -138,6 +153,7 @@ def build_broadcast_router() -> Router:
             draft = await db.run(
                 create_broadcast,
                 admin_id=message.from_user.id,
+                admin_language=lang,
                 segment=str(data.get("segment", "")),
                 text=message.html_text,
                 now=clock.now(),

@@ -21,10 +21,20 @@ from typing import ParamSpec, TypeVar
 from aiogram.filters import Filter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import CallbackQuery, Message, TelegramObject, User
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    TelegramObject,
+    User,
+)
 
-from atlas.domain import DomainError
+from atlas.domain import DomainError, InsufficientBalance
+from atlas.telegram.callbacks import AdminAction, AdminCb
+from atlas.telegram.formatting import Money
 from atlas.telegram.i18n import Translator, bundled
+from atlas.telegram.in_place import show_text
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -64,6 +74,32 @@ class AdminInput(StatesGroup):
     maintenance = State()
 
 
+async def show(
+    message: Message, text: str, markup: InlineKeyboardMarkup | None = None, *, in_place: bool
+) -> None:
+    """Answer with an admin screen: ``in_place`` (a button press on the bot's ``message``) edits that
+    message (see :mod:`atlas.telegram.in_place`); otherwise (a typed command, ``message`` is the
+    admin's) a new message is sent to its chat."""
+    bot = message.bot
+    if bot is None:
+        raise RuntimeError("an admin screen needs a message bound to its Bot")
+    await show_text(bot, message.chat.id, text, markup, replace=message if in_place else None)
+
+
+def back_row(translator: Translator, lang: str) -> list[InlineKeyboardButton]:
+    """The "back to the admin menu" row every admin screen ends with."""
+    return [
+        InlineKeyboardButton(
+            text=translator.t(lang, "admin.nav.back"), callback_data=AdminCb(action=AdminAction.MENU).pack()
+        )
+    ]
+
+
+def back_markup(translator: Translator, lang: str) -> InlineKeyboardMarkup:
+    """Only the "back to the admin menu" button."""
+    return InlineKeyboardMarkup(inline_keyboard=[back_row(translator, lang)])
+
+
 async def ask_for_input(
     callback: CallbackQuery,
     state: FSMContext,
@@ -71,14 +107,14 @@ async def ask_for_input(
     awaiting: State,
     question_key: str,
 ) -> None:
-    """A button that asks the admin to type something: enter ``awaiting`` and ask the question."""
+    """A button that asks the admin to type something: enter ``awaiting`` and ask the question,
+    in place of the pressed screen, with a way back (which also leaves the input state)."""
     tr = texts(translator)
+    lang = language(callback.from_user, tr)
     await state.set_state(awaiting)
     await callback.answer()
     if isinstance(callback.message, Message):
-        await callback.message.answer(
-            parse_mode="HTML", text=tr.t(language(callback.from_user, tr), question_key)
-        )
+        await show(callback.message, tr.t(lang, question_key), back_markup(tr, lang), in_place=True)
 
 
 def language(user: User | None, translator: Translator) -> str:
@@ -91,16 +127,23 @@ def texts(translator: Translator | None) -> Translator:
     return translator or bundled()
 
 
-def refusal(translator: Translator, lang: str, exc: DomainError) -> str:
+def refusal(translator: Translator, lang: str, exc: DomainError, currency: str | None = None) -> str:
     """The admin-facing text of a refusal: ``admin.error.<code>`` if the locale has it, else the
     generic ``admin.error.refused`` with the error's detail (admins are operators: the detail,
-    which names the field and the value, is what they need)."""
+    which names the field and the value, is what they need). The amounts of a balance refusal
+    (minor units) are shown as money in ``currency`` (default: the translator's balance currency),
+    never as the raw integer."""
     key = "admin.error." + exc.code.replace(".", "_")
+    params: dict[str, object] = dict(exc.params)
+    if isinstance(exc, InsufficientBalance):
+        code = currency or translator.formats.currency
+        for name in ("balance", "required", "shortfall"):
+            params[name] = Money(int(exc.params[name]), code)
     reason = exc.params.get("reason")
     for candidate in ((f"{key}_{reason}",) if isinstance(reason, str) else ()) + (key,):
         if translator.has(candidate):
             try:
-                return translator.t(lang, candidate, **exc.params)
+                return translator.t(lang, candidate, **params)
             except LookupError:
                 break
     return translator.t(lang, "admin.error.refused", detail=exc.detail)

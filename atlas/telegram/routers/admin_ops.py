@@ -40,7 +40,7 @@ from aiogram.types import (
 )
 
 from atlas.clock import Clock
-from atlas.domain import Currency, DomainError, format_amount
+from atlas.domain import DomainError
 from atlas.storage import Database, StorageError
 from atlas.storage.crash_reports import latest_crash_reports
 from atlas.storage.tx import Tx
@@ -56,8 +56,19 @@ from atlas.storage.units.admin_views import (
     set_maintenance,
 )
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminStatsCb, StatsPeriod
+from atlas.telegram.formatting import Money
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, is_admin, language, refusal, texts
+from atlas.telegram.routers.admin_common import (
+    AdminInput,
+    ask_for_input,
+    back_markup,
+    back_row,
+    is_admin,
+    language,
+    refusal,
+    show,
+    texts,
+)
 
 _log = logging.getLogger("atlas.telegram.routers.admin")
 
@@ -213,14 +224,6 @@ def build_maintenance_router() -> Router:
 # The router
 
 
-def _money(amount_minor: int, code: str) -> str:
-    try:
-        exponent = Currency.of(code).exponent
-    except (DomainError, ValueError):
-        return f"{amount_minor} {code} (minor units)"
-    return f"{format_amount(amount_minor, exponent=exponent)} {code}"
-
-
 def _period_keyboard(tr: Translator, lang: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(
         inline_keyboard=[
@@ -230,7 +233,8 @@ def _period_keyboard(tr: Translator, lang: str) -> InlineKeyboardMarkup:
                     callback_data=AdminStatsCb(period=p).pack(),
                 )
                 for p in StatsPeriod
-            ]
+            ],
+            back_row(tr, lang),
         ]
     )
 
@@ -240,13 +244,26 @@ def build_ops_router() -> Router:
     router = Router(name="admin_ops")
 
     async def show_stats(
-        message: Message, period: StatsPeriod, db: Database, clock: Clock, tr: Translator, lang: str
+        message: Message,
+        period: StatsPeriod,
+        db: Database,
+        clock: Clock,
+        tr: Translator,
+        lang: str,
+        *,
+        in_place: bool,
     ) -> None:
         result = await db.run(stats, now=clock.now(), period=PERIODS[period])
-        revenue = ", ".join(_money(amount, code) for code, amount in sorted(result.revenue.items())) or "0"
-        await message.answer(
-            parse_mode="HTML",
-            text=tr.t(
+        revenue = (
+            ", ".join(
+                tr.t(lang, "admin.nav.amount", amount=Money(amount, code))
+                for code, amount in sorted(result.revenue.items())
+            )
+            or "0"
+        )
+        await show(
+            message,
+            tr.t(
                 lang,
                 "admin.stats.text",
                 period=tr.t(lang, f"admin.stats.period_{period.value}"),
@@ -258,7 +275,8 @@ def build_ops_router() -> Router:
                 banned=result.banned,
                 revenue=revenue,
             ),
-            reply_markup=_period_keyboard(tr, lang),
+            _period_keyboard(tr, lang),
+            in_place=in_place,
         )
 
     @router.message(Command("stats"))
@@ -266,7 +284,9 @@ def build_ops_router() -> Router:
         message: Message, db: Database, clock: Clock, translator: Translator | None = None
     ) -> None:
         tr = texts(translator)
-        await show_stats(message, StatsPeriod.DAY, db, clock, tr, language(message.from_user, tr))
+        await show_stats(
+            message, StatsPeriod.DAY, db, clock, tr, language(message.from_user, tr), in_place=False
+        )
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.STATS))
     async def stats_button(
@@ -276,7 +296,13 @@ def build_ops_router() -> Router:
         await callback.answer()
         if isinstance(callback.message, Message):
             await show_stats(
-                callback.message, StatsPeriod.DAY, db, clock, tr, language(callback.from_user, tr)
+                callback.message,
+                StatsPeriod.DAY,
+                db,
+                clock,
+                tr,
+                language(callback.from_user, tr),
+                in_place=True,
             )
 
     @router.callback_query(AdminStatsCb.filter())
@@ -291,33 +317,44 @@ def build_ops_router() -> Router:
         await callback.answer()
         if isinstance(callback.message, Message):
             await show_stats(
-                callback.message, callback_data.period, db, clock, tr, language(callback.from_user, tr)
+                callback.message,
+                callback_data.period,
+                db,
+                clock,
+                tr,
+                language(callback.from_user, tr),
+                in_place=True,
             )
 
-    async def show_crashes(message: Message, db: Database, tr: Translator, lang: str) -> None:
+    async def show_crashes(
+        message: Message, db: Database, tr: Translator, lang: str, *, in_place: bool
+    ) -> None:
         reports = await db.run(latest_crash_reports, limit=CRASHES_SHOWN)
         if not reports:
-            await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.crashes.none"))
+            await show(message, tr.t(lang, "admin.crashes.none"), back_markup(tr, lang), in_place=in_place)
             return
         lines = "\n\n".join(
             tr.t(
                 lang,
                 "admin.crashes.item",
                 kind=r.kind,
-                time=r.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+                time=r.occurred_at,
                 path=r.path,
                 error=f"{r.exc_type or ''}: {(r.message or '')[:300]}",
             )
             for r in reports
         )
-        await message.answer(
-            parse_mode="HTML", text=tr.t(lang, "admin.crashes.title", count=len(reports)) + "\n\n" + lines
+        await show(
+            message,
+            tr.t(lang, "admin.crashes.title", count=len(reports)) + "\n\n" + lines,
+            back_markup(tr, lang),
+            in_place=in_place,
         )
 
     @router.message(Command("crashes"))
     async def crashes_command(message: Message, db: Database, translator: Translator | None = None) -> None:
         tr = texts(translator)
-        await show_crashes(message, db, tr, language(message.from_user, tr))
+        await show_crashes(message, db, tr, language(message.from_user, tr), in_place=False)
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.CRASHES))
     async def crashes_button(
@@ -326,17 +363,25 @@ def build_ops_router() -> Router:
         tr = texts(translator)
         await callback.answer()
         if isinstance(callback.message, Message):
-            await show_crashes(callback.message, db, tr, language(callback.from_user, tr))
+            await show_crashes(callback.message, db, tr, language(callback.from_user, tr), in_place=True)
 
     async def export(
-        message: Message, what: str, db: Database, bot: Bot, clock: Clock, tr: Translator, lang: str
+        message: Message,
+        what: str,
+        db: Database,
+        bot: Bot,
+        clock: Clock,
+        tr: Translator,
+        lang: str,
+        *,
+        in_place: bool,
     ) -> None:
         unit, header = (
             (export_users_page, USER_EXPORT_HEADER)
             if what == "users"
             else (export_payments_page, PAYMENT_EXPORT_HEADER)
         )
-        await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.export.started"))
+        await show(message, tr.t(lang, "admin.export.started"), back_markup(tr, lang), in_place=in_place)
         data, rows, cut = await build_csv(db, unit, header)
         name = f"{what}-{clock.now().strftime('%Y%m%d-%H%M%S')}.csv"
         caption = tr.t(lang, "admin.export.cut" if cut else "admin.export.done", rows=rows)
@@ -352,7 +397,9 @@ def build_ops_router() -> Router:
                 message: Message, db: Database, bot: Bot, clock: Clock, translator: Translator | None = None
             ) -> None:
                 tr = texts(translator)
-                await export(message, what, db, bot, clock, tr, language(message.from_user, tr))
+                await export(
+                    message, what, db, bot, clock, tr, language(message.from_user, tr), in_place=False
+                )
 
             async def export_button(
                 callback: CallbackQuery,
@@ -364,7 +411,16 @@ def build_ops_router() -> Router:
                 tr = texts(translator)
                 await callback.answer()
                 if isinstance(callback.message, Message):
-                    await export(callback.message, what, db, bot, clock, tr, language(callback.from_user, tr))
+                    await export(
+                        callback.message,
+                        what,
+                        db,
+                        bot,
+                        clock,
+                        tr,
+                        language(callback.from_user, tr),
+                        in_place=True,
+                    )
 
             return export_command, export_button
 
@@ -381,6 +437,8 @@ def build_ops_router() -> Router:
         clock: Clock,
         tr: Translator,
         gate: MaintenanceGate | None,
+        *,
+        in_place: bool = False,
     ) -> None:
         lang = language(admin, tr)
         try:
@@ -392,8 +450,11 @@ def build_ops_router() -> Router:
             return
         if gate is not None:
             gate.remember(state)
-        await message.answer(
-            parse_mode="HTML", text=tr.t(lang, "admin.maintenance.on" if enabled else "admin.maintenance.off")
+        await show(
+            message,
+            tr.t(lang, "admin.maintenance.on" if enabled else "admin.maintenance.off"),
+            back_markup(tr, lang),
+            in_place=in_place,
         )
 
     @router.message(Command("maintenance"))
@@ -433,13 +494,14 @@ def build_ops_router() -> Router:
                         text=tr.t(lang, f"admin.maintenance.button_{'off' if state.enabled else 'on'}"),
                         callback_data=AdminCb(action=action).pack(),
                     )
-                ]
+                ],
+                back_row(tr, lang),
             ]
         )
         status = tr.t(
             lang, "admin.maintenance.status_on" if state.enabled else "admin.maintenance.status_off"
         )
-        await callback.message.answer(parse_mode="HTML", text=status, reply_markup=markup)
+        await show(callback.message, status, markup, in_place=True)
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.MAINTENANCE_ON))
     async def maintenance_on_button(
@@ -474,7 +536,15 @@ def build_ops_router() -> Router:
         if isinstance(callback.message, Message):
             # The button's message is the bot's; the admin is the presser.
             await switch(
-                callback.message, callback.from_user, False, "", db, clock, texts(translator), maintenance
+                callback.message,
+                callback.from_user,
+                False,
+                "",
+                db,
+                clock,
+                texts(translator),
+                maintenance,
+                in_place=True,
             )
 
     return router

@@ -27,8 +27,18 @@ from atlas.storage import Database
 from atlas.storage.units import create_promo_code, list_promo_codes
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminPromoPageCb
 from atlas.telegram.config import BotConfig
+from atlas.telegram.formatting import format_day, format_money
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, language, refusal, texts
+from atlas.telegram.routers.admin_common import (
+    AdminInput,
+    ask_for_input,
+    back_markup,
+    back_row,
+    language,
+    refusal,
+    show,
+    texts,
+)
 
 PAGE = 10
 
@@ -88,14 +98,17 @@ def parse_promo_definition(text: str, *, default_currency: str, now: dt.datetime
     return PromoCode(**fields)  # type: ignore[arg-type]
 
 
-def describe_promo(promo: PromoCode) -> str:
-    """One line about a code for the list."""
+def describe_promo(promo: PromoCode, tr: Translator, lang: str) -> str:
+    """One line about a code for the list; amounts and the expiry day as ``lang`` writes them."""
     uses = f"{promo.uses_so_far}/{promo.max_uses if promo.max_uses is not None else '∞'}"
-    expires = promo.expires_at.strftime("%Y-%m-%d") if promo.expires_at else "—"
-    currency = f" {promo.currency.code}" if promo.currency is not None else ""
-    return (
-        f"{promo.code}: {promo.kind.value} {promo.value}{currency}, {uses}, {promo.purpose.value}, {expires}"
-    )
+    expires = format_day(promo.expires_at, lang, tr.formats.timezone) if promo.expires_at else "—"
+    if promo.kind in (PromoKind.FIXED, PromoKind.BALANCE_BONUS) and promo.currency is not None:
+        value = format_money(promo.value, promo.currency.code, lang)
+    elif promo.kind is PromoKind.PERCENT:
+        value = f"{promo.value}%"
+    else:
+        value = str(promo.value)
+    return f"{promo.code}: {promo.kind.value} {value}, {uses}, {promo.purpose.value}, {expires}"
 
 
 def build_promo_router() -> Router:
@@ -120,31 +133,37 @@ def build_promo_router() -> Router:
             await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc))
             return False
         await message.answer(
-            parse_mode="HTML", text=tr.t(lang, "admin.promo.created", line=describe_promo(created))
+            parse_mode="HTML",
+            text=tr.t(lang, "admin.promo.created", line=describe_promo(created, tr, lang)),
+            reply_markup=back_markup(tr, lang),
         )
         return True
 
-    async def show_page(message: Message, after: str | None, db: Database, tr: Translator, lang: str) -> None:
+    async def show_page(
+        message: Message, after: str | None, db: Database, tr: Translator, lang: str, *, in_place: bool
+    ) -> None:
         codes = await db.run(list_promo_codes, after=after, limit=PAGE + 1)
         page, more = codes[:PAGE], len(codes) > PAGE
         if not page:
-            await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.promo.empty"))
+            await show(message, tr.t(lang, "admin.promo.empty"), back_markup(tr, lang), in_place=in_place)
             return
-        lines = "\n".join(describe_promo(p) for p in page)
-        markup = None
+        lines = "\n".join(describe_promo(p, tr, lang) for p in page)
+        rows = [back_row(tr, lang)]
         if more:
-            markup = InlineKeyboardMarkup(
-                inline_keyboard=[
-                    [
-                        InlineKeyboardButton(
-                            text=tr.t(lang, "admin.promo.next"),
-                            callback_data=AdminPromoPageCb(after=page[-1].code).pack(),
-                        )
-                    ]
-                ]
+            rows.insert(
+                0,
+                [
+                    InlineKeyboardButton(
+                        text=tr.t(lang, "admin.promo.next"),
+                        callback_data=AdminPromoPageCb(after=page[-1].code).pack(),
+                    )
+                ],
             )
-        await message.answer(
-            parse_mode="HTML", text=tr.t(lang, "admin.promo.list", lines=lines), reply_markup=markup
+        await show(
+            message,
+            tr.t(lang, "admin.promo.list", lines=lines),
+            InlineKeyboardMarkup(inline_keyboard=rows),
+            in_place=in_place,
         )
 
     @router.message(Command("promo_new"))
@@ -179,7 +198,7 @@ def build_promo_router() -> Router:
     @router.message(Command("promos"))
     async def promos_command(message: Message, db: Database, translator: Translator | None = None) -> None:
         tr = texts(translator)
-        await show_page(message, None, db, tr, language(message.from_user, tr))
+        await show_page(message, None, db, tr, language(message.from_user, tr), in_place=False)
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.PROMOS))
     async def promos_button(
@@ -188,7 +207,7 @@ def build_promo_router() -> Router:
         tr = texts(translator)
         await callback.answer()
         if isinstance(callback.message, Message):
-            await show_page(callback.message, None, db, tr, language(callback.from_user, tr))
+            await show_page(callback.message, None, db, tr, language(callback.from_user, tr), in_place=True)
 
     @router.callback_query(AdminPromoPageCb.filter())
     async def promos_page(
@@ -201,7 +220,12 @@ def build_promo_router() -> Router:
         await callback.answer()
         if isinstance(callback.message, Message):
             await show_page(
-                callback.message, callback_data.after or None, db, tr, language(callback.from_user, tr)
+                callback.message,
+                callback_data.after or None,
+                db,
+                tr,
+                language(callback.from_user, tr),
+                in_place=True,
             )
 
     return router

@@ -19,6 +19,7 @@ The same actions exist as commands for operators who prefer typing:
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from aiogram import F, Router
@@ -27,14 +28,24 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from atlas.clock import Clock
-from atlas.domain import DomainError, format_amount, parse_amount
+from atlas.domain import DomainError, parse_amount
 from atlas.storage import Database
 from atlas.storage.units import InvalidAdminInput, admin_adjust_balance, admin_grant_days, admin_set_banned
 from atlas.storage.units.admin_views import UserCard, find_user, parse_user_query, user_card
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminUserCb, UserAction
 from atlas.telegram.config import BotConfig
+from atlas.telegram.formatting import Money
 from atlas.telegram.i18n import Translator
-from atlas.telegram.routers.admin_common import AdminInput, ask_for_input, language, refusal, texts
+from atlas.telegram.routers.admin_common import (
+    AdminInput,
+    ask_for_input,
+    back_markup,
+    back_row,
+    language,
+    refusal,
+    show,
+    texts,
+)
 
 _PROMPTS: dict[UserAction, tuple[Any, str]] = {
     UserAction.GRANT: (AdminInput.grant, "admin.user.ask_grant"),
@@ -44,11 +55,12 @@ _PROMPTS: dict[UserAction, tuple[Any, str]] = {
 }
 
 
-def _stamp(value: Any) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
+def _stamp(value: dt.datetime | None) -> dt.datetime | str:
+    # A datetime is formatted by the translator, for the admin's language and the operator's zone.
+    return "—" if value is None else value
 
 
-def card_text(tr: Translator, lang: str, card: UserCard, exponent: int, currency: str) -> str:
+def card_text(tr: Translator, lang: str, card: UserCard, currency: str) -> str:
     """The user card's text."""
     user, sub = card.user, card.subscription
     if sub is None:
@@ -80,7 +92,7 @@ def card_text(tr: Translator, lang: str, card: UserCard, exponent: int, currency
         username=f"@{user.username}" if user.username else "—",
         name=user.first_name or "—",
         language=user.language,
-        balance=f"{format_amount(user.balance_minor, exponent=exponent)} {currency}",
+        balance=Money(user.balance_minor, currency),
         subscription=subscription,
         flags=", ".join(flags) or "—",
         created=_stamp(user.created_at),
@@ -101,20 +113,29 @@ def card_keyboard(tr: Translator, lang: str, card: UserCard) -> InlineKeyboardMa
         inline_keyboard=[
             [button("grant", UserAction.GRANT), button("adjust", UserAction.ADJUST)],
             [ban, button("refresh", UserAction.REFRESH)],
+            back_row(tr, lang),
         ]
     )
 
 
 async def show_card(
-    message: Message, db: Database, clock: Clock, config: BotConfig, tr: Translator, lang: str, user_id: int
+    message: Message,
+    db: Database,
+    clock: Clock,
+    config: BotConfig,
+    tr: Translator,
+    lang: str,
+    user_id: int,
+    *,
+    in_place: bool = False,
 ) -> None:
-    """Send the card of ``user_id`` (or "not found")."""
+    """Show the card of ``user_id`` (or "not found"); ``in_place`` edits the pressed ``message``."""
     card = await db.run(user_card, user_id=user_id, now=clock.now())
     if card is None:
         await message.answer(parse_mode="HTML", text=tr.t(lang, "admin.user.not_found", query=str(user_id)))
         return
-    text = card_text(tr, lang, card, config.money.exponent, config.currency)
-    await message.answer(parse_mode="HTML", text=text, reply_markup=card_keyboard(tr, lang, card))
+    text = card_text(tr, lang, card, config.currency)
+    await show(message, text, card_keyboard(tr, lang, card), in_place=in_place)
 
 
 def _split(text: str | None) -> tuple[str, str]:
@@ -186,8 +207,7 @@ def build_users_router() -> Router:
                     idempotency_key=f"msg:{message.chat.id}:{message.message_id}",
                     now=clock.now(),
                 )
-                exponent = config.money.exponent
-                shown = f"{format_amount(balance.balance_minor, exponent=exponent)} {config.currency}"
+                shown = Money(balance.balance_minor, config.currency)
                 await message.answer(
                     parse_mode="HTML", text=tr.t(lang, "admin.user.adjusted", id=user_id, balance=shown)
                 )
@@ -206,7 +226,7 @@ def build_users_router() -> Router:
                     text=tr.t(lang, "admin.user.banned" if banned else "admin.user.unbanned", id=user_id),
                 )
         except DomainError as exc:
-            await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc))
+            await message.answer(parse_mode="HTML", text=refusal(tr, lang, exc, config.currency))
             return False
         return True
 
@@ -255,12 +275,19 @@ def build_users_router() -> Router:
         if not isinstance(callback.message, Message):
             return
         if callback_data.action is UserAction.REFRESH:
-            await show_card(callback.message, db, clock, config, tr, lang, callback_data.user_id)
+            await show_card(
+                callback.message, db, clock, config, tr, lang, callback_data.user_id, in_place=True
+            )
             return
         input_state, prompt = _PROMPTS[callback_data.action]
         await state.set_state(input_state)
         await state.update_data(user_id=callback_data.user_id, action=callback_data.action.value)
-        await callback.message.answer(parse_mode="HTML", text=tr.t(lang, prompt, id=callback_data.user_id))
+        await show(
+            callback.message,
+            tr.t(lang, prompt, id=callback_data.user_id),
+            back_markup(tr, lang),
+            in_place=True,
+        )
 
     @router.message(
         StateFilter(AdminInput.grant, AdminInput.adjust, AdminInput.ban, AdminInput.unban), F.text

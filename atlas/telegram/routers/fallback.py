@@ -26,7 +26,7 @@ def build_router() -> Router:
 
     @router.message()
     async def on_unknown_message(message: Message, ui: Screen) -> None:
-        await ui.say(
+        await ui.show(
             ui.t("user.fallback.unknown"),
             keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None),
         )

@@ -13,7 +13,7 @@ from atlas.telegram.routers._screen import Screen, ScreenMiddleware
 
 async def show_help(ui: Screen) -> None:
     """Send the help screen with the support contact."""
-    await ui.say(
+    await ui.show(
         ui.t("user.help.text", support=ui.config.support or ui.t("user.help.no_support")),
         keyboards.back_to_menu(ui.lang),
     )

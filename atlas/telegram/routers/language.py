@@ -21,7 +21,7 @@ def build_router() -> Router:
     router.callback_query.middleware(ScreenMiddleware())
 
     async def choose(ui: Screen) -> None:
-        await ui.say(ui.t("user.language.choose"), keyboards.languages(ui.lang))
+        await ui.show(ui.t("user.language.choose"), keyboards.languages(ui.lang))
 
     @router.callback_query(MenuCb.filter(F.action == MenuAction.LANGUAGE))
     async def on_language_button(callback: CallbackQuery, ui: Screen) -> None:

@@ -13,7 +13,7 @@ from atlas.telegram.routers._screen import Screen, ScreenMiddleware
 
 async def show_menu(ui: Screen) -> None:
     """Send the main menu: the user's balance and every screen as a button."""
-    await ui.say(
+    await ui.show(
         ui.t("user.menu.text", name=ui.user.first_name or "", balance=ui.money(ui.user.balance_minor)),
         keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None),
     )

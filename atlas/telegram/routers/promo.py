@@ -36,7 +36,7 @@ async def _remember(ui: Screen, typed: str) -> None:
         ttl=ui.config.promo_ttl,
         now=ui.clock.now(),
     )
-    await ui.say(
+    await ui.show(
         ui.t("user.promo.accepted", code=promo.code),
         keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None),
     )
@@ -52,7 +52,7 @@ def build_router() -> Router:
     async def on_promo_button(callback: CallbackQuery, ui: Screen, state: FSMContext) -> None:
         await ui.ack()
         await state.set_state(PromoStates.waiting)
-        await ui.say(ui.t("user.promo.ask"), keyboards.back_to_menu(ui.lang))
+        await ui.show(ui.t("user.promo.ask"), keyboards.back_to_menu(ui.lang))
 
     @router.message(Command("promo"))
     async def on_promo_command(
@@ -61,7 +61,7 @@ def build_router() -> Router:
         await state.clear()
         if not command.args or not command.args.strip():
             await state.set_state(PromoStates.waiting)
-            await ui.say(ui.t("user.promo.ask"), keyboards.back_to_menu(ui.lang))
+            await ui.show(ui.t("user.promo.ask"), keyboards.back_to_menu(ui.lang))
             return
         await _remember(ui, command.args.strip())
 

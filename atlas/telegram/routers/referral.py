@@ -23,7 +23,7 @@ async def referral_stats_of(tx: Tx, user: UserView, now: dt.datetime) -> Referra
 async def show_referral(ui: Screen) -> None:
     """Send the referral page."""
     stats = await ui.read(referral_stats_of)
-    await ui.say(
+    await ui.show(
         ui.t(
             "user.referral.page",
             invited=stats.invited,

@@ -21,7 +21,7 @@ def build_router() -> Router:
 
     @router.message(CommandStart())
     async def on_start(message: Message, ui: Screen) -> None:
-        await ui.say(ui.t("user.start.greeting", name=ui.user.first_name or ""))
+        await ui.show(ui.t("user.start.greeting", name=ui.user.first_name or ""))
         await show_menu(ui)
 
     return router

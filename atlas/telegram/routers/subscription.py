@@ -26,11 +26,6 @@ from atlas.telegram.routers._screen import Screen, ScreenMiddleware, code, reads
 from atlas.vpn import qr_png, vless_link
 
 
-def format_time(moment: dt.datetime) -> str:
-    """A business time as the user reads it: ``2026-03-04 12:00 UTC``."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def share_links(ui: Screen, view: SubscriptionView) -> list[str]:
     """One VLESS share link per enabled node for the subscription's present key (none without one)."""
     if view.key_uuid is None:
@@ -45,7 +40,7 @@ def describe(ui: Screen, view: SubscriptionView) -> str:
             "user.sub.status",
             status=ui.t(f"user.sub.state.{'active' if view.is_active else 'inactive'}"),
             kind=ui.t(f"user.sub.kind.{view.kind.value}"),
-            expires_at=format_time(view.expires_at),
+            expires_at=view.expires_at,
             days_left=view.days_left,
         ),
         ui.t("user.sub.auto_renew_on" if view.auto_renew else "user.sub.auto_renew_off"),
@@ -70,16 +65,17 @@ async def subscription_of(tx: Tx, user: UserView, now: dt.datetime) -> Subscript
     return await get_subscription_view(tx, user_id=user.id, now=now)
 
 
-async def show_subscription(ui: Screen) -> None:
-    """Send the "my subscription" screen (or the "no subscription yet" one)."""
-    view = await ui.read(subscription_of)
+async def show_subscription(ui: Screen, view: SubscriptionView | None = None) -> None:
+    """Show the "my subscription" screen (or the "no subscription yet" one); ``view`` when the
+    caller already has it (a trial just started), else it is read."""
+    view = view if view is not None else await ui.read(subscription_of)
     if view is None:
-        await ui.say(
+        await ui.show(
             ui.t("user.sub.none"),
             keyboards.no_subscription(ui.lang, trial_available=ui.user.trial_used_at is None),
         )
         return
-    await ui.say(
+    await ui.show(
         describe(ui, view), keyboards.subscription(ui.lang, active=view.is_active, auto_renew=view.auto_renew)
     )
 
@@ -88,7 +84,7 @@ async def _active_view(ui: Screen) -> SubscriptionView | None:
     """The presser's active subscription, or None after telling them they have none."""
     view = await ui.read(subscription_of)
     if view is None or not view.is_active:
-        await ui.say(
+        await ui.show(
             ui.t("user.sub.none"),
             keyboards.no_subscription(ui.lang, trial_available=ui.user.trial_used_at is None),
         )
@@ -114,32 +110,31 @@ def build_router() -> Router:
         if view is None:
             return
         url = ui.config.subscription_url(view.token)
-        await ui.bot.send_photo(
-            ui.chat_id,
+        await ui.show_photo(
             BufferedInputFile(qr_png(url), filename="subscription.png"),
-            caption=ui.t("user.sub.qr_caption"),
-            parse_mode="HTML",
+            ui.t("user.sub.qr_caption"),
+            keyboards.back_to_subscription(ui.lang),
         )
 
     @router.callback_query(SubCb.filter(F.action == SubAction.GUIDE))
     async def on_guide(callback: CallbackQuery, callback_data: SubCb, ui: Screen) -> None:
         await ui.ack()
         if callback_data.platform is Platform.NONE:
-            await ui.say(ui.t("user.guide.choose"), keyboards.guides(ui.lang))
+            await ui.show(ui.t("user.guide.choose"), keyboards.guides(ui.lang))
         else:
-            await ui.say(ui.t(f"user.guide.{callback_data.platform.value}"), keyboards.guides(ui.lang))
+            await ui.show(ui.t(f"user.guide.{callback_data.platform.value}"), keyboards.guides(ui.lang))
 
     @router.callback_query(SubCb.filter(F.action == SubAction.REISSUE), flags=reads(subscription_of))
     async def on_reissue(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         if await _active_view(ui) is not None:
-            await ui.say(ui.t("user.sub.reissue_confirm"), keyboards.reissue_confirm(ui.lang))
+            await ui.show(ui.t("user.sub.reissue_confirm"), keyboards.reissue_confirm(ui.lang))
 
     @router.callback_query(SubCb.filter(F.action == SubAction.REISSUE_CONFIRM))
     async def on_reissue_confirmed(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         await ui.run(reissue_key, user_id=ui.user.id, now=ui.clock.now())
-        await ui.say(ui.t("user.sub.reissued"))
+        await ui.ack(ui.t("user.sub.reissued"))
         await show_subscription(ui)
 
     @router.callback_query(SubCb.filter(F.action.in_({SubAction.AUTO_ON, SubAction.AUTO_OFF})))

@@ -24,10 +24,10 @@ def build_router() -> Router:
     async def on_topup(callback: CallbackQuery, ui: Screen) -> None:
         await ui.ack()
         if ui.cryptopay is None:
-            await ui.say(ui.t("user.pay.crypto_disabled"), keyboards.back_to_menu(ui.lang))
+            await ui.show(ui.t("user.pay.crypto_disabled"), keyboards.back_to_menu(ui.lang))
             return
         options = [(amount, ui.money(amount)) for amount in ui.config.topup_buttons]
-        await ui.say(
+        await ui.show(
             ui.t("user.topup.choose", balance=ui.money(ui.user.balance_minor)),
             keyboards.topup_amounts(ui.lang, options),
         )
