@@ -183,11 +183,14 @@ async def test_start_trial_subscription_gives_working_links_qr_and_guides(db: Da
         assert "Hi, Alice!" in texts(seen)
         assert en("user.button.trial") in seen[-1].button_texts()
 
+        # The trial press answers with a toast and turns the menu into "my subscription" in place;
+        # the confirmation itself is the trial.started notice (sent by the outbox sender, not here).
         seen = await b.step(alice, "press", en("user.button.trial"))
-        assert "trial is on for 3 days" in texts(seen)
-        seen = await b.step(alice, "press", en("user.button.subscription"))
+        assert [r.kind for r in seen] == ["edit_text"]
+        assert b.answers_for(alice)[-1] == en("user.ux.trial_started", days=3)
         screen = texts(seen)
         assert "Status: active (trial)" in screen and "Days left: 3" in screen
+        assert "Valid until: Mar 4, 2026, 12:00" in screen  # NOW + 3 days, in the default zone (UTC)
 
         key = await scalar(
             db,
@@ -205,9 +208,13 @@ async def test_start_trial_subscription_gives_working_links_qr_and_guides(db: Da
         token = await scalar(db, "SELECT token FROM subscriptions WHERE user_id = $1", alice.id)
         assert SUB_URL.findall(screen) == [f"https://vpn.example.com/sub/{token}"]
 
+        # A photo screen replaces the text screen (delete + send), and back again.
         seen = await b.step(alice, "press", en("user.button.qr"))
+        assert [r.kind for r in seen] == ["delete", "photo"]
         photo = [r for r in seen if r.kind == "photo"]
         assert len(photo) == 1 and photo[0].file is not None and photo[0].file.width > 100
+        seen = await b.step(alice, "press", en("user.button.back"))
+        assert [r.kind for r in seen] == ["delete", "message"] and "Status: active" in texts(seen)
 
         await b.step(alice, "press", en("user.button.guides"))
         for platform, app in [
@@ -226,6 +233,7 @@ async def test_start_trial_subscription_gives_working_links_qr_and_guides(db: Da
         assert await snapshot(db) == before
 
         # Auto-renew on, then a key reissue behind a confirmation step.
+        await b.step(alice, "press", en("user.button.menu"))
         await b.step(alice, "press", en("user.button.subscription"))
         seen = await b.step(alice, "press", en("user.button.auto_on"))
         assert "Auto-renew from balance: on" in texts(seen)
@@ -234,6 +242,7 @@ async def test_start_trial_subscription_gives_working_links_qr_and_guides(db: Da
         assert "Replace your key?" in texts(seen)
         assert await scalar(db, "SELECT count(*) FROM vpn_keys") == 1  # asking changed nothing
         seen = await b.step(alice, "press", en("user.button.reissue_confirm"))
+        assert b.answers_for(alice)[-1] == en("user.sub.reissued")
         keys = await rows(db, "SELECT uuid, desired FROM vpn_keys ORDER BY id")
         assert (keys[0]["uuid"], keys[0]["desired"]) == (key, "absent")
         new_key = keys[1]["uuid"]
@@ -257,8 +266,8 @@ async def test_a_screen_and_its_user_lookup_cost_one_unit_of_work(
         await b.step(alice, "press", en("user.button.trial"))
         monkeypatch.setattr(Database, "run", counting)
         screens = {
-            "subscription": en("user.button.subscription"),
             "qr": en("user.button.qr"),
+            "subscription": en("user.button.back"),
             "menu": en("user.button.menu"),
             "plans": en("user.button.plans"),
         }
@@ -272,6 +281,7 @@ async def test_a_screen_and_its_user_lookup_cost_one_unit_of_work(
         assert units == ["get_user_for_screen"] and "?start=ref_" in texts(seen)
 
         # A handler that changes something reads afresh after its change: its own units.
+        await b.step(alice, "press", en("user.button.menu"))
         await b.step(alice, "press", en("user.button.subscription"))
         units.clear()
         seen = await b.step(alice, "press", en("user.button.auto_on"))
@@ -296,22 +306,23 @@ async def test_a_referred_users_payment_rewards_the_referrer_and_buying_from_bal
         await b.step(ben, "press", "p:m1")
         before = await snapshot(db)
         seen = await b.step(ben, "press", "b:m1:bal")
-        assert "Not enough money on your balance: it costs 100.00 RUB, you have 0.00 RUB" in texts(seen)
+        assert "Not enough money on your balance: it costs RUB\u00a0100.00, you have RUB\u00a00.00" in texts(seen)
         assert en("user.button.topup") in seen[-1].button_texts()
         assert await snapshot(db) == before
 
         await topup(db, ben.id, 15_000)  # paid in through Crypto Pay: the referral reward is due now
-        await b.step(ben, "press", en("user.button.plans"))
+        await b.step(ben, "press", en("user.button.back"))  # back to the plans
         await b.step(ben, "press", "p:m1")
         seen = await b.step(ben, "press", "b:m1:bal")
-        assert "100.00 RUB paid" in texts(seen) and "Balance: 50.00 RUB" in texts(seen)
+        assert "RUB\u00a0100.00 paid" in texts(seen) and "Balance: RUB\u00a050.00" in texts(seen)
         assert await scalar(db, "SELECT balance_minor FROM users WHERE id = $1", ben.id) == 5_000
         assert await scalar(db, "SELECT kind FROM subscriptions WHERE user_id = $1", ben.id) == "paid"
 
         reward = await rows(db, "SELECT amount_minor, kind FROM ledger WHERE user_id = $1", ann.id)
         assert reward == [{"amount_minor": 1_500, "kind": "referral_reward"}]
+        await b.step(ann, "press", en("user.button.menu"))
         page = texts(await b.step(ann, "press", en("user.button.referral")))
-        assert "Invited: 1, of them paid: 1" in page and "Rewards: 15.00 RUB (1)" in page
+        assert "Invited: 1, of them paid: 1" in page and "Rewards: RUB\u00a015.00 (1)" in page
 
 
 async def test_a_promo_code_applies_once(db: Database) -> None:
@@ -328,7 +339,7 @@ async def test_a_promo_code_applies_once(db: Database) -> None:
         await b.step(cat, "press", en("user.button.plans"))
         await b.step(cat, "press", "p:m1")
         seen = await b.step(cat, "press", "b:m1:bal")
-        assert "80.00 RUB paid" in texts(seen)
+        assert "RUB\u00a080.00 paid" in texts(seen)
         assert await scalar(db, "SELECT count(*) FROM promo_redemptions WHERE user_id = $1", cat.id) == 1
 
         # ... and the second time through the command: refused, nothing changed.
@@ -338,7 +349,9 @@ async def test_a_promo_code_applies_once(db: Database) -> None:
         seen = await b.step(cat, "command", "/promo", "NOPE")
         assert en("user.error.promo.not_found", promo="NOPE") in texts(seen)
         # A prompt left for another screen is over: the next text is not taken for a code.
+        await b.step(cat, "press", en("user.button.menu"))
         await b.step(cat, "press", en("user.button.promo"))
+        await b.step(cat, "press", en("user.button.menu"))
         await b.step(cat, "press", en("user.button.help"))
         seen = await b.step(cat, "text", "hello")
         assert en("user.fallback.unknown") in texts(seen)
@@ -352,18 +365,19 @@ async def test_the_language_switch_changes_every_later_screen(db: Database) -> N
         assert "Привет, Dan!" in texts(seen)
         await b.step(dan, "press", t("ru", "user.button.language"))
         seen = await b.step(dan, "press", t("en", "user.button.lang_en"))
-        assert "Balance: 0.00 RUB" in texts(seen)
+        assert "Balance: RUB\u00a00.00" in texts(seen)
         assert await scalar(db, "SELECT language FROM users WHERE id = $1", dan.id) == "en"
 
         later: list[ChatRecord] = []
         later += await b.step(dan, "command", "/start")
         later += await b.step(dan, "press", en("user.button.subscription"))
+        later += await b.step(dan, "press", en("user.button.menu"))
         later += await b.step(dan, "press", en("user.button.plans"))
+        later += await b.step(dan, "press", en("user.button.menu"))
         later += await b.step(dan, "press", en("user.button.referral"))
         later += await b.step(dan, "command", "/help")
         later += await b.step(dan, "text", "what?")
         later += await b.step(dan, "press", en("user.button.trial"))
-        later += await b.step(dan, "press", en("user.button.subscription"))
         shown = texts(later) + "".join("".join(r.button_texts()) for r in later)
         assert (
             "Hi, Dan!" in shown and "Support: @atlas_support" in shown and "Status: active (trial)" in shown
@@ -415,9 +429,9 @@ async def test_stars_and_crypto_pay_invoices_are_created_for_a_plan_and_a_top_up
         await b.step(gus, "press", en("user.button.plans"))
         seen = await b.step(gus, "press", "p:m1")
         assert seen[-1].button_texts()[:3] == [
-            en("user.button.pay_balance", price="100.00 RUB"),
+            en("user.button.pay_balance", price="RUB\u00a0100.00"),
             en("user.button.pay_stars", stars=50),
-            en("user.button.pay_crypto", price="100.00 RUB"),
+            en("user.button.pay_crypto", price="RUB\u00a0100.00"),
         ]
 
         seen = await b.step(gus, "press", en("user.button.pay_stars", stars=50))
@@ -439,12 +453,15 @@ async def test_stars_and_crypto_pay_invoices_are_created_for_a_plan_and_a_top_up
         assert paid == [{"external_id": str(made.invoice_id), "payload": made.payload}]
 
         # A top-up: amount buttons, then an invoice for the chosen amount.
+        await b.step(gus, "press", en("user.button.menu"))
         await b.step(gus, "press", en("user.button.topup"))
         seen = await b.step(gus, "press", "t:30000")
-        assert "300.00 RUB" in texts(seen) and len(crypto.invoices()) == 2
+        assert "RUB\u00a0300.00" in texts(seen) and len(crypto.invoices()) == 2
 
         # The provider is down: a calm text, no crash, the intent simply expires unpaid.
         crypto.outage()
+        await b.step(gus, "press", en("user.button.menu"))
+        await b.step(gus, "press", en("user.button.topup"))
         seen = await b.step(gus, "press", "t:10000")
         assert en("user.pay.crypto_unavailable") in texts(seen)
 

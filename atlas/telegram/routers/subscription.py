@@ -132,7 +132,6 @@ def build_router() -> Router:
 
     @router.callback_query(SubCb.filter(F.action == SubAction.REISSUE_CONFIRM))
     async def on_reissue_confirmed(callback: CallbackQuery, ui: Screen) -> None:
-        await ui.ack()
         await ui.run(reissue_key, user_id=ui.user.id, now=ui.clock.now())
         await ui.ack(ui.t("user.sub.reissued"))
         await show_subscription(ui)

@@ -23,7 +23,6 @@ def build_router() -> Router:
 
     @router.callback_query(MenuCb.filter(F.action == MenuAction.TRIAL))
     async def on_trial(callback: CallbackQuery, ui: Screen) -> None:
-        await ui.ack()
         view = await ui.run(
             start_trial, user_id=ui.user.id, trial_days=ui.config.trial_days, now=ui.clock.now()
         )
