@@ -187,9 +187,10 @@ async def test_grant_adjust_and_ban_need_a_reason_and_are_audited(db: Database) 
         admin.send_command("/find", "@target_user")
         card = await admin.next_message(within=10)
         assert card.plain_text is not None and f"User {TARGET} @Target_User" in card.plain_text
-        assert "Balance: 100.00 RUB" in card.plain_text and "paid, active" in card.plain_text
+        assert "Balance: RUB\u00a0100.00" in card.plain_text and "paid, active" in card.plain_text
         admin.press("💰 Balance")
-        await admin.next_message(within=10)
+        prompt = await admin.next_record(within=10)  # the card turns into the prompt, in place
+        assert prompt.kind == "edit_text" and "send the amount" in (prompt.plain_text or "")
         admin.send_text("+150")
         assert (
             await admin.next_message(within=10)
@@ -198,15 +199,15 @@ async def test_grant_adjust_and_ban_need_a_reason_and_are_audited(db: Database) 
         admin.send_text("+150.50 manual refund")
         assert (
             await admin.next_message(within=10)
-        ).plain_text == f"Done: user {TARGET} balance is now 250.50 RUB."
+        ).plain_text == f"Done: user {TARGET} balance is now RUB\u00a0250.50."
         refreshed = await admin.next_message(within=10)  # the card again
-        assert "Balance: 250.50 RUB" in (refreshed.plain_text or "")
+        assert "Balance: RUB\u00a0250.50" in (refreshed.plain_text or "")
         admin.send_text("-1000 too much")  # the state ended: this is not an adjustment any more
         assert (await admin.next_message(within=10)).plain_text == UNKNOWN
         assert (await db.run(_user, user_id=TARGET))["balance_minor"] == 25_050
 
         admin.press("⛔ Block")
-        await admin.next_message(within=10)
+        assert (await admin.next_record(within=10)).kind == "edit_text"
         admin.send_text("fraud")
         assert (await admin.next_message(within=10)).plain_text == f"User {TARGET} is blocked."
         card = await admin.next_message(within=10)
@@ -255,7 +256,9 @@ async def test_promo_codes_are_created_with_clear_errors_and_listed_by_page(db: 
         first = (await admin.next_message(within=10)).plain_text or ""
         assert first.count("free_days") == 10 and "CODE09" in first and "CODE10" not in first
         admin.press("Next ▶")
-        second = (await admin.next_message(within=10)).plain_text or ""
+        page = await admin.next_record(within=10)
+        assert page.kind == "edit_text"
+        second = page.plain_text or ""
         assert "CODE10" in second and "CODE11" in second and "CODE09" not in second
 
 
@@ -269,7 +272,7 @@ async def test_stats_crashes_export_and_maintenance(db: Database) -> None:
         menu = await admin.next_message(within=10)
         assert menu.plain_text == "Admin" and "📣 Broadcast" in menu.button_texts()
         admin.press("🔎 Find user")
-        assert (await admin.next_message(within=10)).plain_text == "Send a user id or @username."
+        assert (await admin.next_record(within=10)).plain_text == "Send a user id or @username."
         admin.send_text(str(TARGET))
         assert f"User {TARGET} @Target_User" in ((await admin.next_message(within=10)).plain_text or "")
         admin.send_text("nobody_here")  # the lookup state ended with the card
@@ -279,7 +282,9 @@ async def test_stats_crashes_export_and_maintenance(db: Database) -> None:
         stats = (await admin.next_message(within=10)).plain_text or ""
         assert "Users: 3 (new: 3, blocked: 0)" in stats and "Active: 1 (trial: 0, paid: 1)" in stats
         admin.press("month")
-        assert "Stats (month)" in ((await admin.next_message(within=10)).plain_text or "")
+        month = await admin.next_record(within=10)
+        assert month.kind == "edit_text" and "Stats (month)" in (month.plain_text or "")
+        assert "⬅️ Admin menu" in month.button_texts()  # every admin screen has a way back
 
         admin.send_command("/crashes")
         assert (await admin.next_message(within=10)).plain_text == "No crash reports."
@@ -344,7 +349,7 @@ async def test_an_unstorable_broadcast_text_is_refused_and_the_prompt_stays_usab
         admin.send_command("/broadcast")
         assert (await admin.next_message(within=10)).plain_text == "Who gets the broadcast?"
         admin.press("Everyone")
-        assert "Send the text" in ((await admin.next_message(within=10)).plain_text or "")
+        assert "Send the text" in ((await admin.next_record(within=10)).plain_text or "")
         admin.send_text("before\x00after")
         refusal = (await admin.next_message(within=10)).plain_text or ""
         assert "cannot be stored" in refusal and "nothing was saved" in refusal
