@@ -36,17 +36,14 @@ from atlas.payments.stars_reconcile import (
     MAX_PAGE,
     VERDICTS,
     StarsLedgerApi,
-    StarsRefundRefused,
     StarTransaction,
     Verdict,
 )
+from atlas.payments.stars_returns import ReturnOutcome, finish_return, return_charge
 from atlas.storage import Database
 from atlas.storage.units.apply import apply_payment
 from atlas.storage.units.provider_records import (
-    ProviderRefund,
     advance_reconcile_cursor,
-    begin_provider_refund,
-    finish_provider_refund,
     pending_provider_refunds,
     reconcile_cursor,
     refunded_externally,
@@ -121,7 +118,7 @@ class StarsReconciler(Actor):
         """Ask Telegram again for every refund recorded but not confirmed (bounded by ``batch``)."""
         pending = await self._db().run(pending_provider_refunds, provider=PROVIDER, limit=self._batch)
         for refund in pending:
-            await self._give_back(refund)
+            self._count(await finish_return(self._db(), self._ledger, self._clock, refund))
 
     async def walk(self) -> int:
         """Walk at most ``max_pages`` pages from the cursor; return where the cursor is now."""
@@ -180,38 +177,19 @@ class StarsReconciler(Actor):
             )
         if VERDICTS[result.outcome] is Verdict.SETTLED:
             return
-        refund = await self._db().run(
-            begin_provider_refund,
-            provider=PROVIDER,
+        outcome = await return_charge(
+            self._db(),
+            self._ledger,
+            self._clock,
             external_id=charge.id,
             user_id=charge.user_id,
             amount_minor=charge.amount,
-            currency="XTR",
             reason=f"reconcile: {result.outcome.value}" + (f" ({result.reason})" if result.reason else ""),
-            now=self._clock.now(),
         )
-        if refund.state == "pending":
-            await self._give_back(refund)
+        self._count(outcome)
 
-    async def _give_back(self, refund: ProviderRefund) -> None:
-        try:
-            answer = await self._ledger.refund(user_id=refund.user_id, charge_id=refund.external_id)
-        except StarsRefundRefused as exc:
+    def _count(self, outcome: ReturnOutcome) -> None:
+        if outcome is ReturnOutcome.RETURNED:
+            self.refunded += 1
+        elif outcome is ReturnOutcome.REFUSED:
             self.refusals += 1
-            _log.error(
-                "stars refund of charge %s refused by Telegram; left for an operator: %s",
-                refund.external_id,
-                exc,
-            )
-            return
-        await self._db().run(
-            finish_provider_refund, provider=PROVIDER, external_id=refund.external_id, now=self._clock.now()
-        )
-        self.refunded += 1
-        _log.warning(
-            "stars charge %s of user %d (%d XTR) matched nothing Atlas could apply: refunded (%s)",
-            refund.external_id,
-            refund.user_id,
-            refund.amount_minor,
-            answer.value,
-        )

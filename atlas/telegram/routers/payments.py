@@ -11,7 +11,9 @@ refused checkout costs the user nothing, a silent one leaves them staring at a s
 = ``telegram_payment_charge_id``, found by ``invoice_payload``) applies it once. The confirmation is
 the ``payment.applied.*`` notice the unit writes to the outbox in the same transaction — no direct
 message here, so a replayed update can never produce a second confirmation. A flagged payment (paid
-amount differs, a second charge for one payload) gets a short direct "being checked" message. The
+amount differs, a second charge for one payload) or an unknown one (no intent has its payload) is
+refunded at once (:mod:`atlas.payments.stars_returns`: recorded, ``refundStarPayment`` outside any
+unit, the ``payment.returned`` notice), never held for a manual check. The
 unit is retried a few times on database trouble; if it still fails the handler raises (apology and
 crash report by the dispatcher's boundary) after an error log line naming the charge, so an
 operator can apply it by hand.
@@ -27,10 +29,13 @@ import logging
 
 import trio
 from aiogram import F, Router
+from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.types import Message, PreCheckoutQuery
 
 from atlas.clock import Clock
 from atlas.domain import ReferralPolicy
+from atlas.payments.stars_reconcile import BotStarsLedger
+from atlas.payments.stars_returns import return_charge
 from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, StorageError, TransactionConflict
 from atlas.storage.units.apply import apply_payment
 from atlas.storage.units.payment_checks import CheckoutVerdict, check_stars_checkout
@@ -143,7 +148,7 @@ async def on_successful_payment(
         _log.debug("stars charge %s already applied", payment.telegram_payment_charge_id)
     else:
         _log.error(
-            "stars charge %s of user %d (%d %s) %s, not applied: %s",
+            "stars charge %s of user %d (%d %s) %s, not applied: %s; refunding it",
             payment.telegram_payment_charge_id,
             user_id,
             payment.total_amount,
@@ -151,8 +156,32 @@ async def on_successful_payment(
             result.outcome.value,
             result.reason,
         )
-        await message.answer(
-            t(message.from_user.language_code if message.from_user else None, "pay.stars.review")
+        await _give_back(message, db, clock, user_id, result)
+
+
+async def _give_back(
+    message: Message, db: Database, clock: Clock, user_id: int, result: PaymentResult
+) -> None:
+    """Refund a charge that applies to nothing, now (the user is told by the ``payment.returned``
+    notice). Telegram unreachable: the refund stays recorded and the reconcile finishes it."""
+    payment = message.successful_payment
+    assert payment is not None and message.bot is not None
+    reason = f"{result.outcome.value}" + (f" ({result.reason})" if result.reason else "")
+    try:
+        await return_charge(
+            db,
+            BotStarsLedger(message.bot),
+            clock,
+            external_id=payment.telegram_payment_charge_id,
+            user_id=user_id,
+            amount_minor=payment.total_amount,
+            reason=f"at payment: {reason}",
+        )
+    except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter) as exc:
+        _log.warning(
+            "stars refund of charge %s not confirmed (%s); the reconcile finishes it",
+            payment.telegram_payment_charge_id,
+            exc.__class__.__name__,
         )
 
 
