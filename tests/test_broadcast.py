@@ -97,7 +97,7 @@ async def test_admin_broadcast_to_2000_users_under_429_and_403(db: Database) -> 
         admin.send_command("/broadcast")
         assert (await admin.next_message(within=10)).plain_text == "Who gets the broadcast?"
         admin.press("Active subscription")
-        assert "Send the text" in ((await admin.next_message(within=10)).plain_text or "")
+        assert "Send the text" in ((await admin.next_record(within=10)).plain_text or "")
         admin.send_text(TEXT)  # a scripted user's text has no entities: it is escaped, not HTML
         header = await admin.next_message(within=10)
         assert header.plain_text is not None and "recipients now: 2000" in header.plain_text

@@ -72,7 +72,8 @@ def _payload(report: CrashReport, suppressed: int) -> dict[str, object]:
         "exc_type": report.exc_type or "—",
         "message": message or "—",
         "decision": report.decision or "—",
-        "time": report.time.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        # ISO 8601: formatted for the admin's language and the operator's zone at send time.
+        "time": report.time.isoformat(),
         "suppressed": suppressed,
     }
 

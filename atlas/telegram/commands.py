@@ -53,9 +53,7 @@ async def _set(bot: Bot, commands: Sequence[BotCommand], **where: object) -> boo
     return True
 
 
-async def publish_commands(
-    bot: Bot, admin_ids: Iterable[int], translator: Translator | None = None
-) -> int:
+async def publish_commands(bot: Bot, admin_ids: Iterable[int], translator: Translator | None = None) -> int:
     """Set the "/" menus (see the module docstring); return how many lists Telegram accepted."""
     tr = translator or bundled()
     languages: list[str | None] = [*tr.languages, None]

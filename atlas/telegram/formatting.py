@@ -142,15 +142,16 @@ def _space_letters_from_digits(text: str) -> str:
 def notice_values(payload: Mapping[str, object], default_currency: str) -> dict[str, object]:
     """An outbox payload's fields as typed values, by the naming rule the units follow.
 
-    A field named ``*_at`` holding an ISO 8601 string is a time; a field named ``*_minor`` holding
-    an integer is an amount in the payload's ``currency`` (else ``default_currency``, the
-    balance's). Every other field is kept as it is; a ``*_at`` string that is not ISO stays text.
+    A field named ``*_at`` (or ``time``) holding an ISO 8601 string is a time; a field named
+    ``*_minor`` holding an integer is an amount in the payload's ``currency`` (else
+    ``default_currency``, the balance's). Every other field is kept as it is; a ``*_at`` string
+    that is not ISO stays text.
     """
     currency = payload.get("currency")
     code = currency if isinstance(currency, str) and currency else default_currency
     values: dict[str, object] = {}
     for name, value in payload.items():
-        if name.endswith("_at") and isinstance(value, str):
+        if (name.endswith("_at") or name == "time") and isinstance(value, str):
             try:
                 values[name] = dt.datetime.fromisoformat(value)
             except ValueError:
