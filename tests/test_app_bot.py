@@ -7,6 +7,7 @@ configured admin and nobody else.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import trio
 import trio.lowlevel
@@ -16,6 +17,8 @@ from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.settings import load_settings
 from atlas.storage import Tx
 from atlas.storage.units import create_payment_intent
+from atlas.telegram.formatting import Formats
+from atlas.telegram.i18n import configure_bundled
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import BotApiEmulator
 from tests._running_tree import running_tree
@@ -35,6 +38,7 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
             bot_token=emulator.token,
             telegram_api_base=api,
             admin_ids=[900],
+            timezone="Europe/Moscow",
         )
         services = make_services(settings)
         services.bot = make_bot(emulator.token, api)
@@ -69,9 +73,19 @@ async def test_the_whole_tree_serves_a_user_through_the_emulated_bot_api(
         user.send_command("/stats")
         user_reply = await user.next_message(within=20)
         paths = {c.path: c.state.value for c in root.statistics().children}
+        notice = next(t for r in emulator.chat_log(501) if "trial is on" in (t := r.plain_text or ""))
         stop.set()
         await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
+    configure_bundled(Formats())  # make_services set the process's zone: back to the default
+
+    # The tree set the "/" menus once at start: per language, and the admin's extended list.
+    assert emulator.calls["setMyCommands"] == 6
+    assert emulator.commands(language_code="ru")[0]["command"] == "start"
+    assert "admin" in [c["command"] for c in emulator.commands({"type": "chat", "chat_id": 900})]
+    # The trial notice shows its date in ATLAS_TIMEZONE, the CLDR way: no ISO string.
+    assert re.search(r"until \w{3} \d{1,2}, \d{4}, \d{2}:\d{2}\.", notice), notice
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T", notice), notice
 
     assert menu.button_texts(), "the main menu has buttons"
     assert paths["root/telegram"] == "running"
@@ -186,7 +200,7 @@ async def test_a_conversation_started_on_one_process_continues_on_another(
             admin.send_command("/broadcast")
             asked = await admin.next_message(within=20)
             admin.press("Everyone")
-            prompt = await admin.next_message(within=20)
+            prompt = await admin.next_record(within=20)  # the segment screen, edited in place
             emulator.route_webhook_to(urls[1])  # the text lands on the other process
             admin.send_text("Maintenance tonight at 23:00")
             preview = await admin.next_message(within=20)
