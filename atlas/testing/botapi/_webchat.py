@@ -3,7 +3,7 @@
 Routes (next to ``/bot<token>/<method>``, on the same server)::
 
     GET  /webchat?user=<id>&lang=ru|en   the page (default user: "You", added on first visit)
-    GET  /webchat/webchat.js | .css      its script and styles (separate files: CSP script-src 'self')
+    GET  /webchat/webchat.js | .css | favicon.svg   its files (the script apart: CSP script-src 'self')
     GET  /webchat/api/history?user=&since=<cursor>&wait=<s>   what changed since the cursor (long poll)
     POST /webchat/api/send   {"user", "text"}                     a ``message`` update
     POST /webchat/api/press  {"user", "message_id", "row", "column"}  a ``callback_query`` update
@@ -73,6 +73,7 @@ _FILE_HEADERS: Final = {
 _ASSET_TYPES: Final = {
     "webchat.js": "text/javascript; charset=utf-8",
     "webchat.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 
