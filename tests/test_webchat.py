@@ -304,6 +304,59 @@ async def test_bad_requests_get_a_clear_json_error() -> None:
     assert "77" in cases["unknown user"].json()["error"]
 
 
+# -- the page itself, in a real browser ------------------------------------------------------------
+
+_BUBBLES = """[...document.querySelectorAll('#log .msg')].map(m => ({
+  id: Number(m.dataset.id), side: m.classList.contains('bot') ? 'bot' : 'user', text: m.innerText}))"""
+
+
+async def test_the_page_draws_bot_html_as_elements_and_follows_edits_deletions_and_answers() -> None:
+    hostile = '&lt;img src=x onerror="document.title=1"&gt;'
+    text = f'<b>Bold</b> <a href="https://example.org/x">site</a> {hostile} <tg-spoiler>secret</tg-spoiler>'
+    async with running() as (emulator, bot, _client), open_browser() as browser:
+        page = await browser.open(emulator.webchat_url())
+        sent = await bot.send_message(YOU, text, parse_mode="HTML", reply_markup=keyboard())
+        later = await bot.send_message(YOU, "later")
+        await page.wait_for("document.querySelectorAll('#log .msg.bot').length === 2", what="two bubbles")
+        drawn = await page.evaluate("""(() => { const m = document.querySelector('#log .msg.bot');
+          const a = m.querySelector('.text a'); const url = m.querySelector('.keyboard a');
+          return {bold: m.querySelector('b').textContent, link: [a.href, a.target, a.rel],
+                  images: m.querySelectorAll('img').length, text: m.querySelector('.text').textContent,
+                  spoiler: m.querySelector('.spoiler').textContent, url: [url.href, url.target],
+                  inert: [...m.querySelectorAll('.keyboard button')].map(b => [b.textContent, b.disabled])};
+        })()""")
+        await page.evaluate("[...document.querySelectorAll('#log .keyboard button')][0].click()")
+        update = await queued(emulator, "callback_query")
+        await bot.answer_callback_query(update["callback_query"]["id"], text="Saved")
+        toast = await page.wait_for(
+            "(() => { const t = document.getElementById('toast'); return !t.hidden && t.textContent; })()",
+            what="the answer's toast",
+        )
+        await bot.edit_message_text(
+            "<i>Edited</i>", chat_id=YOU, message_id=sent.message_id, parse_mode="HTML"
+        )
+        await page.wait_for(_bubbles_with("Edited"), what="the edit")
+        after_edit = await page.evaluate(_BUBBLES)
+        await bot.delete_message(YOU, sent.message_id)
+        await page.wait_for("document.querySelectorAll('#log .msg.bot').length === 1", what="the deletion")
+        after_delete = await page.evaluate(_BUBBLES)
+        title = await page.evaluate("document.title")
+        errors = browser.console_errors()
+
+    assert drawn["bold"] == "Bold"
+    assert drawn["link"] == ["https://example.org/x", "_blank", "noopener noreferrer"]
+    assert drawn["images"] == 0 and '<img src=x onerror="document.title=1">' in drawn["text"]
+    assert drawn["spoiler"] == "secret"
+    assert drawn["url"] == ["https://example.org/", "_blank"]
+    assert drawn["inert"] == [["Buy", False], ["App", True]]
+    assert toast == "Saved"
+    # The edit changed the bubble where it was: same ids, same order, new text.
+    assert [(b["id"], b["side"]) for b in after_edit] == [(sent.message_id, "bot"), (later.message_id, "bot")]
+    assert after_edit[0]["text"].startswith("Edited") and "edited" in after_edit[0]["text"]
+    assert [b["id"] for b in after_delete] == [later.message_id]
+    assert title == "Atlas · web chat" and errors == []
+
+
 # -- the whole system, in a real browser -----------------------------------------------------------
 
 
