@@ -200,6 +200,7 @@ async def test_paying_an_invoice_runs_the_stars_flow_once() -> None:
             prices=[LabeledPrice(label="1 month", amount=150)],
         )
         shown = await history(client)
+        card_id = invoice.message_id
         paid: dict[str, Any] = {}
 
         async def pay() -> None:
@@ -210,6 +211,7 @@ async def test_paying_an_invoice_runs_the_stars_flow_once() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pay)
             update = await queued(emulator, "pre_checkout_query")
+            meanwhile = await client.post("/webchat/api/pay", json={"user": YOU, "message_id": card_id})
             await bot.answer_pre_checkout_query(update["pre_checkout_query"]["id"], ok=True)
         after = await history(client, shown["cursor"])
         again = await client.post("/webchat/api/pay", json={"user": YOU, "message_id": invoice.message_id})
@@ -225,7 +227,8 @@ async def test_paying_an_invoice_runs_the_stars_flow_once() -> None:
     charge_id = payment_update["successful_payment"]["telegram_payment_charge_id"]
     assert charge_id == charge.telegram_payment_charge_id
     assert [m.get("payment") for m in after["messages"]] == ["✅ Paid ⭐ 150"]
-    assert again.status_code == 409
+    assert again.status_code == 409 and "already paid" in again.json()["error"]
+    assert meanwhile.status_code == 409 and "being paid" in meanwhile.json()["error"]
     assert not_invoice.status_code == 400 and "is not an invoice" in not_invoice.json()["error"]
 
 

@@ -14,7 +14,7 @@ Every action goes through :class:`EmulatedUser`, so an update from the page is e
 scripted test user makes. Every answer is JSON ``{"ok": true, ...}`` or, for a bad user, a bad
 cursor or a bad body, a 4xx ``{"ok": false, "error": "..."}`` naming what was wrong. Bodies are
 bounded and must be ``application/json`` (which a cross-site form cannot send without the browser
-asking first); a history answer carries at most :data:`HISTORY_LIMIT` messages.
+asking first); a history answer carries at most ``HISTORY_LIMIT`` messages (``_webchat_view``).
 """
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ from starlette.routing import BaseRoute, Route
 
 from atlas.testing.botapi._core import EmulatorCore
 from atlas.testing.botapi._payments import STARS
-from atlas.testing.botapi._webchat_view import HISTORY_LIMIT, Cursor, history, labels, page_language
+from atlas.testing.botapi._webchat_view import Cursor, history, labels, page_language
 from atlas.testing.botapi.errors import NothingInTime, ScriptError
 from atlas.testing.botapi.users import EmulatedUser
-
-__all__ = ["HISTORY_LIMIT", "WEBCHAT_USER_ID", "WebChatUsers", "webchat_routes"]
 
 WEBCHAT_USER_ID: Final = 4_000_000_001
 """The id of the page's default user, "You": far above the ids tests and the demo's crowd use."""
@@ -168,6 +166,8 @@ def _wait(raw: str | None) -> float:
 
 def webchat_routes(core: EmulatorCore, users: WebChatUsers) -> list[BaseRoute]:
     """The web chat's routes for the emulator of ``core``."""
+    paying: set[tuple[int, int]] = set()
+    """(user, invoice message) pairs whose payment is under way: a second tab must not pay twice."""
 
     def refusing(handler: _Handler) -> _Handler:
         @functools.wraps(handler)
@@ -267,9 +267,15 @@ def webchat_routes(core: EmulatorCore, users: WebChatUsers) -> list[BaseRoute]:
             raise _Refused(400, f"message {message_id} is not an invoice in the chat of user {user.id}")
         if invoice.currency != STARS:
             raise _Refused(400, f"only Stars invoices can be paid here, this one is in {invoice.currency}")
+        if (user.id, message_id) in paying:
+            raise _Refused(409, "this invoice is being paid")
         if any(c.user_id == user.id and c.invoice_payload == invoice.payload for c in core.charges.values()):
             raise _Refused(409, "this invoice is already paid")
-        outcome = await user.pay_stars(invoice)
+        paying.add((user.id, message_id))
+        try:
+            outcome = await user.pay_stars(invoice)
+        finally:
+            paying.discard((user.id, message_id))
         return _ok(paid=outcome.ok, reason=outcome.reason)
 
     async def file(request: Request) -> Response:

@@ -28,9 +28,9 @@ _CURSOR = re.compile(r"^([0-9]{1,12})-([0-9]{1,12})$")
 
 LABELS: dict[str, dict[str, str]] = {
     "en": {"pay": "Pay", "paid": "Paid", "edited": "edited", "message": "Message", "send": "Send",
-           "you_are": "You are", "photo": "photo", "file": "file"},
+           "you_are": "Chatting as", "photo": "photo", "file": "file"},
     "ru": {"pay": "Оплатить", "paid": "Оплачено", "edited": "изменено", "message": "Сообщение",
-           "send": "Отправить", "you_are": "Вы —", "photo": "фото", "file": "файл"},
+           "send": "Отправить", "you_are": "Вы пишете как", "photo": "фото", "file": "файл"},
 }
 """The page's own words, by the user's language (English for any other)."""
 
