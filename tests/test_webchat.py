@@ -261,9 +261,12 @@ async def test_photos_and_documents_are_served_with_their_type() -> None:
         await bot.send_photo(YOU, BufferedInputFile(png, filename="subscription.png"), caption="<b>Scan</b>",
                              parse_mode="HTML")
         await bot.send_document(YOU, BufferedInputFile(b"<script>x</script>", filename="page.html"))
-        photo, document = (await history(client))["messages"]
+        svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+        await bot.send_document(YOU, BufferedInputFile(svg, filename="logo.svg"))
+        photo, document, vector = (await history(client))["messages"]
         image = await client.get(photo["photo"]["url"])
         file = await client.get(document["document"]["url"])
+        drawing = await client.get(vector["document"]["url"])
         unknown = await client.get("/webchat/file/EMUPnothing")
     assert photo["text"] == [{"t": "b", "c": ["Scan"]}]
     assert image.content == png and image.headers["content-type"] == "image/png"
@@ -271,6 +274,8 @@ async def test_photos_and_documents_are_served_with_their_type() -> None:
     # Uploaded HTML must not become a page of the emulator's origin.
     assert file.headers["content-disposition"].startswith("attachment")
     assert "sandbox" in file.headers["content-security-policy"]
+    assert drawing.headers["content-type"] == "image/svg+xml"  # an image that can hold a script
+    assert drawing.headers["content-disposition"] == "attachment; filename*=UTF-8''logo.svg"
     assert unknown.status_code == 404 and unknown.json()["ok"] is False
 
 

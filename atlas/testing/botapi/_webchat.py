@@ -68,6 +68,8 @@ _FILE_HEADERS: Final = {
     "x-content-type-options": "nosniff",
     "cache-control": "private, max-age=3600",
 }
+_INLINE_TYPES: Final = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""Shown in the page; anything else (an SVG can hold a script) is served as a download."""
 _ASSET_TYPES: Final = {
     "webchat.js": "text/javascript; charset=utf-8",
     "webchat.css": "text/css; charset=utf-8",
@@ -284,7 +286,7 @@ def webchat_routes(core: EmulatorCore, users: WebChatUsers) -> list[BaseRoute]:
         if stored is None:
             return _refusal(_Refused(404, "no such file (never uploaded, sent by URL, or no longer kept)"))
         headers = dict(_FILE_HEADERS)
-        if not stored.content_type.startswith("image/"):
+        if stored.content_type not in _INLINE_TYPES:
             meta = core.files.get(file_id)
             name = meta.filename if meta is not None and meta.filename else "file"
             headers["content-disposition"] = f"attachment; filename*=UTF-8''{quote(name, safe='')}"

@@ -186,7 +186,10 @@ async function poll() {
   for (;;) {
     try {
       const query = new URLSearchParams({ user: String(USER) });
-      if (cursor) query.set("since", cursor), query.set("wait", "20");
+      if (cursor) {
+        query.set("since", cursor);
+        query.set("wait", "20");  // parked on the server until the chat changes, at most 20 s
+      }
       const update = await api("GET", "history?" + query);
       apply(update);
       cursor = update.cursor;
