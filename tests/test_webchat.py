@@ -20,8 +20,9 @@ from atlas.testing.botapi import WEBCHAT_USER_ID, BotApiEmulator
 from atlas.testing.botapi._webchat import MAX_BODY_BYTES
 from atlas.testing.botapi._webchat_view import HISTORY_LIMIT
 from atlas.vpn import qr_png
-from tests._browser import Page, open_browser
+from tests._browser import open_browser
 from tests._running_tree import running_tree
+from tests._webchat_page import WebChat
 
 YOU = WEBCHAT_USER_ID
 
@@ -343,7 +344,7 @@ async def test_the_page_draws_bot_html_as_elements_and_follows_edits_deletions_a
         await bot.edit_message_text(
             "<i>Edited</i>", chat_id=YOU, message_id=sent.message_id, parse_mode="HTML"
         )
-        await page.wait_for(_bubbles_with("Edited"), what="the edit")
+        await page.wait_for(WebChat.bot_bubbles_with("Edited"), what="the edit")
         after_edit = await page.evaluate(_BUBBLES)
         await bot.delete_message(YOU, sent.message_id)
         await page.wait_for("document.querySelectorAll('#log .msg.bot').length === 1", what="the deletion")
@@ -368,55 +369,33 @@ async def test_the_page_draws_bot_html_as_elements_and_follows_edits_deletions_a
 # -- the whole system, in a real browser -----------------------------------------------------------
 
 
-def _press(label: str) -> str:
-    """JS: click the newest keyboard button whose label contains ``label``; false while none is drawn."""
-    return (
-        "(() => { const found = [...document.querySelectorAll('#log .keyboard button')]"
-        f".filter(b => b.textContent.includes({json.dumps(label)}) && !b.disabled);"
-        " if (!found.length) return false; found[found.length - 1].click(); return true; })()"
-    )
-
-
-def _bubbles_with(text: str) -> str:
-    """JS: how many bot bubbles show ``text``."""
-    return (
-        "[...document.querySelectorAll('#log .msg.bot')]"
-        f".filter(m => m.innerText.includes({json.dumps(text)})).length"
-    )
-
-
-async def _type(page: Page, text: str) -> None:
-    await page.evaluate("document.getElementById('text').focus()")
-    await page.browser.command("Input.insertText", {"text": text}, session=page.session)
-    await page.evaluate("document.getElementById('send').click()")
-
-
 async def test_a_person_uses_the_bot_through_the_web_chat_in_chromium(
     bridge: None, fresh_database: str
 ) -> None:
     emulator = BotApiEmulator(bot_username="atlas_webchat_bot")
     async with running_tree(fresh_database, emulator=emulator, seed=11) as tree, open_browser() as browser:
         db = tree.services.require_db()
-        page = await browser.open(emulator.webchat_url(lang="en"))
-        await _type(page, "/start")
-        await page.wait_for(_press("Free trial"), what="the menu's trial button")
-        await page.wait_for(_bubbles_with("Your trial is on"), what="the trial confirmation")
-        await page.wait_for(_press("My subscription"), what="the subscription button")
+        chat = WebChat(await browser.open(emulator.webchat_url(lang="en")))
+        page = chat.page
+        await chat.send("/start")
+        await chat.press("Free trial")
+        await chat.wait_for_bot_text("Your trial is on")
+        await chat.press("My subscription")
         link = await page.wait_for(
             "(() => { const a = document.querySelector('#log a[href*=\"/sub/\"]'); return a && a.href; })()",
             what="the subscription link",
         )
-        await page.wait_for(_press("QR code"), what="the QR button")
+        await chat.press("QR code")
         qr_width = await page.wait_for(
             "(() => { const img = document.querySelector('#log .msg.bot img');"
             " return img && img.complete && img.naturalWidth; })()",
             what="the QR photo, loaded",
         )
-        await page.wait_for(_press("Plans"), what="the plans button")
-        await page.wait_for(_press("1 month"), what="a plan")
-        await page.wait_for(_press("Telegram Stars"), what="the Stars payment option")
-        await page.wait_for(_press("Pay ⭐"), what="the invoice's pay button")
-        await page.wait_for(_bubbles_with("Payment received"), within=60, what="the payment notice")
+        await chat.press("Plans")
+        await chat.press("1 month")
+        await chat.press("Telegram Stars")
+        await chat.press("Pay ⭐")  # the invoice's own button
+        await chat.wait_for_bot_text("Payment received", within=60)
         paid_bubble = await page.evaluate("document.querySelector('#log .msg.user .payment').textContent")
         target = link[link.index("/sub/"):]
 

@@ -130,6 +130,8 @@ function bubble(message) {
       const img = document.createElement("img");
       img.src = message.photo.url;
       img.alt = message.photo.name;
+      // Its height is known only once loaded: keep the newest message in view.
+      img.addEventListener("load", () => { if (el === log.lastElementChild) log.scrollTop = log.scrollHeight; });
       el.append(img);
     } else {
       el.append(div("missing", "[" + message.photo.name + "]"));
