@@ -13,7 +13,8 @@ Usage (inside ``trio.run``)::
 
 It is a trio-native server (Starlette served by Hypercorn on trio) and speaks what aiogram 3
 sends: urlencoded or multipart POSTs to ``/bot<token>/<method>``. It is product code: ``atlas demo``
-runs the bot against it as well as the tests.
+runs the bot against it as well as the tests. The same server has the web chat
+(``emulator.webchat_url()``): a page on which a person is one of the users (see ``_webchat``).
 """
 
 from __future__ import annotations
