@@ -186,12 +186,17 @@ async def test_pressing_a_button_sends_a_callback_query_and_returns_the_bots_ans
         no_button = await client.post(
             "/webchat/api/press", json={"user": YOU, "message_id": sent.message_id, "row": 5, "column": 0}
         )
+        emulator.user(YOU).send_text("mine")
+        own = await client.post(
+            "/webchat/api/press", json={"user": YOU, "message_id": sent.message_id + 1, "row": 0, "column": 0}
+        )
     query = update["callback_query"]
     assert (query["data"], query["from"]["id"]) == ("buy:m1", YOU)
     assert query["message"]["message_id"] == sent.message_id
     assert answer == {"ok": True, "answer": {"text": "Done", "show_alert": True}}
     assert url_button.status_code == 400 and "no callback_data" in url_button.json()["error"]
     assert no_button.status_code == 400 and "no button at row 5" in no_button.json()["error"]
+    assert own.status_code == 400 and "no bot message" in own.json()["error"]
 
 
 async def test_paying_an_invoice_runs_the_stars_flow_once() -> None:
