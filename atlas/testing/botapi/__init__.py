@@ -7,9 +7,12 @@ chat; every ``send*`` call is timestamped so that tests can check the bot's floo
 Modules: ``emulator`` (the facade), ``users`` (scripted users), ``records`` (what was seen),
 ``faults``, ``rates``, ``errors``; the private ``_app`` (HTTP), ``_core`` (state),
 ``_messages`` / ``_payments`` / ``_updates`` (the Bot API methods), ``_params`` and ``_validate``
-(decoding and Telegram's input checks).
+(decoding and Telegram's input checks), ``_files`` (uploaded bytes, bounded); the web chat page
+(``emulator.webchat_url()``): ``_webchat`` (its routes), ``_webchat_view`` (message views, history
+cursors), ``_telegram_html`` (bot HTML as safe nodes) and the static ``webchat/`` files.
 """
 
+from atlas.testing.botapi._webchat import WEBCHAT_USER_ID as WEBCHAT_USER_ID
 from atlas.testing.botapi.emulator import DEFAULT_TOKEN as DEFAULT_TOKEN
 from atlas.testing.botapi.emulator import BotApiEmulator as BotApiEmulator
 from atlas.testing.botapi.emulator import EmulatorStatistics as EmulatorStatistics

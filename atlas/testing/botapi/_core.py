@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from atlas.clock import Clock
+from atlas.testing.botapi._files import FileStore
 from atlas.testing.botapi.errors import ApiError, NothingInTime, bad_request
 from atlas.testing.botapi.faults import FaultTable
 from atlas.testing.botapi.rates import RateLimits, RateMeter
@@ -35,6 +36,8 @@ from atlas.testing.botapi.records import (
 )
 
 _T = TypeVar("_T")
+
+_SETS_TEXT = frozenset({"message", "photo", "document", "edit_text"})
 
 PRE_CHECKOUT_LIMIT = 10.0
 """Seconds Telegram gives a bot to answer a pre_checkout_query."""
@@ -71,6 +74,9 @@ class ChatState:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Current version of every message still in the chat (both sides), by message id."""
     log: list[ChatRecord] = field(default_factory=list)
+    text_records: dict[int, ChatRecord] = field(default_factory=dict)
+    """The record that last set each bot message's text or caption: the message objects keep only
+    the plain text, and the web chat shows the HTML."""
 
     @property
     def chat_id(self) -> int:
@@ -157,6 +163,8 @@ class EmulatorCore:
         self.invoices: list[InvoiceRecord] = []
         self.invoice_links: dict[str, InvoiceRecord] = {}
         self.files: dict[str, FileMeta] = {}
+        self.file_data = FileStore()
+        """The uploaded bytes behind ``files`` (bounded), for the web chat."""
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.faults = FaultTable()
         self.answer_latency: dict[str, float] = {}
@@ -248,6 +256,10 @@ class EmulatorCore:
     def record(self, chat: ChatState, record: ChatRecord) -> None:
         """Append to a chat's log and wake waiters."""
         chat.log.append(record)
+        if record.kind in _SETS_TEXT:
+            chat.text_records[record.message_id] = record
+        elif record.kind == "delete":
+            chat.text_records.pop(record.message_id, None)
         for listener in self.record_listeners:
             listener(record)
         self.changed.fire()

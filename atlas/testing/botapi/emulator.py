@@ -13,7 +13,8 @@ Usage (inside ``trio.run``)::
 
 It is a trio-native server (Starlette served by Hypercorn on trio) and speaks what aiogram 3
 sends: urlencoded or multipart POSTs to ``/bot<token>/<method>``. It is product code: ``atlas demo``
-runs the bot against it as well as the tests.
+runs the bot against it as well as the tests. The same server has the web chat
+(``emulator.webchat_url()``): a page on which a person is one of the users (see ``_webchat``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 from starlette.applications import Starlette
@@ -35,6 +37,7 @@ from atlas.testing.botapi._app import build_app
 from atlas.testing.botapi._core import PRE_CHECKOUT_LIMIT, EmulatorCore
 from atlas.testing.botapi._payments import record_charge
 from atlas.testing.botapi._updates import deliver_webhooks
+from atlas.testing.botapi._webchat import WEBCHAT_USER_ID, WebChatUsers, webchat_routes
 from atlas.testing.botapi.faults import InjectedFault
 from atlas.testing.botapi.rates import RateLimits
 from atlas.testing.botapi.records import (
@@ -121,8 +124,10 @@ class BotApiEmulator:
         )
         self._webhook_retry = (webhook_first_retry, webhook_max_retry)
         self._webhook_timeout = webhook_timeout
-        self._app = build_app(self._core)
         self._users: dict[int, EmulatedUser] = {}
+        self._app = build_app(
+            self._core, webchat_routes(self._core, WebChatUsers(self._users, self._webchat_default_user))
+        )
         self._url: str | None = None
 
     # -- serving --------------------------------------------------------------------------------
@@ -180,6 +185,26 @@ class BotApiEmulator:
                 await trio.sleep_forever()
             finally:
                 self._url = None
+
+    def webchat_url(self, user_id: int | None = None, *, lang: str | None = None) -> str:
+        """The web chat page while :meth:`serve` runs: a person talks to the bot as ``user_id``.
+
+        Without ``user_id`` the page is the default user "You" (id :data:`WEBCHAT_USER_ID`, added on
+        the first visit); ``lang`` (``"ru"`` or ``"en"``) sets that user's ``language_code``.
+        ``RuntimeError`` when the emulator is not serving.
+        """
+        query: dict[str, str] = {}
+        if user_id is not None:
+            query["user"] = str(user_id)
+        if lang is not None:
+            if lang not in ("ru", "en"):
+                raise ValueError(f"lang must be 'ru' or 'en', got {lang!r}")
+            query["lang"] = lang
+        return f"{self.url}/webchat" + (f"?{urlencode(query)}" if query else "")
+
+    def _webchat_default_user(self) -> EmulatedUser:
+        existing = self._users.get(WEBCHAT_USER_ID)
+        return existing if existing is not None else self.add_user(WEBCHAT_USER_ID, "You")
 
     # -- users ----------------------------------------------------------------------------------
 
