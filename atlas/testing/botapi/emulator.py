@@ -49,6 +49,7 @@ from atlas.testing.botapi.records import (
     WebhookAttempt,
     WebhookConfig,
 )
+from atlas.testing.botapi.groups import EmulatedGroup
 from atlas.testing.botapi.users import EmulatedUser
 from atlas.web.server import serve_asgi
 
@@ -212,6 +213,23 @@ class BotApiEmulator:
         emulated = EmulatedUser(self._core, self._core.add_chat(user))
         self._users[user_id] = emulated
         return emulated
+
+    def add_group(
+        self, chat_id: int, title: str, *, creator: EmulatedUser, privacy: bool = True
+    ) -> EmulatedGroup:
+        """Create a supergroup ``chat_id`` (negative) with the bot in it; see :mod:`.groups`.
+
+        ``privacy`` is the bot's privacy mode (on by default, as on Telegram). ``ValueError`` on a
+        non-negative or taken id.
+        """
+        if chat_id >= 0:
+            raise ValueError(f"a group's chat id is negative, got {chat_id!r}")
+        if chat_id in self._core.chats:
+            raise ValueError(f"chat {chat_id} already exists")
+        if not title:
+            raise ValueError("title must be non-empty")
+        group = {"id": chat_id, "type": "supergroup", "title": title}
+        return EmulatedGroup(self._core, self._core.add_group(group, creator.as_json()), privacy=privacy)
 
     def user(self, user_id: int) -> EmulatedUser:
         """The user with this id (``KeyError`` if never added)."""
