@@ -36,6 +36,7 @@ from atlas.testing.botapi._core import PRE_CHECKOUT_LIMIT, EmulatorCore
 from atlas.testing.botapi._payments import record_charge
 from atlas.testing.botapi._updates import deliver_webhooks
 from atlas.testing.botapi.faults import InjectedFault
+from atlas.testing.botapi.groups import EmulatedGroup
 from atlas.testing.botapi.rates import RateLimits
 from atlas.testing.botapi.records import (
     CallbackAnswer,
@@ -49,7 +50,6 @@ from atlas.testing.botapi.records import (
     WebhookAttempt,
     WebhookConfig,
 )
-from atlas.testing.botapi.groups import EmulatedGroup
 from atlas.testing.botapi.users import EmulatedUser
 from atlas.web.server import serve_asgi
 
