@@ -43,6 +43,7 @@ from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import t
 from atlas.telegram.routers.admin_ops import MaintenanceGate
 from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedGroup, EmulatedUser
+from atlas.testing.botapi._core import PendingCallback
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 SUPPORT_CHAT = -1001234567890
@@ -496,3 +497,48 @@ async def test_a_message_that_cannot_be_stored_is_refused_and_nothing_is_stored(
         await db.run(add_user_message, user_id=5010, text=text, now=NOW, per_hour=None)
     assert refused.value.reason is reason
     assert await rows(db, "SELECT id FROM tickets") == []
+
+
+async def test_the_close_button_works_in_the_support_chat_only(db: Database) -> None:
+    async with world(db) as w, bot_process(w) as p:
+        kate = w.emulator.add_user(5011, "Kate", language_code="en")
+        mallory = w.emulator.add_user(6667, "Mallory", language_code="en")
+        for user in (kate, mallory):
+            await p.step(user, "command", "/start")
+        await write_to_support(p, kate, "Please close me")
+        notice = await notice_of(w)
+        assert notice.button_texts() == [en("support.chat.close_button")]
+        data = notice.inline_buttons()[0]["callback_data"]
+
+        # The same callback data pressed on a message of Mallory's own chat: an outdated button.
+        menu = next(r for r in reversed(mallory.chat_log()) if r.kind == "message")
+        forged = w.emulator._core.new_id("CBQ")
+        w.emulator._core.callbacks[forged] = PendingCallback(forged, mallory.id, data)
+        w.emulator.enqueue_update(
+            "callback_query",
+            {
+                "id": forged,
+                "from": mallory.as_json(),
+                "message": w.emulator._core.chats[mallory.id].messages[menu.message_id],
+                "chat_instance": f"ci{mallory.id}",
+                "data": data,
+            },
+        )
+        await p.settle()
+        assert (await mallory.callback_answer(forged)).text == en("errors.button_expired")
+        assert await rows(db, "SELECT status FROM tickets") == [{"status": "open"}]
+
+        # An agent presses it: closed, the user told, the group told; a second press changes nothing.
+        kate.skip_received()
+        w.support.skip_received()
+        first = w.support.press(w.agent, en("support.chat.close_button"))
+        assert (await kate.next_message(within=20)).plain_text == en("support.notice.closed", ticket=1)
+        assert (await notice_of(w)).plain_text == en("support.chat.closed", ticket=1)
+        assert (await w.agent.callback_answer(first)).text is None
+        again = w.support.press(w.agent, en("support.chat.close_button"))
+        assert (await w.agent.callback_answer(again)).text == en("support.chat.already_closed", ticket=1)
+        assert await rows(db, "SELECT status, closed_by FROM tickets") == [
+            {"status": "closed", "closed_by": w.agent.id}
+        ]
+        await p.settle()
+        assert [r["kind"] for r in await rows(db, "SELECT kind FROM outbox")] == ["support.notice.closed"]

@@ -135,6 +135,15 @@ class SupportCb(CallbackData, prefix="sup"):
     action: SupportAction
 
 
+class SupportTicketCb(CallbackData, prefix="spt"):
+    """"Close ticket" under a notice in the support chat. It carries the ticket id, so it counts
+    only for a press on a message *of the support chat* (Telegram sets ``callback.message.chat``;
+    :class:`~atlas.telegram.routers.support_chat.SupportChatFilter`); anywhere else it means nothing
+    and falls through to the fallback like any unknown button."""
+
+    ticket_id: int
+
+
 class AdminAction(enum.StrEnum):
     """The screens and switches of the admin menu."""
 

@@ -14,7 +14,8 @@ A ticket's life (``tickets.status``)::
   ``(support_chat_id, support_message_id)``), stores the reply and writes the user's notice to
   the outbox in the same transaction (contract 2: the outbox is the only way a notice leaves).
   The agent's own message id is unique per chat, so a redelivered update stores and sends nothing.
-* :func:`close_ticket` closes it (and tells the user, once, through the outbox).
+* :func:`close_ticket` (``/close`` as a reply) or :func:`close_ticket_by_id` (the button under a
+  notice) closes it, and tells the user, once, through the outbox.
 * :func:`list_open_tickets` / :func:`ticket_with_messages`: the admin screens (keyset pages).
 
 Refusals are :class:`SupportRefused` (code ``support.refused``, ``reason`` the locale key suffix
@@ -305,8 +306,22 @@ async def close_ticket(
     """Close the ticket of the replied-to message and tell its user (once); None: no such ticket."""
     check_now(now)
     found = await _ticket_replied_to(tx, support_chat_id, reply_to_message_id)
-    if found is None:
-        return None
+    return None if found is None else await _close(tx, found, agent_id, now)
+
+
+async def close_ticket_by_id(
+    tx: Tx, *, ticket_id: int, agent_id: int, now: dt.datetime
+) -> ClosedTicket | None:
+    """Close ticket ``ticket_id`` (the button under a notice) and tell its user; None: no such ticket.
+
+    The caller must only pass presses on a message of the support chat.
+    """
+    check_now(now)
+    found = await tx.fetchrow("SELECT id, user_id, status FROM tickets WHERE id = $1 FOR UPDATE", ticket_id)
+    return None if found is None else await _close(tx, found, agent_id, now)
+
+
+async def _close(tx: Tx, found: Record, agent_id: int, now: dt.datetime) -> ClosedTicket:
     if found["status"] != "open":
         return ClosedTicket(ticket_id=found["id"], user_id=found["user_id"], already_closed=True)
     await tx.execute(

@@ -35,7 +35,7 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 
 from atlas.storage.units.support import SupportRefused, UserMessage, add_user_message, record_support_copy
 from atlas.telegram import keyboards
-from atlas.telegram.callbacks import MenuAction, MenuCb, SupportAction, SupportCb
+from atlas.telegram.callbacks import SupportAction, SupportCb, SupportTicketCb
 from atlas.telegram.i18n import bundled
 from atlas.telegram.routers._screen import Screen, ScreenMiddleware
 
@@ -57,12 +57,6 @@ class SupportInput(StatesGroup):
 def _button(lang: str, name: str, action: SupportAction) -> InlineKeyboardButton:
     return InlineKeyboardButton(
         text=bundled().t(lang, f"support.button.{name}"), callback_data=SupportCb(action=action).pack()
-    )
-
-
-def _menu_button(lang: str) -> InlineKeyboardButton:
-    return InlineKeyboardButton(
-        text=bundled().t(lang, "user.button.menu"), callback_data=MenuCb(action=MenuAction.MENU).pack()
     )
 
 
@@ -105,6 +99,15 @@ def notice_text(config_language: str, stored: UserMessage, text: str) -> str:
     )
 
 
+def close_keyboard(language: str, ticket_id: int) -> InlineKeyboardMarkup:
+    """ "🔒 Close ticket" under a notice (:mod:`.support_chat` honours it in the support chat only)."""
+    button = InlineKeyboardButton(
+        text=bundled().t(language, "support.chat.close_button"),
+        callback_data=SupportTicketCb(ticket_id=ticket_id).pack(),
+    )
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
 async def submit(ui: Screen, text: str) -> None:
     """Store ``text`` in the user's ticket, post it to the support chat, tell the user."""
     chat_id = ui.config.support_chat_id
@@ -127,7 +130,10 @@ async def submit(ui: Screen, text: str) -> None:
         return
     try:
         notice = await ui.bot.send_message(
-            chat_id, notice_text(ui.config.support_language, stored, text), parse_mode="HTML"
+            chat_id,
+            notice_text(ui.config.support_language, stored, text),
+            parse_mode="HTML",
+            reply_markup=close_keyboard(ui.config.support_language, stored.ticket_id),
         )
     except TelegramAPIError as exc:
         # Stored, not forwarded: admins still see it in the ticket list. The text is not logged.
@@ -201,7 +207,7 @@ def build_router() -> Router:
         await state.clear()
         await ui.say(
             ui.t("support.user.cancelled"),
-            InlineKeyboardMarkup(inline_keyboard=[[_menu_button(ui.lang)]]),
+            keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None, support=True),
         )
 
     return router

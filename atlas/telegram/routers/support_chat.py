@@ -12,7 +12,8 @@ group:
 * a reply to a ticket's message (the bot's notice, or an earlier reply of that ticket) is stored
   and queued for the user through the outbox (:func:`~atlas.storage.units.support.add_agent_reply`);
   the agent gets a short confirmation;
-* ``/close`` as a reply to a ticket's message closes the ticket and tells the user;
+* ``/close`` as a reply to a ticket's message, or the "🔒 Close ticket" button under a notice,
+  closes the ticket and tells the user;
 * anything else (agents talking among themselves, service messages) is ignored.
 
 Acks in the group are in the agent's own Telegram language. Telegram delivers group messages to a
@@ -24,26 +25,36 @@ from __future__ import annotations
 
 from aiogram import F, Router
 from aiogram.filters import Command, Filter
-from aiogram.types import Message, TelegramObject
+from aiogram.types import CallbackQuery, Message, TelegramObject
 
 from atlas.clock import Clock
 from atlas.storage import Database
-from atlas.storage.units.support import MAX_TEXT, Refusal, SupportRefused, add_agent_reply, close_ticket
+from atlas.storage.units.support import (
+    MAX_TEXT,
+    Refusal,
+    SupportRefused,
+    add_agent_reply,
+    close_ticket,
+    close_ticket_by_id,
+)
+from atlas.telegram.callbacks import SupportTicketCb
 from atlas.telegram.config import BotConfig
 from atlas.telegram.i18n import Translator, bundled
 
 
 class SupportChatFilter(Filter):
-    """Passes only messages whose chat is ``config.support_chat_id`` (none when it is unset)."""
+    """Passes only messages in the chat ``config.support_chat_id``, and presses of buttons on
+    messages of that chat (none when it is unset)."""
 
     async def __call__(self, event: TelegramObject, config: BotConfig | None = None) -> bool:
-        """True for a message in the support chat."""
-        return (
-            isinstance(event, Message)
-            and config is not None
-            and config.support_chat_id is not None
-            and event.chat.id == config.support_chat_id
-        )
+        """True for a message, or a press on a message, in the support chat."""
+        if config is None or config.support_chat_id is None:
+            return False
+        if isinstance(event, CallbackQuery):
+            # An inline message (no ``message``) or an inaccessible one is never the support chat's.
+            message = event.message
+            return isinstance(message, Message) and message.chat.id == config.support_chat_id
+        return isinstance(event, Message) and event.chat.id == config.support_chat_id
 
 
 def _agent_language(message: Message, translator: Translator) -> str:
@@ -61,6 +72,7 @@ def build_support_chat_router() -> Router:
     """The support chat's router (first after payments, see ``atlas.runtime.telegram_tree``)."""
     router = Router(name="support_chat")
     router.message.filter(SupportChatFilter())
+    router.callback_query.filter(SupportChatFilter())
 
     @router.message(Command("close"), F.reply_to_message)
     async def on_close(message: Message, db: Database, clock: Clock) -> None:
@@ -86,6 +98,8 @@ def build_support_chat_router() -> Router:
         tr = bundled()
         lang = _agent_language(message, tr)
         text = message.text
+        if text is not None and text.startswith("/"):
+            return  # a command meant for another bot, or a typo: never sent to a user
         if text is None:
             # A photo, a sticker: tell the agent it does not reach the user, if it was a ticket's.
             text = ""
@@ -114,6 +128,35 @@ def build_support_chat_router() -> Router:
         if reply is None or not reply.stored:
             return  # agents talking among themselves, or a redelivered update (already confirmed)
         await message.reply(tr.t(lang, "support.chat.delivered", ticket=reply.ticket_id), parse_mode="HTML")
+
+    @router.callback_query(SupportTicketCb.filter())
+    async def on_close_button(
+        callback: CallbackQuery, callback_data: SupportTicketCb, db: Database, clock: Clock
+    ) -> None:
+        tr = bundled()
+        lang = tr.language_for(callback.from_user.language_code)
+        closed = await db.run(
+            close_ticket_by_id,
+            ticket_id=callback_data.ticket_id,
+            agent_id=callback.from_user.id,
+            now=clock.now(),
+        )
+        if closed is None:
+            await callback.answer(tr.t(lang, "errors.button_expired"), show_alert=True)
+            return
+        key = "support.chat.already_closed" if closed.already_closed else "support.chat.closed"
+        text = tr.t(lang, key, ticket=closed.ticket_id)
+        if closed.already_closed:
+            await callback.answer(text)
+            return
+        await callback.answer()
+        if isinstance(callback.message, Message):
+            await callback.message.reply(text, parse_mode="HTML")
+
+    @router.callback_query()
+    async def on_other_button(callback: CallbackQuery) -> None:
+        """No other button belongs in the support chat: answered (the spinner stops), nothing done."""
+        await callback.answer()
 
     @router.message()
     async def on_other(message: Message) -> None:

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Collection
 from typing import Any
 
-from atlas.testing.botapi._core import ChatState, EmulatorCore
+from atlas.testing.botapi._core import ChatState, EmulatorCore, PendingCallback
 from atlas.testing.botapi.errors import ScriptError
 from atlas.testing.botapi.records import NEW_MESSAGE_KINDS, ChatRecord, RecordKind
 from atlas.testing.botapi.users import EmulatedUser
@@ -59,6 +59,39 @@ class EmulatedGroup:
         if not self.privacy or to_bot or "entities" in content:
             self._core.enqueue_update("message", message)
         return int(message["message_id"])
+
+    def press(self, member: EmulatedUser, button: str) -> str:
+        """``member`` presses the inline button labelled ``button`` (or with that callback_data) on
+        the newest bot message of the group that has one; return the query id.
+
+        :class:`ScriptError` when there is no such button or it is not a callback button.
+        """
+        core, chat = self._core, self._chat
+        for message_id in sorted(chat.messages, reverse=True):
+            message = chat.messages[message_id]
+            if message["from"]["id"] != core.bot_id:
+                continue
+            for row in message.get("reply_markup", {}).get("inline_keyboard", []):
+                for candidate in row:
+                    if button not in (candidate.get("text"), candidate.get("callback_data")):
+                        continue
+                    data = candidate.get("callback_data")
+                    if data is None:
+                        raise ScriptError(f"button {button!r} of message {message_id} has no callback_data")
+                    query_id = core.new_id("CBQ")
+                    core.callbacks[query_id] = PendingCallback(query_id, member.id, data)
+                    core.enqueue_update(
+                        "callback_query",
+                        {
+                            "id": query_id,
+                            "from": member.as_json(),
+                            "message": message,
+                            "chat_instance": f"ci{chat.chat_id}",
+                            "data": data,
+                        },
+                    )
+                    return query_id
+        raise ScriptError(f"no inline button {button!r} in group {self.id}")
 
     def message(self, message_id: int) -> dict[str, Any]:
         """The current version of message ``message_id`` of this chat (``KeyError`` if none)."""
