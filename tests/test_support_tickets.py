@@ -542,3 +542,19 @@ async def test_the_close_button_works_in_the_support_chat_only(db: Database) -> 
         ]
         await p.settle()
         assert [r["kind"] for r in await rows(db, "SELECT kind FROM outbox")] == ["support.notice.closed"]
+
+
+async def test_a_notice_the_support_chat_refuses_leaves_the_message_stored_and_listed(db: Database) -> None:
+    async with world(db) as w, bot_process(w) as p:
+        admin = w.emulator.add_user(ADMIN, "Boss", language_code="en")
+        leo = w.emulator.add_user(5012, "Leo", language_code="en")
+        await p.step(leo, "command", "/start")
+        w.emulator.inject("sendMessage", chat_id=SUPPORT_CHAT, error=403, description="Forbidden: kicked")
+        seen = await write_to_support(p, leo, "Is anybody there?")
+        assert en("support.user.saved", ticket=1) in texts(seen)  # not "sent": nobody has seen it yet
+        assert en("support.user.sent_new", ticket=1) not in texts(seen)
+        assert await rows(db, "SELECT text, support_message_id FROM ticket_messages") == [
+            {"text": "Is anybody there?", "support_message_id": None}
+        ]
+        seen = await p.step(admin, "command", "/tickets")
+        assert seen[-1].button_texts()[0].startswith("#1 · Leo")

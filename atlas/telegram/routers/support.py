@@ -100,7 +100,7 @@ def notice_text(config_language: str, stored: UserMessage, text: str) -> str:
 
 
 def close_keyboard(language: str, ticket_id: int) -> InlineKeyboardMarkup:
-    """ "🔒 Close ticket" under a notice (:mod:`.support_chat` honours it in the support chat only)."""
+    """The "🔒 Close ticket" button under a notice (honoured in the support chat only)."""
     button = InlineKeyboardButton(
         text=bundled().t(language, "support.chat.close_button"),
         callback_data=SupportTicketCb(ticket_id=ticket_id).pack(),
@@ -140,6 +140,7 @@ async def submit(ui: Screen, text: str) -> None:
         _log.error(
             "support chat %s refused the notice of ticket %s: %s", chat_id, stored.ticket_id, exc.message
         )
+        key = "support.user.saved"
     else:
         await ui.run(
             record_support_copy,
@@ -147,7 +148,7 @@ async def submit(ui: Screen, text: str) -> None:
             support_chat_id=chat_id,
             support_message_id=notice.message_id,
         )
-    key = "support.user.sent_new" if stored.opened else "support.user.sent"
+        key = "support.user.sent_new" if stored.opened else "support.user.sent"
     await ui.say(ui.t(key, ticket=stored.ticket_id), keyboards.back_to_menu(ui.lang))
 
 
