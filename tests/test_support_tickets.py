@@ -44,6 +44,8 @@ from atlas.telegram.i18n import t
 from atlas.telegram.routers.admin_ops import MaintenanceGate
 from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedGroup, EmulatedUser
 from atlas.testing.botapi._core import PendingCallback
+from tests._running_tree import running_tree
+from tests._vpn_support import free_ports
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 SUPPORT_CHAT = -1001234567890
@@ -558,3 +560,43 @@ async def test_a_notice_the_support_chat_refuses_leaves_the_message_stored_and_l
         ]
         seen = await p.step(admin, "command", "/tickets")
         assert seen[-1].button_texts()[0].startswith("#1 · Leo")
+
+
+async def test_atlas_run_with_the_setting_behind_a_webhook_with_two_processes(
+    bridge: None, fresh_database: str
+) -> None:
+    """The whole ``atlas run`` tree configured by ``ATLAS_SUPPORT_CHAT_ID``, two processes behind a
+    webhook: the "Send this to support?" prompt is answered on the other process (the kept text is
+    in PostgreSQL), and the agent's reply reaches the user through the tree's own outbox sender."""
+    emulator = BotApiEmulator(bot_username="atlas_support_bot")
+    secret = "support_hook_secret"
+    one_port, two_port = free_ports(2)
+    urls = [f"http://127.0.0.1:{port}/webhooks/telegram" for port in (one_port, two_port)]
+    async with trio.open_nursery() as nursery:
+        api = await nursery.start(emulator.serve)
+        agent = emulator.add_user(8_000_002, "Sam", language_code="en")
+        support = emulator.add_group(SUPPORT_CHAT, "Support", creator=agent)
+        common = {"emulator": emulator, "emulator_url": api, "support_chat_id": SUPPORT_CHAT,
+                  "telegram_webhook_secret": secret}  # fmt: skip
+        async with (
+            running_tree(fresh_database, http_port=one_port, telegram_webhook_url=urls[0], seed=8, **common),
+            running_tree(fresh_database, http_port=two_port, telegram_webhook_url=urls[1], seed=9, **common),
+        ):
+            uma = emulator.add_user(5020, "Uma", language_code="en")
+            emulator.route_webhook_to(urls[0])
+            uma.send_text("hello, I need help")
+            prompt = await uma.next_message(within=30)
+            emulator.route_webhook_to(urls[1])  # the "yes" lands on the other process
+            uma.press(en("support.button.send"))
+            sent = await uma.next_message(within=30)
+            notice = await support.next_message(within=30)
+            support.post(agent, "We are on it", reply_to=notice.message_id)
+            reply = await uma.next_message(within=30)
+            delivered_to = {attempt.url for attempt in emulator.webhook_attempts if attempt.status == 200}
+        nursery.cancel_scope.cancel()
+
+    assert prompt.plain_text == en("support.user.confirm")
+    assert sent.plain_text == en("support.user.sent_new", ticket=1)
+    assert "hello, I need help" in (notice.plain_text or "") and "5020" in (notice.plain_text or "")
+    assert reply.plain_text == en("support.notice.reply", ticket=1, message="We are on it")
+    assert delivered_to == set(urls)
