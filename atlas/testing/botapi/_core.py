@@ -65,10 +65,13 @@ class Signal:
 
 @dataclass
 class ChatState:
-    """One private chat (chat id == user id) and everything the bot did to it."""
+    """One chat and everything the bot did to it: a private chat (chat id == user id), or a group
+    (``group`` set: its ``Chat`` object; ``user`` is then the group's creator, for ``from``)."""
 
     user: dict[str, Any]
     """The user's ``User`` object as Telegram sends it in ``from``."""
+    group: dict[str, Any] | None = None
+    """A group's ``Chat`` object (``id`` negative, ``type`` ``supergroup``); None: a private chat."""
     blocked: bool = False
     next_message_id: int = 1
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -81,10 +84,14 @@ class ChatState:
     @property
     def chat_id(self) -> int:
         """The chat id, equal to the user id in a private chat."""
+        if self.group is not None:
+            return int(self.group["id"])
         return int(self.user["id"])
 
     def chat_json(self) -> dict[str, Any]:
         """The ``Chat`` object for this chat."""
+        if self.group is not None:
+            return dict(self.group)
         chat: dict[str, Any] = {"id": self.chat_id, "type": "private", "first_name": self.user["first_name"]}
         for key in ("last_name", "username"):
             if key in self.user:
@@ -208,6 +215,12 @@ class EmulatorCore:
         self.chats[chat.chat_id] = chat
         return chat
 
+    def add_group(self, group: dict[str, Any], creator: dict[str, Any]) -> ChatState:
+        """Open a group chat the bot is a member of."""
+        chat = ChatState(user=creator, group=group)
+        self.chats[chat.chat_id] = chat
+        return chat
+
     def chat(self, chat_id: int | str) -> ChatState:
         """The chat for a ``chat_id`` parameter (id or ``@username``); 400 ``chat not found`` otherwise."""
         if isinstance(chat_id, str):
@@ -241,11 +254,13 @@ class EmulatorCore:
         chat.messages[message["message_id"]] = message
         return message
 
-    def new_user_message(self, chat: ChatState, **content: Any) -> dict[str, Any]:
-        """Create and store a message from the chat's user (text, successful_payment, ...)."""
+    def new_user_message(
+        self, chat: ChatState, *, sender: dict[str, Any] | None = None, **content: Any
+    ) -> dict[str, Any]:
+        """Create and store a message from the chat's user, or ``sender`` in a group (text, ...)."""
         message: dict[str, Any] = {
             "message_id": chat.take_message_id(),
-            "from": dict(chat.user),
+            "from": dict(sender or chat.user),
             "chat": chat.chat_json(),
             "date": self.unix_now(),
             **content,

@@ -39,6 +39,7 @@ from atlas.testing.botapi._payments import record_charge
 from atlas.testing.botapi._updates import deliver_webhooks
 from atlas.testing.botapi._webchat import WEBCHAT_USER_ID, WebChatUsers, webchat_routes
 from atlas.testing.botapi.faults import InjectedFault
+from atlas.testing.botapi.groups import EmulatedGroup
 from atlas.testing.botapi.rates import RateLimits
 from atlas.testing.botapi.records import (
     CallbackAnswer,
@@ -237,6 +238,23 @@ class BotApiEmulator:
         emulated = EmulatedUser(self._core, self._core.add_chat(user))
         self._users[user_id] = emulated
         return emulated
+
+    def add_group(
+        self, chat_id: int, title: str, *, creator: EmulatedUser, privacy: bool = True
+    ) -> EmulatedGroup:
+        """Create a supergroup ``chat_id`` (negative) with the bot in it; see :mod:`.groups`.
+
+        ``privacy`` is the bot's privacy mode (on by default, as on Telegram). ``ValueError`` on a
+        non-negative or taken id.
+        """
+        if chat_id >= 0:
+            raise ValueError(f"a group's chat id is negative, got {chat_id!r}")
+        if chat_id in self._core.chats:
+            raise ValueError(f"chat {chat_id} already exists")
+        if not title:
+            raise ValueError("title must be non-empty")
+        group = {"id": chat_id, "type": "supergroup", "title": title}
+        return EmulatedGroup(self._core, self._core.add_group(group, creator.as_json()), privacy=privacy)
 
     def user(self, user_id: int) -> EmulatedUser:
         """The user with this id (``KeyError`` if never added)."""
