@@ -115,6 +115,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an IANA timezone name (e.g. UTC, Europe/Moscow)") from None
         return value
 
+    # Support tickets: the chat (a group) where support agents read users' messages and reply to
+    # them (unset: no tickets; Help shows ATLAS_SUPPORT_URL or nothing), how many messages one user
+    # may send it per hour, and the language of the notices the bot posts there.
+    support_chat_id: int | None = None
+    support_messages_per_hour: int = Field(20, ge=1, le=1000)
+    support_language: Literal["ru", "en"] = "en"
+
     @field_validator("public_base_url", "support_url", "telegram_webhook_url", "telegram_api_base",
                      "cryptopay_base_url")
     @classmethod

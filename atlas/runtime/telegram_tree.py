@@ -43,6 +43,7 @@ from atlas.telegram.fsm_storage import PostgresFsmStorage
 from atlas.telegram.intake import PollingIntake, configure_webhook
 from atlas.telegram.routers import build_user_routers
 from atlas.telegram.routers.admin_ops import MaintenanceGate
+from atlas.telegram.routers.support_chat import build_support_chat_router
 from atlas.telegram.wiring import build_dispatcher
 from atlas.vpn import NodeConfig
 
@@ -77,6 +78,10 @@ def build_routers() -> list[Router]:
         # states must never take them (a Stars charge taken by maintenance's catch-all was never
         # applied); the payments router matches nothing else, so it shadows no other screen.
         *_optional_routers("atlas.telegram.routers.payments", "build_router"),
+        # The support chat next: every message there is the agents' (a reply to a ticket, /close, or
+        # talk among themselves) and must reach neither maintenance nor the user screens, which
+        # would answer a group with a menu. It matches only that chat (config.support_chat_id).
+        build_support_chat_router(),
         # Maintenance next: while it is on, every other non-admin update gets the maintenance text
         # and goes no further.
         *_optional_routers("atlas.telegram.routers.admin_ops", "build_maintenance_router"),
@@ -136,6 +141,9 @@ def telegram_child(
             support=settings.support_url,
             min_topup_minor=settings.min_topup_minor,
             invoices_per_hour=settings.invoices_per_hour,
+            support_chat_id=settings.support_chat_id,
+            support_per_hour=settings.support_messages_per_hour,
+            support_language=settings.support_language,
         )
         # The "/" menus, once per start of the subtree; a refusal is logged, never fatal.
         await publish_commands(bot, settings.admin_ids)

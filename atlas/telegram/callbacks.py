@@ -120,6 +120,30 @@ class LangCb(CallbackData, prefix="l"):
 # id of the user they act on: an admin acts on others by design, and only an admin can press them.
 
 
+class SupportAction(enum.StrEnum):
+    """The user's support buttons (always about the presser's own message and ticket)."""
+
+    WRITE = "write"  # "Write to support": the next text goes to support
+    SEND = "send"  # "Send this to support?" yes: the text the bot did not understand
+    DISCARD = "discard"  # ... no
+    CANCEL = "cancel"  # leave the "write your message" prompt
+
+
+class SupportCb(CallbackData, prefix="sup"):
+    """A support button of a user (``sup``); the text itself waits in the conversation state."""
+
+    action: SupportAction
+
+
+class SupportTicketCb(CallbackData, prefix="spt"):
+    """"Close ticket" under a notice in the support chat. It carries the ticket id, so it counts
+    only for a press on a message *of the support chat* (Telegram sets ``callback.message.chat``;
+    :class:`~atlas.telegram.routers.support_chat.SupportChatFilter`); anywhere else it means nothing
+    and falls through to the fallback like any unknown button."""
+
+    ticket_id: int
+
+
 class AdminAction(enum.StrEnum):
     """The screens and switches of the admin menu."""
 
@@ -135,6 +159,7 @@ class AdminAction(enum.StrEnum):
     MAINTENANCE = "maint"
     MAINTENANCE_ON = "maint_on"
     MAINTENANCE_OFF = "maint_off"
+    TICKETS = "tickets"
 
 
 class AdminCb(CallbackData, prefix="adm"):
@@ -208,3 +233,15 @@ class AdminPromoPageCb(CallbackData, prefix="adp"):
     """The page of promo codes after ``after`` (keyset; empty: the first page)."""
 
     after: str = ""
+
+
+class AdminTicketPageCb(CallbackData, prefix="adt"):
+    """The page of open support tickets with ids below ``before`` (keyset; 0: the newest)."""
+
+    before: int = 0
+
+
+class AdminTicketCb(CallbackData, prefix="adk"):
+    """Show the support ticket ``ticket_id`` and its latest messages."""
+
+    ticket_id: int

@@ -38,6 +38,10 @@ class BotConfig:
       buttons below it are not shown.
     - ``invoices_per_hour`` (None: no limit): invoices (Stars or Crypto Pay) one user may open per
       hour; the unit that records the intent enforces it.
+    - ``support_chat_id`` (None: no tickets): the group where support agents read tickets and reply
+      (:mod:`atlas.telegram.routers.support`); only messages from this chat are agents' replies.
+    - ``support_per_hour`` (20; None: no limit): messages one user may send to support per hour.
+    - ``support_language`` ("en"): the language of the bot's notices in the support chat.
 
     Construction checks every field and raises ``ValueError`` naming the field and the value.
     """
@@ -55,6 +59,9 @@ class BotConfig:
     stars_enabled: bool = True
     min_topup_minor: int = 1
     invoices_per_hour: int | None = None
+    support_chat_id: int | None = None
+    support_per_hour: int | None = 20
+    support_language: str = "en"
 
     def __post_init__(self) -> None:
         money = Currency.of(self.currency) if isinstance(self.currency, str) else None
@@ -96,6 +103,18 @@ class BotConfig:
         limit = self.invoices_per_hour
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"BotConfig.invoices_per_hour must be a positive int or None, got {limit!r}")
+        chat = self.support_chat_id
+        if chat is not None and (isinstance(chat, bool) or not isinstance(chat, int) or chat == 0):
+            raise ValueError(f"BotConfig.support_chat_id must be a non-zero int or None, got {chat!r}")
+        per_hour = self.support_per_hour
+        if per_hour is not None and (
+            isinstance(per_hour, bool) or not isinstance(per_hour, int) or per_hour < 1
+        ):
+            raise ValueError(f"BotConfig.support_per_hour must be a positive int or None, got {per_hour!r}")
+        if self.support_language not in ("ru", "en"):
+            raise ValueError(
+                f"BotConfig.support_language must be 'ru' or 'en', got {self.support_language!r}"
+            )
 
     @property
     def money(self) -> Currency:

@@ -22,6 +22,8 @@ from atlas.telegram.callbacks import (
     Platform,
     SubAction,
     SubCb,
+    SupportAction,
+    SupportCb,
     TopupCb,
 )
 from atlas.telegram.i18n import bundled
@@ -48,14 +50,24 @@ def back_to_menu(lang: str) -> InlineKeyboardMarkup:
     return _markup([_menu(lang, MenuAction.MENU)])
 
 
-def main_menu(lang: str, *, trial_available: bool) -> InlineKeyboardMarkup:
-    """The main menu; the trial button only while the user may still take it."""
+def main_menu(lang: str, *, trial_available: bool, support: bool = False) -> InlineKeyboardMarkup:
+    """The main menu; the trial button only while the user may still take it, "Write to support"
+    only where a support chat is configured."""
     return _markup(
         [_menu(lang, MenuAction.TRIAL)] if trial_available else [],
         [_menu(lang, MenuAction.SUBSCRIPTION)],
         [_menu(lang, MenuAction.PLANS), _menu(lang, MenuAction.TOPUP)],
         [_menu(lang, MenuAction.PROMO), _menu(lang, MenuAction.REFERRAL)],
         [_menu(lang, MenuAction.LANGUAGE), _menu(lang, MenuAction.HELP)],
+        [support_button(lang)] if support else [],
+    )
+
+
+def support_button(lang: str) -> InlineKeyboardButton:
+    """"Write to support" (:mod:`atlas.telegram.routers.support`)."""
+    return InlineKeyboardButton(
+        text=bundled().t(lang, "support.button.write"),
+        callback_data=SupportCb(action=SupportAction.WRITE).pack(),
     )
 
 

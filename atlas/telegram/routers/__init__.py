@@ -27,6 +27,7 @@ from atlas.telegram.routers import (
     referral,
     start,
     subscription,
+    support,
     topup,
     trial,
 )
@@ -51,6 +52,9 @@ def build_user_routers(*, with_fallback: bool = True) -> list[Router]:
         referral.build_router(),
         language.build_router(),
         help.build_router(),
+        # Support after the screens and before the fallback: it takes text only in its own states
+        # ("write your message"), and buttons only of its own callback data.
+        support.build_router(),
     ]
     if with_fallback:
         # Last: matches every message and every button press ("outdated button", "unknown text").

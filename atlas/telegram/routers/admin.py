@@ -7,7 +7,8 @@
 * :mod:`.admin_users`: lookup by id or @username, the user card, grant days, adjust balance,
   ban/unban (each with a reason, audited by the units);
 * :mod:`.admin_promo`: create and list promo codes;
-* :mod:`.admin_ops`: stats, latest crash reports, CSV export, maintenance mode.
+* :mod:`.admin_ops`: stats, latest crash reports, CSV export, maintenance mode;
+* :mod:`.admin_support`: open support tickets, newest first, and a ticket's messages.
 
 Every message and callback observer of every sub-router carries :class:`AdminFilter`, so for a
 non-admin nothing here matches and the update goes on to the user screens and the fallback, which
@@ -37,11 +38,12 @@ from atlas.telegram.routers.admin_broadcast import build_broadcast_router
 from atlas.telegram.routers.admin_common import AdminFilter, language, show, texts
 from atlas.telegram.routers.admin_ops import build_ops_router
 from atlas.telegram.routers.admin_promo import build_promo_router
+from atlas.telegram.routers.admin_support import build_tickets_router
 from atlas.telegram.routers.admin_users import build_users_router
 
 ADMIN_COMMANDS: tuple[str, ...] = (
     "admin", "stats", "crashes", "find", "grant", "adjust", "ban", "unban", "promo_new", "promos",
-    "export_users", "export_payments", "maintenance", "broadcast",
+    "export_users", "export_payments", "maintenance", "broadcast", "tickets",
 )  # fmt: skip
 """Every command an admin router answers (the non-admin test tries each)."""
 
@@ -77,6 +79,12 @@ def menu_keyboard(translator: Translator, lang: str) -> InlineKeyboardMarkup:
                     text=translator.t(lang, "admin.nav.user_menu"),
                     callback_data=MenuCb(action=MenuAction.MENU).pack(),
                 ),
+            ],
+            [
+                InlineKeyboardButton(
+                    text=translator.t(lang, "support.admin.menu"),
+                    callback_data=AdminCb(action=AdminAction.TICKETS).pack(),
+                )
             ],
         ]
     )
@@ -118,6 +126,7 @@ def build_admin_router() -> Router:
         build_users_router(),
         build_promo_router(),
         build_ops_router(),
+        build_tickets_router(),
     ):
         root.include_router(guard(child))
     return guard(root)

@@ -15,7 +15,11 @@ async def show_menu(ui: Screen) -> None:
     """Send the main menu: the user's balance and every screen as a button."""
     await ui.show(
         ui.t("user.menu.text", name=ui.user.first_name or "", balance=ui.money(ui.user.balance_minor)),
-        keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None),
+        keyboards.main_menu(
+            ui.lang,
+            trial_available=ui.user.trial_used_at is None,
+            support=ui.config.support_chat_id is not None,
+        ),
     )
 
 

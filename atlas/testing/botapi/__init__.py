@@ -4,12 +4,16 @@ The real aiogram ``Bot`` talks to it over HTTP (``make_bot(token, emulator.url)`
 (:class:`EmulatedUser`) type, press buttons and pay in Stars; faults can be injected per method and
 chat; every ``send*`` call is timestamped so that tests can check the bot's flood discipline.
 
-Modules: ``emulator`` (the facade), ``users`` (scripted users), ``records`` (what was seen),
+Modules: ``emulator`` (the facade), ``users`` (scripted users), ``groups`` (group chats with
+members, privacy mode), ``records`` (what was seen),
 ``faults``, ``rates``, ``errors``; the private ``_app`` (HTTP), ``_core`` (state),
 ``_messages`` / ``_payments`` / ``_updates`` (the Bot API methods), ``_params`` and ``_validate``
-(decoding and Telegram's input checks).
+(decoding and Telegram's input checks), ``_files`` (uploaded bytes, bounded); the web chat page
+(``emulator.webchat_url()``): ``_webchat`` (its routes), ``_webchat_view`` (message views, history
+cursors), ``_telegram_html`` (bot HTML as safe nodes) and the static ``webchat/`` files.
 """
 
+from atlas.testing.botapi._webchat import WEBCHAT_USER_ID as WEBCHAT_USER_ID
 from atlas.testing.botapi.emulator import DEFAULT_TOKEN as DEFAULT_TOKEN
 from atlas.testing.botapi.emulator import BotApiEmulator as BotApiEmulator
 from atlas.testing.botapi.emulator import EmulatorStatistics as EmulatorStatistics
@@ -17,6 +21,7 @@ from atlas.testing.botapi.errors import EmulatorError as EmulatorError
 from atlas.testing.botapi.errors import NothingInTime as NothingInTime
 from atlas.testing.botapi.errors import ScriptError as ScriptError
 from atlas.testing.botapi.faults import InjectedFault as InjectedFault
+from atlas.testing.botapi.groups import EmulatedGroup as EmulatedGroup
 from atlas.testing.botapi.rates import RateLimits as RateLimits
 from atlas.testing.botapi.rates import max_in_window as max_in_window
 from atlas.testing.botapi.records import CallbackAnswer as CallbackAnswer

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import trio
@@ -19,7 +20,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from atlas.testing.botapi import _messages, _payments, _updates
 from atlas.testing.botapi._core import EmulatorCore
@@ -111,8 +112,8 @@ async def _answer_latency(core: EmulatorCore, method: str) -> None:
         await trio.sleep(delay)
 
 
-def build_app(core: EmulatorCore) -> Starlette:
-    """The ASGI app answering Bot API calls for ``core``'s bot."""
+def build_app(core: EmulatorCore, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app answering Bot API calls for ``core``'s bot, plus ``extra_routes`` (the web chat)."""
 
     async def call(request: Request) -> Response:
         token = str(request.path_params["token"])
@@ -158,6 +159,6 @@ def build_app(core: EmulatorCore) -> Starlette:
         return _error_response(ApiError(404, "Not Found"))
 
     return Starlette(
-        routes=[Route("/bot{token}/{method}", call, methods=["GET", "POST"])],
+        routes=[Route("/bot{token}/{method}", call, methods=["GET", "POST"]), *extra_routes],
         exception_handlers={404: not_found, 405: not_found},
     )

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import trio
 
 from atlas.clock import Clock
+from atlas.testing.botapi._files import FileStore
 from atlas.testing.botapi.errors import ApiError, NothingInTime, bad_request
 from atlas.testing.botapi.faults import FaultTable
 from atlas.testing.botapi.rates import RateLimits, RateMeter
@@ -35,6 +36,8 @@ from atlas.testing.botapi.records import (
 )
 
 _T = TypeVar("_T")
+
+_SETS_TEXT = frozenset({"message", "photo", "document", "edit_text"})
 
 PRE_CHECKOUT_LIMIT = 10.0
 """Seconds Telegram gives a bot to answer a pre_checkout_query."""
@@ -62,23 +65,33 @@ class Signal:
 
 @dataclass
 class ChatState:
-    """One private chat (chat id == user id) and everything the bot did to it."""
+    """One chat and everything the bot did to it: a private chat (chat id == user id), or a group
+    (``group`` set: its ``Chat`` object; ``user`` is then the group's creator, for ``from``)."""
 
     user: dict[str, Any]
     """The user's ``User`` object as Telegram sends it in ``from``."""
+    group: dict[str, Any] | None = None
+    """A group's ``Chat`` object (``id`` negative, ``type`` ``supergroup``); None: a private chat."""
     blocked: bool = False
     next_message_id: int = 1
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Current version of every message still in the chat (both sides), by message id."""
     log: list[ChatRecord] = field(default_factory=list)
+    text_records: dict[int, ChatRecord] = field(default_factory=dict)
+    """The record that last set each bot message's text or caption: the message objects keep only
+    the plain text, and the web chat shows the HTML."""
 
     @property
     def chat_id(self) -> int:
         """The chat id, equal to the user id in a private chat."""
+        if self.group is not None:
+            return int(self.group["id"])
         return int(self.user["id"])
 
     def chat_json(self) -> dict[str, Any]:
         """The ``Chat`` object for this chat."""
+        if self.group is not None:
+            return dict(self.group)
         chat: dict[str, Any] = {"id": self.chat_id, "type": "private", "first_name": self.user["first_name"]}
         for key in ("last_name", "username"):
             if key in self.user:
@@ -157,6 +170,8 @@ class EmulatorCore:
         self.invoices: list[InvoiceRecord] = []
         self.invoice_links: dict[str, InvoiceRecord] = {}
         self.files: dict[str, FileMeta] = {}
+        self.file_data = FileStore()
+        """The uploaded bytes behind ``files`` (bounded), for the web chat."""
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.faults = FaultTable()
         self.answer_latency: dict[str, float] = {}
@@ -200,6 +215,12 @@ class EmulatorCore:
         self.chats[chat.chat_id] = chat
         return chat
 
+    def add_group(self, group: dict[str, Any], creator: dict[str, Any]) -> ChatState:
+        """Open a group chat the bot is a member of."""
+        chat = ChatState(user=creator, group=group)
+        self.chats[chat.chat_id] = chat
+        return chat
+
     def chat(self, chat_id: int | str) -> ChatState:
         """The chat for a ``chat_id`` parameter (id or ``@username``); 400 ``chat not found`` otherwise."""
         if isinstance(chat_id, str):
@@ -233,11 +254,13 @@ class EmulatorCore:
         chat.messages[message["message_id"]] = message
         return message
 
-    def new_user_message(self, chat: ChatState, **content: Any) -> dict[str, Any]:
-        """Create and store a message from the chat's user (text, successful_payment, ...)."""
+    def new_user_message(
+        self, chat: ChatState, *, sender: dict[str, Any] | None = None, **content: Any
+    ) -> dict[str, Any]:
+        """Create and store a message from the chat's user, or ``sender`` in a group (text, ...)."""
         message: dict[str, Any] = {
             "message_id": chat.take_message_id(),
-            "from": dict(chat.user),
+            "from": dict(sender or chat.user),
             "chat": chat.chat_json(),
             "date": self.unix_now(),
             **content,
@@ -248,6 +271,10 @@ class EmulatorCore:
     def record(self, chat: ChatState, record: ChatRecord) -> None:
         """Append to a chat's log and wake waiters."""
         chat.log.append(record)
+        if record.kind in _SETS_TEXT:
+            chat.text_records[record.message_id] = record
+        elif record.kind == "delete":
+            chat.text_records.pop(record.message_id, None)
         for listener in self.record_listeners:
             listener(record)
         self.changed.fire()

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from atlas.testing.botapi._core import ChatState, EmulatorCore
+from atlas.testing.botapi._files import content_type_of
 from atlas.testing.botapi._params import Params, UploadedFile
 from atlas.testing.botapi._registry import api_method
 from atlas.testing.botapi._validate import (
@@ -105,6 +106,8 @@ def _store_file(
             width=width, height=height,
         )
         core.files[meta.file_id] = meta
+        kind_of_bytes = content_type_of(value.data, value.content_type, value.filename)
+        core.file_data.put(meta.file_id, value.data, kind_of_bytes)
         return meta
     if value.startswith(("http://", "https://")):
         name = urlsplit(value).path.rsplit("/", 1)[-1] or None

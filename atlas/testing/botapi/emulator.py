@@ -13,7 +13,8 @@ Usage (inside ``trio.run``)::
 
 It is a trio-native server (Starlette served by Hypercorn on trio) and speaks what aiogram 3
 sends: urlencoded or multipart POSTs to ``/bot<token>/<method>``. It is product code: ``atlas demo``
-runs the bot against it as well as the tests.
+runs the bot against it as well as the tests. The same server has the web chat
+(``emulator.webchat_url()``): a page on which a person is one of the users (see ``_webchat``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 from starlette.applications import Starlette
@@ -35,7 +37,9 @@ from atlas.testing.botapi._app import build_app
 from atlas.testing.botapi._core import PRE_CHECKOUT_LIMIT, EmulatorCore
 from atlas.testing.botapi._payments import record_charge
 from atlas.testing.botapi._updates import deliver_webhooks
+from atlas.testing.botapi._webchat import WEBCHAT_USER_ID, WebChatUsers, webchat_routes
 from atlas.testing.botapi.faults import InjectedFault
+from atlas.testing.botapi.groups import EmulatedGroup
 from atlas.testing.botapi.rates import RateLimits
 from atlas.testing.botapi.records import (
     CallbackAnswer,
@@ -121,8 +125,10 @@ class BotApiEmulator:
         )
         self._webhook_retry = (webhook_first_retry, webhook_max_retry)
         self._webhook_timeout = webhook_timeout
-        self._app = build_app(self._core)
         self._users: dict[int, EmulatedUser] = {}
+        self._app = build_app(
+            self._core, webchat_routes(self._core, WebChatUsers(self._users, self._webchat_default_user))
+        )
         self._url: str | None = None
 
     # -- serving --------------------------------------------------------------------------------
@@ -181,6 +187,26 @@ class BotApiEmulator:
             finally:
                 self._url = None
 
+    def webchat_url(self, user_id: int | None = None, *, lang: str | None = None) -> str:
+        """The web chat page while :meth:`serve` runs: a person talks to the bot as ``user_id``.
+
+        Without ``user_id`` the page is the default user "You" (id :data:`WEBCHAT_USER_ID`, added on
+        the first visit); ``lang`` (``"ru"`` or ``"en"``) sets that user's ``language_code``.
+        ``RuntimeError`` when the emulator is not serving.
+        """
+        query: dict[str, str] = {}
+        if user_id is not None:
+            query["user"] = str(user_id)
+        if lang is not None:
+            if lang not in ("ru", "en"):
+                raise ValueError(f"lang must be 'ru' or 'en', got {lang!r}")
+            query["lang"] = lang
+        return f"{self.url}/webchat" + (f"?{urlencode(query)}" if query else "")
+
+    def _webchat_default_user(self) -> EmulatedUser:
+        existing = self._users.get(WEBCHAT_USER_ID)
+        return existing if existing is not None else self.add_user(WEBCHAT_USER_ID, "You")
+
     # -- users ----------------------------------------------------------------------------------
 
     def add_user(
@@ -212,6 +238,23 @@ class BotApiEmulator:
         emulated = EmulatedUser(self._core, self._core.add_chat(user))
         self._users[user_id] = emulated
         return emulated
+
+    def add_group(
+        self, chat_id: int, title: str, *, creator: EmulatedUser, privacy: bool = True
+    ) -> EmulatedGroup:
+        """Create a supergroup ``chat_id`` (negative) with the bot in it; see :mod:`.groups`.
+
+        ``privacy`` is the bot's privacy mode (on by default, as on Telegram). ``ValueError`` on a
+        non-negative or taken id.
+        """
+        if chat_id >= 0:
+            raise ValueError(f"a group's chat id is negative, got {chat_id!r}")
+        if chat_id in self._core.chats:
+            raise ValueError(f"chat {chat_id} already exists")
+        if not title:
+            raise ValueError("title must be non-empty")
+        group = {"id": chat_id, "type": "supergroup", "title": title}
+        return EmulatedGroup(self._core, self._core.add_group(group, creator.as_json()), privacy=privacy)
 
     def user(self, user_id: int) -> EmulatedUser:
         """The user with this id (``KeyError`` if never added)."""

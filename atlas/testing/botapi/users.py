@@ -68,6 +68,13 @@ class EmulatedUser:
         value = self._chat.user.get("language_code")
         return None if value is None else str(value)
 
+    def set_language(self, language_code: str | None) -> None:
+        """Change the client's language: the ``from`` of every later update carries it (None: none)."""
+        if language_code:
+            self._chat.user["language_code"] = language_code
+        else:
+            self._chat.user.pop("language_code", None)
+
     def as_json(self) -> dict[str, Any]:
         """The ``User`` object Telegram puts into ``from``."""
         return dict(self._chat.user)
@@ -110,23 +117,42 @@ class EmulatedUser:
                 for candidate in row:
                     if button not in (candidate.get("text"), candidate.get("callback_data")):
                         continue
-                    data = candidate.get("callback_data")
-                    if data is None:
-                        raise ScriptError(
-                            f"button {button!r} of message {message_id} has no callback_data; "
-                            f"its action is {sorted(k for k in candidate if k != 'text')}"
-                        )
-                    query_id = core.new_id("CBQ")
-                    core.callbacks[query_id] = PendingCallback(query_id, self.id, data)
-                    core.enqueue_update("callback_query", {
-                        "id": query_id,
-                        "from": chat.user,
-                        "message": message,
-                        "chat_instance": f"ci{chat.chat_id}",
-                        "data": data,
-                    })
-                    return query_id
+                    return self._queue_press(message, candidate)
         raise ScriptError(f"no inline button {button!r} in the chat of user {self.id}")
+
+    def press_at(self, message_id: int, row: int, column: int) -> str:
+        """Press the inline button at ``row``, ``column`` (from 0) of the bot message ``message_id``.
+
+        What a person does on a screen, where two messages may carry the same label. Returns the
+        query id; :class:`ScriptError` when there is no such message or button, or the button is
+        not a callback button.
+        """
+        message = self._chat.messages.get(message_id)
+        if message is None or message["from"]["id"] != self._core.bot_id:
+            raise ScriptError(f"no bot message {message_id} in the chat of user {self.id}")
+        rows = message.get("reply_markup", {}).get("inline_keyboard", [])
+        if not (0 <= row < len(rows) and 0 <= column < len(rows[row])):
+            raise ScriptError(f"message {message_id} has no button at row {row}, column {column}")
+        return self._queue_press(message, rows[row][column])
+
+    def _queue_press(self, message: dict[str, Any], button: dict[str, Any]) -> str:
+        data = button.get("callback_data")
+        if data is None:
+            raise ScriptError(
+                f"button {button.get('text')!r} of message {message['message_id']} has no callback_data; "
+                f"its action is {sorted(k for k in button if k != 'text')}"
+            )
+        core, chat = self._core, self._chat
+        query_id = core.new_id("CBQ")
+        core.callbacks[query_id] = PendingCallback(query_id, self.id, data)
+        core.enqueue_update("callback_query", {
+            "id": query_id,
+            "from": chat.user,
+            "message": message,
+            "chat_instance": f"ci{chat.chat_id}",
+            "data": data,
+        })
+        return query_id
 
     async def callback_answer(self, query_id: str, within: float = 5.0) -> CallbackAnswer:
         """Wait for the bot's ``answerCallbackQuery`` to the press ``query_id``."""
