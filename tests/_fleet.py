@@ -99,7 +99,9 @@ class AtlasProcess:
                     break
                 self._changed = trio.Event()
                 await self._changed.wait()
-        raise AssertionError(f"{self.name}: no log line with {fragment!r} within {within}s:\n" + self.log_tail())
+        raise AssertionError(
+            f"{self.name}: no log line with {fragment!r} within {within}s:\n" + self.log_tail()
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines the process wrote (for failure messages)."""

@@ -33,8 +33,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas.runtime.services import load_catalog
+from atlas.runtime.settings import load_settings
 from atlas.storage import Database, Tx
 from atlas.storage.units.broadcasts import confirm_broadcast, create_broadcast
+from atlas.storage.units.plans import sync_plans
 from atlas.testing.botapi import BotApiEmulator
 from atlas.testing.cryptopay_emulator import CryptoPayEmulator
 from atlas.testing.invariants import audit, deliveries_from
@@ -75,16 +78,21 @@ def key_uuid(user_id: int) -> str:
     return str(uuid.UUID(hashlib.md5(f"fleet{user_id}".encode()).hexdigest()))
 
 
-async def _seed(tx: Tx, *, groups: Mapping[str, list[int]], quiet: list[int], now: dt.datetime,
-                nodes: list[str]) -> None:  # fmt: skip
-    group_of = [(uid, name) for name, ids in groups.items() for uid in ids] + [(uid, "quiet") for uid in quiet]
+async def seed_rows(tx: Tx, *, groups: Mapping[str, list[int]], quiet: list[int], now: dt.datetime,
+                    nodes: list[str]) -> None:  # fmt: skip
+    """The database side of :func:`seed_workload` (bulk SQL; the plans must be synced first)."""
+    group_of = [(uid, name) for name, ids in groups.items() for uid in ids] + [
+        (uid, "quiet") for uid in quiet
+    ]
     ids = [uid for uid, _ in group_of]
     names = [name for _, name in group_of]
     await tx.execute(
         """
-        INSERT INTO users (id, first_name, language, referral_code, created_at, first_paid_at, balance_minor)
+        INSERT INTO users (id, first_name, language, referral_code, created_at, first_paid_at,
+                           balance_minor)
         SELECT g.id, 'Load', 'en', 'fl_' || g.id, $3::timestamptz - interval '40 days',
-               CASE WHEN g.grp IN ('expire', 'converge') THEN NULL ELSE $3::timestamptz - interval '40 days' END,
+               CASE WHEN g.grp IN ('expire', 'converge') THEN NULL
+                    ELSE $3::timestamptz - interval '40 days' END,
                CASE WHEN g.grp = 'renew' THEN $4::bigint ELSE 0 END
         FROM unnest($1::bigint[], $2::text[]) AS g(id, grp)
         """,
@@ -166,7 +174,9 @@ async def seed_workload(
         groups[name] = list(range(next_id, next_id + group))
         next_id += group
     quiet_ids = list(range(next_id, next_id + quiet))
-    await db.run(_seed, groups=groups, quiet=quiet_ids, now=now, nodes=list(nodes))
+    catalog = load_catalog(load_settings())  # the shipped example, as ``atlas run`` syncs it
+    await db.run(sync_plans, catalog=catalog, now=now)
+    await db.run(seed_rows, groups=groups, quiet=quiet_ids, now=now, nodes=list(nodes))
     for uid in [*quiet_ids, *(u for ids in groups.values() for u in ids)]:
         bot.add_user(uid, f"Load{uid}")
         if uid not in groups["converge"]:
@@ -239,7 +249,9 @@ async def _state(tx: Tx, *, users: list[int]) -> dict[str, list[Any]]:
         users, bound,
     )  # fmt: skip
     payments = await tx.fetch(
-        "SELECT user_id, external_id, status FROM payments WHERE user_id = ANY($1::bigint[]) LIMIT $2", users, bound
+        "SELECT user_id, external_id, status FROM payments WHERE user_id = ANY($1::bigint[]) LIMIT $2",
+        users,
+        bound,
     )
     drift = await tx.fetchval(
         "SELECT count(*) FROM users u WHERE balance_minor <> "
@@ -326,12 +338,18 @@ def _check_groups(
             audit.expect(row["status"] == "expired", f"user {uid}: not expired")
         if group == "topup":
             applied = invoice_of[uid] in paid
-            audit.expect(row["topups"] == (1 if applied else 0), f"user {uid}: {row['topups']} top-ups applied")
-            audit.expect(row["balance_minor"] == (TOPUP_MINOR if applied else 0), f"user {uid}: top-up balance")
+            audit.expect(
+                row["topups"] == (1 if applied else 0), f"user {uid}: {row['topups']} top-ups applied"
+            )
+            audit.expect(
+                row["balance_minor"] == (TOPUP_MINOR if applied else 0), f"user {uid}: top-up balance"
+            )
         audit.counts["renewal charges"] += row["renewals"]
     for row in state["payments"]:
         was_paid = int(row["external_id"]) in paid
-        audit.expect((row["status"] == "applied") == was_paid, f"payment of {row['user_id']}: {row['status']}")
+        audit.expect(
+            (row["status"] == "applied") == was_paid, f"payment of {row['user_id']}: {row['status']}"
+        )
         audit.counts[f"payment:{row['status']}"] += 1
     delivered = 0
     for uid in workload.users:
@@ -347,4 +365,6 @@ def _check_groups(
             settled = row["state"] in ("sent", "blocked", "cancelled") or (
                 row["state"] in ("failed", "unknown") and row["has_reason"]
             )
-            audit.expect(settled, f"{row['n']} outbox rows {row['state']} (has a reason: {row['has_reason']})")
+            audit.expect(
+                settled, f"{row['n']} outbox rows {row['state']} (has a reason: {row['has_reason']})"
+            )
