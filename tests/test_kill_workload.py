@@ -91,7 +91,7 @@ async def test_twenty_sigkills_during_a_demo_like_workload_leave_everything_whol
         broadcast: int | None = None
         for life in range(KILLS):
             process = await start_atlas(nursery, f"life-{life}", env)
-            lifetime = rng.uniform(1.0, 9.0)
+            lifetime = rng.uniform(1.0, 7.0)
             with trio.move_on_after(lifetime):
                 await process.wait_for_log("web server listening on", within=lifetime)
                 if broadcast is None:

@@ -290,7 +290,7 @@ async def test_sigkill_of_each_singleton_holder_hands_over_within_10_s(
                     assert successor is not holder
                 takeovers[lock] = trio.current_time() - killed_at
         after_kills = [uid for uid, at in sent.items() if any(at > k for k in kill_times)]
-        await wait_until(lambda: all(_answered(f.bot, u) for u in after_kills), 60, "updates sent after a kill")
+        await wait_until(lambda: all(_answered(f.bot, u) for u in after_kills), 60, "answers after a kill")
         await trio.sleep(5.0)  # the rest gets its chance too
         await wait_until(lambda: _broadcast_settled(db, broadcast), 60, "the broadcast's rows settled")
         at_kill = await db.run(_outbox_rows, broadcast_id=broadcast)
