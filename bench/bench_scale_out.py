@@ -7,12 +7,14 @@ and a broadcast to the expired-and-converging users, all due at once. The VPN no
 emulator in a process of its own (``bench/_scale_node.py``); the Bot API emulator runs in this
 harness process and enforces Telegram's 30 messages/s per bot and 1/s per chat. Then ``K``
 ``atlas run`` processes start (seeded so that their batch workers' first ticks are 1.5–8 s after
-start, see ``tests/_fleet.py``), and the harness polls the database every 0.25 s:
+start, see ``tests/_fleet.py``), and the harness polls the database every 0.1 s (times count
+from the spawn of the processes):
 
 * per phase (renewal, expiry, reminders written, VPN: converge keys put and expired keys removed,
   broadcast materialised): the time from the processes being up until the phase is complete, and
   rows per second from its first row to its last;
-* the outbox: messages sent per second over the run and the busiest second, against the limit
+* the outbox: messages sent per second over the first 20 s of sending and the busiest second,
+  against the limit
   (the drain itself is bound by Telegram's limit, not by the processes: the point of issue 13).
 
 Runs are interleaved (1, 2, 3, 1, 2, 3, ...) and medians reported:
@@ -45,8 +47,8 @@ from tests._workload import GROUPS, key_uuid, seed_rows  # noqa: E402
 TEMPLATE = "bench_scale_template"
 PHASES = ("renewal", "expiry", "reminders", "vpn", "broadcast")
 RUN_TIMEOUT = 240.0
-SENDS_WINDOW = 30.0
-"""Seconds of sending measured after the processes are up (the drain is rate-bound)."""
+SENDS_WINDOW = 20.0
+"""Seconds of sending measured from the first send (the drain is rate-bound, not waited for)."""
 
 
 async def _admin(dsn: str, *statements: str) -> None:
@@ -140,12 +142,13 @@ async def one_run(
             env = atlas_env(
                 dsn, bot_token=bot.token, telegram_api_base=api, admin_ids=[900], nodes_file=str(nodes_file)
             )
+            up = trio.current_time()  # times count from the spawn: start-up is part of adding a process
             fleet: list[AtlasProcess] = [
                 await start_atlas(nursery, f"bench-{i}", env) for i in range(processes)
             ]
             for process in fleet:
                 await process.wait_for_log("web server listening on", within=120)
-            up = trio.current_time()
+            result["up_s"] = trio.current_time() - up
             targets = {"renewal": group, "expiry": group, "reminders": group, "vpn": 2 * group,
                        "broadcast": 2 * group}  # fmt: skip
             first_seen: dict[str, float] = {}
@@ -161,9 +164,11 @@ async def one_run(
                             first_seen[phase] = at
                         if progress[phase] >= targets[phase] and phase not in done:
                             done[phase] = at
-                    if len(done) == len(PHASES) and at >= SENDS_WINDOW:
+                    first_send = next((s.time - up for s in bot.send_stamps if s.accepted), None)
+                    sending_measured = first_send is not None and at >= first_send + SENDS_WINDOW
+                    if len(done) == len(PHASES) and sending_measured:
                         break
-                    await trio.sleep(0.25)
+                    await trio.sleep(0.1)
             finally:
                 await db.close()
             for process in fleet:
@@ -174,7 +179,9 @@ async def one_run(
             span = end - first_seen.get(phase, float("nan"))
             result[f"{phase}_s"] = end
             result[f"{phase}_rows_per_s"] = targets[phase] / span if span > 0 else float("nan")
-        stamps = [s.time - up for s in bot.send_stamps if s.accepted and 0 <= s.time - up <= SENDS_WINDOW]
+        accepted = [s.time for s in bot.send_stamps if s.accepted]
+        start = accepted[0] if accepted else 0.0
+        stamps = [t for t in accepted if t - start <= SENDS_WINDOW]
         result["sends_per_s"] = len(stamps) / SENDS_WINDOW
         result["busiest_second"] = max_in_window(stamps, 1.0)
         result["served_429"] = bot.served_429
@@ -218,7 +225,7 @@ async def harness(group: int, quiet: int, repeats: int, counts: list[int]) -> No
         finally:
             await server.stop()
     print(f"\n{load_line()}\n")
-    fields = [f"{p}_s" for p in PHASES] + [f"{p}_rows_per_s" for p in PHASES]
+    fields = ["up_s", *(f"{p}_s" for p in PHASES)] + [f"{p}_rows_per_s" for p in PHASES]
     fields += ["sends_per_s", "busiest_second", "served_429"]
     print("| measure | " + " | ".join(f"{k} process{'es' if k > 1 else ''}" for k in counts) + " |")
     print("|---|" + "---|" * len(counts))
