@@ -9,8 +9,9 @@
   replies are outside the sender's budget, and a sender at exactly 30/s bunches on a loaded
   machine (see docs/architecture.md, "Shown with real processes"); those are bounded, not zero.
 * SIGKILL of the process holding each singleton (the elected outbox sender, which is also the
-  broadcast's one progress writer; long polling): the other takes over within 10 s, and no
-  message is lost or doubled.
+  broadcast's one progress writer; long polling): the other takes over within 10 s; no broadcast
+  copy is lost or doubled, no numbered update is answered twice, and the only ones that may go
+  unanswered are those the killed poller had already confirmed (a known gap, see the docs).
 
 The emulators run in this process; each Atlas process reaches them over HTTP, as it would reach
 Telegram, Crypto Pay and the node agents.
