@@ -506,6 +506,37 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
         assert emulator.max_per_chat_rate(accepted_only=True) == 1
 
 
+async def test_a_send_whose_body_arrives_late_is_stamped_and_limited_when_it_is_complete() -> None:
+    """A slow request (its body trickling in) must not be judged at the moment its headers came:
+    checked against "now" = then, after later sends had moved the window on, it slipped in and
+    put a third send into a second that already held two."""
+    limits = RateLimits(global_per_window=2, per_chat_per_window=1, window=1.0)
+    async with running(enforce_limits=True, limits=limits) as (emulator, bot):
+        users = [emulator.add_user(3000 + i, f"C{i}") for i in range(4)]
+        url = f"{emulator.url}/bot{emulator.token}/sendMessage"
+        body = f"chat_id={users[0].id}&text=late".encode()
+
+        async def trickle() -> AsyncIterator[bytes]:
+            yield body[:8]
+            await trio.sleep(3.5)  # two quick sends, then a third after their second is over
+            yield body[8:]
+
+        async def slow_send() -> None:
+            async with httpx.AsyncClient() as client:
+                headers = {"content-type": "application/x-www-form-urlencoded"}
+                await client.post(url, content=trickle(), headers=headers, timeout=30)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_send)
+            await trio.sleep(0.3)
+            await bot.send_message(users[1].id, "quick one")
+            await bot.send_message(users[2].id, "quick two")
+            await trio.sleep(2.7)
+            await bot.send_message(users[3].id, "a second later")
+    assert len(emulator.send_stamps) == 4
+    assert emulator.max_global_rate(accepted_only=True) <= 2, emulator.send_stamps
+
+
 async def test_guarded_session_refuses_telegram_calls_inside_a_unit_of_work() -> None:
     async with running() as (emulator, bot):
         assert isinstance(bot.session, GuardedHttpxSession)

@@ -124,14 +124,17 @@ def build_app(core: EmulatorCore, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         if handler is None:
             return _error_response(ApiError(404, "Not Found"))
         core.calls[method] += 1
-        arrived = core.now()
         try:
             params = await _read_params(request)
         except ApiError as error:
             core.served(method, None, error)
             return _error_response(error)
+        # Stamped once the whole request is here, and the limit checked and the slot taken with no
+        # await in between: calls in flight together cannot all pass a check none has recorded yet.
+        arrived = core.now()
         chat_id = _chat_key(core, params)
         sends = method.lower() in SEND_METHODS
+        stamp: SendStamp | None = None
         try:
             fault = core.faults.answer(method, chat_id)
             if fault is not None:
@@ -140,15 +143,18 @@ def build_app(core: EmulatorCore, extra_routes: Sequence[BaseRoute] = ()) -> Sta
                 wait = core.rates.retry_after(arrived, chat_id)
                 if wait is not None:
                     raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
+            if sends:
+                stamp = SendStamp(arrived, method, chat_id, accepted=True)
+                core.rates.record(stamp)
             result = await handler(core, params)
         except ApiError as error:
-            if sends:
+            if stamp is not None:
+                core.rates.withdraw(stamp)
+            elif sends:
                 core.rates.record(SendStamp(arrived, method, chat_id, accepted=False))
             core.served(method, chat_id, error)
             await _answer_latency(core, method)
             return _error_response(error)
-        if sends:
-            core.rates.record(SendStamp(arrived, method, chat_id, accepted=True))
         await _answer_latency(core, method)
         body: dict[str, Any] = {"ok": True, "result": result}
         if isinstance(result, Described):

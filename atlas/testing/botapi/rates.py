@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from atlas.testing.botapi.records import SendStamp
 
@@ -75,6 +75,14 @@ class RateMeter:
             if stamp.chat_id is not None:
                 self._recent_chat.setdefault(stamp.chat_id, deque()).append(stamp.time)
 
+    def withdraw(self, stamp: SendStamp) -> None:
+        """Turn an accepted ``stamp`` (its call then failed) into a refused one, freeing its slot."""
+        index = max(i for i, recorded in enumerate(self._stamps) if recorded is stamp)
+        self._stamps[index] = replace(stamp, accepted=False)
+        _discard(self._recent_global, stamp.time)
+        if stamp.chat_id is not None:
+            _discard(self._recent_chat.get(stamp.chat_id, deque()), stamp.time)
+
     def retry_after(self, now: float, chat_id: int | str | None) -> int | None:
         """Whole seconds to wait if a send to ``chat_id`` now would exceed a limit, else None."""
         window = self.limits.window
@@ -101,6 +109,11 @@ class RateMeter:
             if s.accepted or not accepted_only:
                 by_chat.setdefault(s.chat_id, []).append(s.time)
         return max((max_in_window(times, window) for times in by_chat.values()), default=0)
+
+
+def _discard(times: deque[float], time: float) -> None:
+    if time in times:  # else already trimmed: it was older than the window anyway
+        times.remove(time)
 
 
 def _trim(times: deque[float], older_than_or_at: float) -> deque[float]:
