@@ -312,6 +312,37 @@ async def test_two_processes_elect_one_sender_and_the_standby_takes_over(db: Dat
         nursery.cancel_scope.cancel()
 
 
+async def test_a_new_leader_takes_over_the_rows_a_dead_leader_had_leased_at_once(db: Database) -> None:
+    """A leader killed mid-drain leaves its claim leased for the whole lease (120 s); the next
+    leader ends those leases when it is elected, so they go out in seconds, each once (a
+    broadcast copy whose attempt was marked becomes 'unknown', never resent)."""
+    chats = list(range(910_001, 910_021))
+    await _seed(db, chats, broadcast_chats=set(chats[:10]), notice_chats=set(chats[10:]))
+
+    async def leased_by_the_dead(tx: Tx) -> None:
+        # Every row claimed by a leader that died: a 120 s lease; one broadcast copy mid-attempt.
+        await tx.execute(
+            "UPDATE outbox SET lease_owner = gen_random_uuid(), leased_until = $1 WHERE state = 'pending'",
+            dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120),
+        )
+        await tx.execute(
+            "UPDATE outbox SET attempt_started_at = $1 WHERE dedupe_key = $2", NOW, f"b:{chats[0]}"
+        )
+
+    await db.run(leased_by_the_dead)
+    async with emulated() as (emulator, bot, nursery):
+        for i in chats:
+            emulator.add_user(i)
+        heir = _sender(lambda: db, bot, Clock(), fast_settings(standby_retry=0.2, lock_check_every=0.5), 3)
+        await nursery.start(heir.run, ChildContext("root/workers/outbox_sender"))
+        await until_no_pending(db, within=15)  # not 120 s
+        copies = _copies(emulator, chats)
+        assert copies == {i: 0 if i == chats[0] else 1 for i in chats}
+        states = await db.run(_state_by_key)
+        assert states[f"b:{chats[0]}"][0] == "unknown"
+        nursery.cancel_scope.cancel()
+
+
 async def _run_in(sender: OutboxSender, scope: trio.CancelScope, stopped: trio.Event) -> None:
     try:
         with scope:

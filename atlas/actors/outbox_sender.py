@@ -58,6 +58,7 @@ from atlas.storage.units.delivery import (
     Delivery,
     DeliveryStatus,
     RecordSummary,
+    end_other_leases,
     record_deliveries,
 )
 from atlas.supervision import Backoff, ChildContext
@@ -182,6 +183,11 @@ class OutboxSender(Actor):
         actor_run = functools.partial(Actor.run, self, ctx)
 
         async def lead(lock: AdvisoryLock) -> None:
+            # The old leader is gone (its lock with it) and has stopped (we waited `quiet`): the
+            # rows it had leased are nobody's, so they need not wait out their lease.
+            ended = await self.db().run(end_other_leases, owner=self.owner, now=self.clock.now())
+            if ended:
+                _log.info("outbox sender elected: took over %d rows leased by the previous leader", ended)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_lock, lock, s.lock_check_every)
                 await nursery.start(actor_run)

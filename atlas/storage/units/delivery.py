@@ -208,6 +208,27 @@ async def claim_outbox(
     return claimed
 
 
+async def end_other_leases(tx: Tx, *, owner: uuid.UUID, now: dt.datetime) -> int:
+    """End, at ``now``, every live outbox lease not held by ``owner``; return how many ended.
+
+    Only for the elected sender, once it holds the sender's lock and has waited out the old
+    leader: a leader that died leaves up to a claim's worth of rows leased for the whole lease
+    (120 s), and nobody else may be sending them. Marked rows (an at-most-once attempt in the air
+    when the old leader died) then become ``unknown`` at the next claim, as after a lease runs out;
+    the others are sent again at once.
+    """
+    check_now(now)
+    status = await tx.execute(
+        """
+        UPDATE outbox SET leased_until = $2
+        WHERE state = 'pending' AND lease_owner IS DISTINCT FROM $1 AND leased_until > $2
+        """,
+        owner,
+        now,
+    )
+    return int(status.split()[-1])
+
+
 def _payload(value: Any) -> dict[str, Any]:
     decoded = from_json(value)
     # A non-object payload is kept visible (the sender fails the row with a clear error).
