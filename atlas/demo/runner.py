@@ -1,0 +1,233 @@
+"""``atlas demo`` put together: the outside world, the tree exactly as ``atlas run`` builds it
+(``serve_tree``), the crowd and the faults, the live view, then the summary and the invariants.
+
+Order of a run::
+
+    bridge → emulators + VPN node → embedded PostgreSQL → the tree (serve_tree)
+      → the crowd and the faults, the view redrawing → drain (outbox sent, keys converged)
+      → [--interactive: stay up until Ctrl-C] → stop the tree → audit a frozen database → summary
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+from rich.console import Console
+
+from atlas.clock import Clock
+from atlas.demo.chat import REPLY_WITHIN
+from atlas.demo.clocks import demo_clock
+from atlas.demo.counts import ShopCounts, shop_counts
+from atlas.demo.crowd import Crowd, run_crowd
+from atlas.demo.faults import Fault, FaultLog, FaultTargets, run_faults
+from atlas.demo.invariant_check import audit_world, corrupt_one_balance
+from atlas.demo.observer import TreeObserver
+from atlas.demo.options import DemoOptions
+from atlas.demo.recovery import Evidence, judge
+from atlas.demo.summary import DemoSummary, exit_code, print_summary
+from atlas.demo.tally import FLOWS, Tally
+from atlas.demo.view import Frame, day_of, show
+from atlas.demo.world import TRIAL_DAYS, World, open_world, prepare_data_dir
+from atlas.payments import CryptoPayClient
+from atlas.runtime.app import serve_tree
+from atlas.runtime.bridge import open_bridge
+from atlas.runtime.database import database_server, database_settings
+from atlas.runtime.services import Services, make_services
+from atlas.storage import Database, StorageError
+from atlas.storage.units.operator_view import operator_view
+from atlas.telegram.session import make_bot
+from atlas.vpn import Fleet
+
+_DRAIN_WITHIN = 120.0  # trio seconds for the last notices and key changes after the crowd is done
+_COUNTS_EVERY = 1.0  # trio seconds between the view's database counts
+
+
+@dataclass
+class _Live:
+    """What the view shows, refreshed in the background (the view itself never waits)."""
+
+    counts: ShopCounts | None = None
+
+
+async def run_demo(options: DemoOptions, console: Console) -> int:
+    """Run the demo; return its exit code (non-zero when an invariant failed)."""
+    speed = options.business_speed()
+    data_dir = prepare_data_dir(options.data_dir)
+    clock = demo_clock(speed)
+    console.print(f"atlas demo: data in {data_dir}, {options.users} users, {options.days} virtual days, "
+                  f"business time ×{speed:,.0f}, seed {options.seed}", highlight=False)  # fmt: skip
+    async with open_bridge(), trio.open_nursery() as outside:
+        world = await open_world(outside, options, clock, data_dir)
+        console.print(f"VPN node: {world.node.kind}", highlight=False)
+        code = await _run_shop(world, options, clock, speed, console)
+        outside.cancel_scope.cancel()
+    return code
+
+
+def _services(world: World, clock: Clock) -> Services:
+    settings = world.settings
+    services = make_services(settings, clock)
+    services.bot = make_bot(world.emulator.token, world.emulator.url)
+    services.cryptopay = CryptoPayClient(
+        world.cryptopay._token if False else _cryptopay_token(world),
+        network=settings.cryptopay_network,
+        base_url=settings.cryptopay_base_url,
+    )
+    services.fleet = Fleet([node for node in services.nodes if node.enabled])
+    return services
+
+
+def _cryptopay_token(world: World) -> str:
+    token = world.settings.cryptopay_token
+    assert token is not None  # open_world always sets it
+    return token.get_secret_value()
+
+
+async def _run_shop(world: World, options: DemoOptions, clock: Clock, speed: float, console: Console) -> int:
+    settings = world.settings
+    horizon = dt.timedelta(days=options.days)
+    async with database_server(settings) as dsn:
+        services = _services(world, clock)
+        observer = TreeObserver(services)
+        tally, fault_log, live = Tally(), FaultLog(), _Live()
+        crowd = Crowd(
+            world.emulator, world.cryptopay, clock, speed, horizon, dt.timedelta(days=TRIAL_DAYS),
+            tally, options.seed, options.concurrency,
+        )  # fmt: skip
+        stop = trio.Event()
+        tree_code: list[int] = []
+        began = clock.now()
+
+        def frame() -> Frame:
+            return Frame(
+                day=day_of(began, clock.now()), days=options.days, users_started=tally.users_started,
+                users=options.users, counts=live.counts, messages=_messages(world),
+                restarts=observer.restarts, crash_reports=observer.crash_reports,
+                faults=[fault.value for fault in fault_log.injected], rows=observer.rows(),
+            )  # fmt: skip
+
+        try:
+            async with trio.open_nursery() as tree:
+
+                async def serve(*, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+                    tree_code.append(await serve_tree(services, dsn, stop=stop, task_status=task_status))
+
+                await tree.start(serve)
+                _print_urls(console, world)
+                async with trio.open_nursery() as watchers:
+                    watchers.start_soon(_refresh_counts, services, live)
+                    watchers.start_soon(show, console, frame)
+                    async with trio.open_nursery() as play:
+                        targets = FaultTargets(world.emulator, world.cryptopay, world.node, clock, speed)
+                        play.start_soon(run_faults, targets, horizon, fault_log)
+                        play.start_soon(run_crowd, crowd, options.users)
+                    keys_pending = await _drain(services, world)
+                    live.counts = await services.require_db().run(shop_counts)
+                    watchers.cancel_scope.cancel()
+                if options.interactive:
+                    await _stay_up(console, world)
+                stop.set()
+        finally:
+            await _close_clients(services)
+        database = await Database.open(database_settings(settings, dsn))
+        try:
+            if options.corrupt_balance_for_test:
+                await database.run(corrupt_one_balance)
+            counts = await database.run(shop_counts)
+            report, node_keys = await audit_world(database, world, clock.now())
+        finally:
+            with trio.CancelScope(shield=True):
+                await database.close()
+    crash_at = fault_log.injected.get(Fault.INTAKE_CRASH, float("inf"))
+    evidence = Evidence(
+        served_429=world.emulator.served_429,
+        outbox_pending=counts.outbox_pending,
+        keys_pending=keys_pending,
+        node_keys=node_keys,
+        cryptopay_paid_after_outage=sum(
+            1 for at in crowd.cryptopay_paid_at if at > fault_log.ended.get(Fault.CRYPTOPAY_OUTAGE, float("inf"))
+        ),
+        intake_restarts=sum(n for path, n in observer.restarts_by_path.items() if path.endswith("/intake")),
+        replies_after_crash=sum(1 for s in world.emulator.send_stamps if s.accepted and s.time > crash_at),
+    )
+    summary = DemoSummary(
+        users=options.users,
+        counts=counts,
+        flows={flow: tally.flows[flow] for flow in FLOWS},
+        messages=_messages(world),
+        restarts=observer.restarts,
+        crash_reports=observer.crash_reports,
+        restarts_by_actor=dict(observer.restarts_by_path),
+        faults=judge(fault_log, evidence),
+        invariants_ok=report.ok,
+        violations=list(report.violations),
+        audit_counts={key: int(value) for key, value in report.counts.items()},
+        tree_exit_code=tree_code[0] if tree_code else 1,
+        unanswered=tally.unanswered,
+        node=world.node.kind,
+    )
+    print_summary(console, summary)
+    return exit_code(summary)
+
+
+def _messages(world: World) -> int:
+    return sum(1 for stamp in world.emulator.send_stamps if stamp.accepted)
+
+
+def _print_urls(console: Console, world: World) -> None:
+    console.print(f"web chat:   {world.webchat_url}", highlight=False)
+    console.print(f"status:     {world.web_url}/status", highlight=False)
+    console.print(f"Bot API:    {world.emulator.url}   Crypto Pay: {world.settings.cryptopay_base_url}",
+                  highlight=False)  # fmt: skip
+    console.print(f"logs:       {world.data_dir / 'atlas.log'}", highlight=False)
+
+
+async def _refresh_counts(services: Services, live: _Live) -> None:
+    while True:
+        db = services.db
+        if db is not None:
+            try:
+                live.counts = await db.run(shop_counts)
+            except StorageError:
+                pass  # the view keeps the last counts while storage is away; the log says why
+        await trio.sleep(_COUNTS_EVERY)
+
+
+async def _drain(services: Services, world: World) -> int:
+    """Wait until no notice is pending and every key is as wanted on the node; keys still pending."""
+    nodes = [world.node.config.name]
+    pending = -1
+    with trio.move_on_after(_DRAIN_WITHIN):
+        while True:
+            view = await services.require_db().run(operator_view, now=services.clock.now(), nodes=nodes)
+            pending = sum(view.keys_pending.values())
+            if view.outbox_pending == 0 and pending == 0:
+                return 0
+            await trio.sleep(0.5)
+    return pending
+
+
+async def _stay_up(console: Console, world: World) -> None:
+    console.print(f"interactive: the shop stays up; chat with the bot at {world.webchat_url}. Ctrl-C ends it.",
+                  highlight=False)  # fmt: skip
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+async def _close_clients(services: Services) -> None:
+    with trio.CancelScope(shield=True):
+        if services.fleet is not None:
+            await services.fleet.aclose()
+        if services.cryptopay is not None:
+            await services.cryptopay.aclose()
+        if services.bot is not None:
+            await services.bot.session.close()
+
+
+_ = (partial, Callable, REPLY_WITHIN)
