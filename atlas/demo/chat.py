@@ -17,6 +17,10 @@ from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedUser, Scrip
 REPLY_WITHIN = 30.0
 # After the first answer, how long more records may follow before the step counts as done.
 _SETTLE = 0.3
+# A person reads the answer before tapping again (trio seconds, not business time: reading speed
+# does not scale with the demo's clock). Telegram allows a bot about one message a second per
+# chat, and the emulator enforces it: a script tapping faster would only collect 429s.
+THINK = 1.2
 
 
 class Inboxes:
@@ -64,12 +68,14 @@ class Chat:
 
     async def command(self, command: str, payload: str | None = None) -> list[ChatRecord]:
         """Send ``/command [payload]``; return what the bot did in reply."""
+        await trio.sleep(THINK)
         before = len(self.user.chat_log())
         self.user.send_command(command, payload)
         return await self._replies(before)
 
     async def text(self, text: str) -> list[ChatRecord]:
         """Type ``text``; return the bot's reply."""
+        await trio.sleep(THINK)
         before = len(self.user.chat_log())
         self.user.send_text(text)
         return await self._replies(before)
@@ -78,6 +84,7 @@ class Chat:
         """Press a callback button the bot sent; return the bot's reply."""
         if button.data is None:
             raise ScriptError(f"button {button.text!r} is a link, not a callback button")
+        await trio.sleep(THINK)
         before = len(self.user.chat_log())
         self.user.press(button.data)
         return await self._replies(before)

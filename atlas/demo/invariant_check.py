@@ -1,5 +1,6 @@
-"""The invariant check at the end of a run: the lead's audit over the frozen database, the node's
-keys and every message the Bot API emulator delivered.
+"""The invariant check at the end of a run: :func:`atlas.testing.invariants.audit` over the frozen
+database, with what the outside world saw: the node's users, every message the Bot API emulator
+delivered, and the charges the two payment emulators made.
 """
 
 from __future__ import annotations
@@ -7,27 +8,37 @@ from __future__ import annotations
 import datetime as dt
 
 from atlas.demo.world import World
-from atlas.demo.vpn_node import node_keys
 from atlas.storage import Database, Tx
-from atlas.testing.botapi.records import NEW_MESSAGE_KINDS
-from atlas.testing.invariants import AuditReport, Delivery, audit
+from atlas.testing.invariants import AuditReport, audit, deliveries_from, node_keys_of
+from atlas.vpn import Fleet
 
 
-def deliveries(world: World) -> list[Delivery]:
-    """Every new message the bot got through to a user, as the emulator recorded it."""
-    return [
-        Delivery(record.chat_id, record.text or "")
-        for user in world.emulator.users.values()
-        for record in user.chat_log()
-        if record.kind in NEW_MESSAGE_KINDS
-    ]
+def provider_charges(world: World) -> dict[str, set[str]]:
+    """What each provider says it was paid: Crypto Pay's paid invoices, Telegram's Stars charges."""
+    return {
+        "cryptopay": {str(invoice.invoice_id) for invoice in world.cryptopay.invoices() if invoice.status == "paid"},
+        "stars": set(world.emulator.charges),
+    }
 
 
 async def audit_world(db: Database, world: World, now: dt.datetime) -> tuple[AuditReport, int]:
-    """Audit the shop; return the report and how many keys the node holds."""
-    keys = await node_keys(world.node.config)
-    report = await audit(db, now=now, node_keys={world.node.config.name: keys}, deliveries=deliveries(world))
-    return report, len(keys)
+    """Audit the shop; return the report and how many users the node holds."""
+    fleet = Fleet([world.node.config])
+    try:
+        on_nodes = await node_keys_of(fleet)
+    finally:
+        await fleet.aclose()
+    records = [record for user in world.emulator.users.values() for record in user.chat_log()]
+    report = await audit(
+        db,
+        now=now,
+        node_keys=on_nodes,
+        deliveries=deliveries_from(records),
+        provider_charges=provider_charges(world),
+        require_outbox_settled=True,
+        renew_window=dt.timedelta(hours=world.settings.renew_window_hours),
+    )
+    return report, sum(len(names) for names in on_nodes.values())
 
 
 async def corrupt_one_balance(tx: Tx) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import trio
 from rich.console import Console
 
 from atlas.clock import Clock
-from atlas.demo.chat import REPLY_WITHIN
 from atlas.demo.clocks import demo_clock
 from atlas.demo.counts import ShopCounts, shop_counts
 from atlas.demo.crowd import Crowd, run_crowd
@@ -74,7 +71,7 @@ def _services(world: World, clock: Clock) -> Services:
     services = make_services(settings, clock)
     services.bot = make_bot(world.emulator.token, world.emulator.url)
     services.cryptopay = CryptoPayClient(
-        world.cryptopay._token if False else _cryptopay_token(world),
+        _cryptopay_token(world),
         network=settings.cryptopay_network,
         base_url=settings.cryptopay_base_url,
     )
@@ -229,5 +226,3 @@ async def _close_clients(services: Services) -> None:
         if services.bot is not None:
             await services.bot.session.close()
 
-
-_ = (partial, Callable, REPLY_WITHIN)

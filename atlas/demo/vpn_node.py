@@ -12,8 +12,7 @@ import json
 import secrets
 import shutil
 import socket
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,7 +25,6 @@ from atlas.vpn.agent import run_agent
 from atlas.vpn.agent_settings import NodeAgentSettings
 from atlas.vpn.core_config import render_server_config
 from atlas.vpn.core_process import ManagedCore, core_command
-from atlas.vpn.node_client import NodeClient
 
 NODE_NAME = "demo-1"
 _INBOUND_TAG = "vless-in"
@@ -83,7 +81,6 @@ class EmulatedNode:
     config: NodeConfig
     emulator: NodeEmulator
     kind: str = "node emulator (v2ray is not installed)"
-    _down: bool = field(default=False)
 
     async def outage(self) -> None:
         """The agent refuses connections."""
@@ -147,16 +144,3 @@ def nodes_toml(node: NodeConfig) -> str:
         f'security = "{node.security}"\n'
         f'label = "{node.label}"\n'
     )
-
-
-async def node_keys(node: NodeConfig) -> set[str]:
-    """Every key (VLESS uuid) the node holds now, read page by page through the agent's API."""
-    client = NodeClient(node, timeout=30.0)
-    keys: set[str] = set()
-    try:
-        async with aclosing(client.iter_all_users()) as pages:
-            async for page in pages:
-                keys.update(user.uuid for user in page)
-    finally:
-        await client.aclose()
-    return keys

@@ -20,11 +20,16 @@ from atlas.demo.crowd import ADMIN_ID
 from atlas.demo.options import DemoOptions
 from atlas.demo.vpn_node import DemoNode, nodes_toml, start_node
 from atlas.runtime.settings import Settings, load_settings
-from atlas.testing.botapi import DEFAULT_TOKEN, BotApiEmulator
+from atlas.testing.botapi import DEFAULT_TOKEN, BotApiEmulator, RateLimits
 from atlas.testing.cryptopay_emulator import CryptoPayEmulator
 
 BOT_USERNAME = "atlas_demo_bot"
 CRYPTOPAY_TOKEN = "1001:AtlasDemoToken"
+# Telegram's flood limits as enforced in the demo: 30 messages a second for the bot, and per chat
+# one a second on average with a burst of three. (Private chats tolerate short bursts; the
+# emulator's strict default of one in any second would refuse a handler's reply that follows a
+# notice the outbox sent a moment earlier, and the handlers do not wait for the outbox's pacing.)
+DEMO_LIMITS = RateLimits(global_per_window=30, per_chat_per_window=3, window=3.0)
 TRIAL_DAYS = 1  # the shortest trial the settings allow, so that trials end within the run
 
 
@@ -76,7 +81,9 @@ async def open_world(nursery: trio.Nursery, options: DemoOptions, clock: Clock, 
     # tree binds it (the tree's web listener takes this port).
     web_port = _free_port()
     web_url = f"http://127.0.0.1:{web_port}"
-    emulator = BotApiEmulator(DEFAULT_TOKEN, bot_username=BOT_USERNAME, enforce_limits=True, clock=clock)
+    emulator = BotApiEmulator(
+        DEFAULT_TOKEN, bot_username=BOT_USERNAME, enforce_limits=True, limits=DEMO_LIMITS, clock=clock
+    )
     api_url: str = await nursery.start(emulator.serve)
     cryptopay = CryptoPayEmulator(
         CRYPTOPAY_TOKEN, webhook_url=f"{web_url}/webhooks/cryptopay", clock=clock, seed=options.seed
