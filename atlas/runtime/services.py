@@ -151,10 +151,13 @@ def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
 def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     """Services with the log, ring, counting, database and admin-alert crash-report sinks wired.
 
+    ``clock`` defaults to a real-time anchored one at ``settings.clock_speed``; tests pass their own
+    (a fixed anchor, the same speed).
+
     Reads the plan and node files: a malformed one fails here, naming the field, before anything
     starts.
     """
-    clock = clock if clock is not None else Clock()
+    clock = clock if clock is not None else Clock(speed=settings.clock_speed)
     ring = RingSink(maxlen=200)
     reporter = CrashReporter([LogSink(logging.getLogger("atlas.crash"))], now=clock.now)
     services = Services(
@@ -172,7 +175,9 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     services.crash_store = DurableCrashSink(lambda: services.db)
     reporter.add_sink(services.crash_store)
     if settings.bot_token is not None and settings.admin_ids:
-        throttle = AlertThrottle(settings.crash_alert_interval)
+        # The interval is operational (alerts are read by people, in real time); the throttle buckets
+        # business timestamps, so scale it by the clock's speed.
+        throttle = AlertThrottle(settings.crash_alert_interval * clock.speed)
         reporter.add_sink(admin_alert_sink(settings.admin_ids, throttle, lambda: services.db))
     reporter.set_budget_probe(
         lambda: None if services.db is None else services.db.budget_statistics().as_tuple()
