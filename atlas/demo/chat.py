@@ -14,7 +14,7 @@ from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedUser, Scrip
 
 # How long a user waits for an answer before giving up on that step (trio seconds). Generous: the
 # demo injects 429 bursts and outages, and the machine may be busy; a late answer is not a failure.
-REPLY_WITHIN = 30.0
+REPLY_WITHIN = 15.0
 # After the first answer, how long more records may follow before the step counts as done.
 _SETTLE = 0.3
 # A person reads the answer before tapping again (trio seconds, not business time: reading speed

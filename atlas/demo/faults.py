@@ -73,7 +73,6 @@ class FaultTargets:
     cryptopay: CryptoPayEmulator
     node: DemoNode
     clock: Clock
-    speed: float
 
 
 def _actions(targets: FaultTargets) -> dict[Fault, tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]]:
@@ -110,10 +109,10 @@ async def run_faults(targets: FaultTargets, horizon: dt.timedelta, log: FaultLog
 
     async def one(item: Scheduled) -> None:
         start, end = actions[item.fault]
-        await sleep_business(targets.clock, horizon * item.at, targets.speed)
+        await sleep_business(targets.clock, horizon * item.at)
         await start()
         log.injected[item.fault] = trio.current_time()
-        await sleep_business(targets.clock, horizon * item.lasts, targets.speed)
+        await sleep_business(targets.clock, horizon * item.lasts)
         await end()
         log.ended[item.fault] = trio.current_time()
 
