@@ -56,10 +56,16 @@ class Button:
 class Chat:
     """A user's side of the conversation with the bot."""
 
-    def __init__(self, user: EmulatedUser, inboxes: Inboxes, on_unanswered: Callable[[], None]) -> None:
+    def __init__(
+        self, user: EmulatedUser, inboxes: Inboxes, on_unanswered: Callable[[], None], *, ends_at: float
+    ) -> None:
         self.user = user
         self._inboxes = inboxes
         self._on_unanswered = on_unanswered
+        self._ends_at = ends_at  # trio time: the run is over, the user does nothing more
+
+    def _over(self) -> bool:
+        return trio.current_time() >= self._ends_at
 
     @property
     def id(self) -> int:
@@ -69,6 +75,8 @@ class Chat:
     async def command(self, command: str, payload: str | None = None) -> list[ChatRecord]:
         """Send ``/command [payload]``; return what the bot did in reply."""
         await trio.sleep(THINK)
+        if self._over():
+            return []
         before = len(self.user.chat_log())
         self.user.send_command(command, payload)
         return await self._replies(before)
@@ -76,6 +84,8 @@ class Chat:
     async def text(self, text: str) -> list[ChatRecord]:
         """Type ``text``; return the bot's reply."""
         await trio.sleep(THINK)
+        if self._over():
+            return []
         before = len(self.user.chat_log())
         self.user.send_text(text)
         return await self._replies(before)
@@ -85,6 +95,8 @@ class Chat:
         if button.data is None:
             raise ScriptError(f"button {button.text!r} is a link, not a callback button")
         await trio.sleep(THINK)
+        if self._over():
+            return []
         before = len(self.user.chat_log())
         self.user.press(button.data)
         return await self._replies(before)
@@ -97,7 +109,9 @@ class Chat:
                 found = match.search(label) if isinstance(match, re.Pattern) else label.startswith(match)
                 if found:
                     data, url = raw.get("callback_data"), raw.get("url")
-                    return Button(label, None if data is None else str(data), None if url is None else str(url))
+                    return Button(
+                        label, None if data is None else str(data), None if url is None else str(url)
+                    )
         return None
 
     def buttons(self, data_prefix: str) -> list[Button]:

@@ -50,7 +50,12 @@ class Persona(Enum):
 
 
 # The rules as a table: persona → weight, then per-persona chances of the optional steps.
-PERSONAS: dict[Persona, float] = {Persona.TRIALIST: 0.3, Persona.STARS: 0.2, Persona.CRYPTO: 0.2, Persona.SAVER: 0.3}
+PERSONAS: dict[Persona, float] = {
+    Persona.TRIALIST: 0.3,
+    Persona.STARS: 0.2,
+    Persona.CRYPTO: 0.2,
+    Persona.SAVER: 0.3,
+}
 CHANCES = {
     "referred": 0.3,  # arrives through someone's invite link (when there is one)
     "shares_link": 0.4,  # opens "Invite friends" and shares the link
@@ -100,7 +105,7 @@ class Crowd:
     def chat(self, user_id: int, name: str) -> Chat:
         """A new user's chat."""
         user = self.emulator.add_user(user_id, name, language_code="en")
-        return Chat(user, self.inboxes, self.tally.no_answer)
+        return Chat(user, self.inboxes, self.tally.no_answer, ends_at=self.ends_at)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -180,7 +185,7 @@ async def _pay_crypto_link(crowd: Crowd, chat: Chat, press: Callable[[], Awaitab
     """Open a Crypto Pay invoice (``press`` gets the bot to send its link) and pay it; retry later
     when the bot says the service is down."""
     for _ in range(_CRYPTO_ATTEMPTS):
-        if not await press():
+        if crowd.left() <= 0 or not await press():
             return False
         link = chat.button(_label("user.button.pay_open"))
         if link is not None and link.url is not None:
@@ -202,7 +207,8 @@ async def _buy_crypto(crowd: Crowd, chat: Chat) -> None:
         return button is not None and bool(await chat.press(button))
 
     before = _count(chat, "Payment received")
-    if await _pay_crypto_link(crowd, chat, press) and await _wait_more(crowd, chat, "Payment received", before):
+    paid = await _pay_crypto_link(crowd, chat, press)
+    if paid and await _wait_more(crowd, chat, "Payment received", before):
         crowd.tally.did("buy_cryptopay")
 
 

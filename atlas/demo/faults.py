@@ -75,7 +75,11 @@ class FaultTargets:
     clock: Clock
 
 
-def _actions(targets: FaultTargets) -> dict[Fault, tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]]:
+Action = Callable[[], Awaitable[None]]
+
+
+def _actions(targets: FaultTargets) -> dict[Fault, tuple[Action, Action]]:
+    """Each fault's start and end (an instant fault ends by itself)."""
     emulator, cryptopay, node = targets.emulator, targets.cryptopay, targets.node
 
     async def burst() -> None:

@@ -16,7 +16,9 @@ from atlas.vpn import Fleet
 def provider_charges(world: World) -> dict[str, set[str]]:
     """What each provider says it was paid: Crypto Pay's paid invoices, Telegram's Stars charges."""
     return {
-        "cryptopay": {str(invoice.invoice_id) for invoice in world.cryptopay.invoices() if invoice.status == "paid"},
+        "cryptopay": {
+            str(invoice.invoice_id) for invoice in world.cryptopay.invoices() if invoice.status == "paid"
+        },
         "stars": set(world.emulator.charges),
     }
 
@@ -42,4 +44,6 @@ async def audit_world(db: Database, world: World, now: dt.datetime) -> tuple[Aud
 
 async def corrupt_one_balance(tx: Tx) -> None:
     """For the exit-code test only (``--corrupt-balance-for-test``): one balance off its ledger."""
-    await tx.execute("UPDATE users SET balance_minor = balance_minor + 1 WHERE id = (SELECT min(id) FROM users)")
+    await tx.execute(
+        "UPDATE users SET balance_minor = balance_minor + 1 WHERE id = (SELECT min(id) FROM users)"
+    )

@@ -11,6 +11,7 @@ Order of a run::
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import signal
 from dataclasses import dataclass
 
@@ -36,11 +37,12 @@ from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server
 from atlas.runtime.services import Services, make_services
 from atlas.storage import StorageError
-from atlas.testing.invariants import AuditReport
 from atlas.storage.units.operator_view import operator_view
 from atlas.telegram.session import make_bot
+from atlas.testing.invariants import AuditReport
 from atlas.vpn import Fleet
 
+_log = logging.getLogger("atlas.demo")
 _DRAIN_WITHIN = 120.0  # trio seconds for the last notices and key changes after the crowd is done
 _COUNTS_EVERY = 1.0
 _AUDIT_ATTEMPTS = 5  # trio seconds between the view's database counts
@@ -127,7 +129,7 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
                         play.start_soon(run_crowd, crowd, options.users)
                     if options.corrupt_balance_for_test:
                         await services.require_db().run(corrupt_one_balance)
-                    (outbox_pending, keys_pending), report, node_keys = await _settle_and_audit(services, world)
+                    pending, report, node_keys = await _settle_and_audit(services, world)
                     counts = await services.require_db().run(shop_counts)
                     live.counts = counts
                     watchers.cancel_scope.cancel()
@@ -137,14 +139,13 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
         finally:
             await _close_clients(services)
     crash_at = fault_log.injected.get(Fault.INTAKE_CRASH, float("inf"))
+    crypto_back_at = fault_log.ended.get(Fault.CRYPTOPAY_OUTAGE, float("inf"))
     evidence = Evidence(
         served_429=world.emulator.served_429,
-        outbox_pending=outbox_pending,
-        keys_pending=keys_pending,
+        outbox_pending=pending[0],
+        keys_pending=pending[1],
         node_keys=node_keys,
-        cryptopay_paid_after_outage=sum(
-            1 for at in crowd.cryptopay_paid_at if at > fault_log.ended.get(Fault.CRYPTOPAY_OUTAGE, float("inf"))
-        ),
+        cryptopay_paid_after_outage=sum(1 for at in crowd.cryptopay_paid_at if at > crypto_back_at),
         intake_restarts=sum(n for path, n in observer.restarts_by_path.items() if path.endswith("/intake")),
         replies_after_crash=sum(1 for s in world.emulator.send_stamps if s.accepted and s.time > crash_at),
     )
@@ -186,12 +187,15 @@ async def _refresh_counts(services: Services, live: _Live) -> None:
         if db is not None:
             try:
                 live.counts = await db.run(shop_counts)
-            except StorageError:
-                pass  # the view keeps the last counts while storage is away; the log says why
+            except StorageError as exc:
+                # The view keeps the last counts while storage is away; the tree's log says why.
+                _log.info("demo view: counts unavailable (%s)", type(exc).__name__)
         await trio.sleep(_COUNTS_EVERY)
 
 
-async def _settle_and_audit(services: Services, world: World) -> tuple[tuple[int, int], AuditReport, int]:
+async def _settle_and_audit(
+    services: Services, world: World
+) -> tuple[tuple[int, int], AuditReport, int]:
     """Drain, then audit while the tree runs; up to a few times, keeping the first clean audit.
 
     After the crowd has gone the workers still expire and renew as business time passes, so a key
@@ -225,8 +229,10 @@ async def _drain(services: Services, world: World) -> tuple[int, int]:
 
 
 async def _stay_up(console: Console, world: World) -> None:
-    console.print(f"interactive: the shop stays up; chat with the bot at {world.webchat_url}. Ctrl-C ends it.",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"interactive: the shop stays up; chat with the bot at {world.webchat_url}. Ctrl-C ends it.",
+        highlight=False,
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return

@@ -99,10 +99,8 @@ async def start_node(nursery: trio.Nursery, directory: Path) -> DemoNode:
         emulator = NodeEmulator(token)
         url: str = await nursery.start(emulator.run)
         return EmulatedNode(_node_config(url, token, port=443), emulator)
-    directory.mkdir(parents=True, exist_ok=True)
     vless_port, api_port = _free_ports(2)
-    config_path = directory / "v2ray-server.json"
-    config_path.write_text(json.dumps(render_server_config(vless_port=vless_port, api_port=api_port)))
+    config_path = _write_core_config(directory, vless_port, api_port)
     core = ManagedCore(
         core_command(binary, config_path, "v2ray"),
         ready=[("127.0.0.1", api_port), ("127.0.0.1", vless_port)],
@@ -118,6 +116,13 @@ async def start_node(nursery: trio.Nursery, directory: Path) -> DemoNode:
     )
     agent_url: str = await nursery.start(run_agent, agent)
     return RealCoreNode(_node_config(agent_url, token, port=vless_port), core, nursery)
+
+
+def _write_core_config(directory: Path, vless_port: int, api_port: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "v2ray-server.json"
+    config_path.write_text(json.dumps(render_server_config(vless_port=vless_port, api_port=api_port)))
+    return config_path
 
 
 def _node_config(agent_url: str, token: str, *, port: int) -> NodeConfig:

@@ -198,18 +198,18 @@ def _add_demo_parser(commands: Any) -> None:
     from atlas.demo.options import DEFAULT_CONCURRENCY, DEFAULT_DAYS, DEFAULT_USERS
 
     demo = commands.add_parser("demo", help="the whole shop against emulators, with simulated users")
-    demo.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"simulated users (default {DEFAULT_USERS})")
-    demo.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"virtual days (default {DEFAULT_DAYS})")
+    demo.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"simulated users ({DEFAULT_USERS})")
+    demo.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"virtual days ({DEFAULT_DAYS})")
     demo.add_argument(
         "--speed", type=float, default=None,
         help="business seconds per real second (default: what makes the run about a minute)",
     )  # fmt: skip
     demo.add_argument("--seed", type=int, default=1, help="seed of the users' scripts (default 1)")
     demo.add_argument("--interactive", action="store_true", help="stay up for the web chat until Ctrl-C")
-    demo.add_argument("--data-dir", type=Path, default=None, help="keep the data here (default: a fresh temp dir)")
     demo.add_argument(
-        "--concurrency", type=int, default=DEFAULT_CONCURRENCY, help=argparse.SUPPRESS
+        "--data-dir", type=Path, default=None, help="where the data go (default: a new temp directory)"
     )
+    demo.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help=argparse.SUPPRESS)
     # Tests of the exit code only: corrupt one balance after the run so that the audit must fail.
     demo.add_argument("--corrupt-balance-for-test", action="store_true", help=argparse.SUPPRESS)
 
