@@ -59,5 +59,6 @@ class ShopCounts:
 async def shop_counts(tx: Tx) -> ShopCounts:
     """Read every count in one statement (aggregates: one row, nothing unbounded)."""
     row = await tx.fetchrow(_COUNTS)
-    assert row is not None  # an aggregate SELECT always returns its one row
+    if row is None:  # an aggregate SELECT always returns its one row
+        raise RuntimeError("the counts query returned no row")
     return ShopCounts(**{key: int(value) for key, value in dict(row).items()})

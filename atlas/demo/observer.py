@@ -61,5 +61,9 @@ class TreeObserver:
                 )
         listed = {row.path for row in rows}
         for path in sorted(set(self.last_crash) - listed):
-            rows.append(ActorRow(path, "running", self.restarts_by_path[path], self.last_crash[path]))
+            # Inside a subtree /status does not list (telegram's dispatch and intake): what its
+            # crash reports say, not a live state.
+            restarts = self.restarts_by_path[path]
+            state = "restarted" if restarts else "reported"
+            rows.append(ActorRow(path, state, restarts, self.last_crash[path]))
         return rows

@@ -84,22 +84,33 @@ class DurableCrashSink:
     first, at most ``capacity`` of them (past that the oldest go, counted in ``dropped``; every
     report is in the JSON log anyway). Each new report, and the storage child once it is up (and
     every few seconds while reports wait), calls :meth:`flush`, which writes them in order.
+
+    One flush at a time: two writers that both took the oldest report wrote it twice and then
+    popped one report too many (``IndexError`` in the storage child, found by ``atlas demo``:
+    a report arrived while the storage child's own flush was writing). A report that arrives
+    during a flush is left to that flush, which goes on while reports wait.
     """
 
     def __init__(self, db: Callable[[], Database | None], capacity: int = 500) -> None:
         self._db = db
         self.pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.dropped = 0
+        self._flushing = trio.Lock()
 
     async def __call__(self, report: CrashReport) -> None:
         """Queue ``report`` behind any that wait, then write what can be written."""
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
         self.pending.append(report.to_json_dict())
-        await self.flush()
+        if not self._flushing.locked():
+            await self.flush()
 
     async def flush(self) -> int:
         """Write the waiting reports in order until done or the database says "not now"."""
+        async with self._flushing:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> int:
         written = 0
         while self.pending:
             db = self._db()
@@ -116,7 +127,8 @@ class DurableCrashSink:
                 # Not an outage: this one report cannot be stored. It is in the JSON log; do not
                 # let it hold back the others.
                 _log.exception("crash report %s %s cannot be stored", report.get("kind"), report.get("path"))
-            self.pending.popleft()
+            if self.pending and self.pending[0] is report:  # not already pushed out by a full queue
+                self.pending.popleft()
             written += 1
         return written
 
