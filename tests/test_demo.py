@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,27 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_LIMIT = 900
 
 
+def _reachable_temp_dir() -> Path:
+    # Not under pytest's 0700 base: as root the embedded PostgreSQL runs as its own user, which
+    # must reach the data directory (the demo's default, a new temp dir, is made reachable too).
+    data_dir = Path(tempfile.mkdtemp(prefix="atlas-test-demo-"))
+    data_dir.chmod(0o711)
+    return data_dir
+
+
 async def run_demo(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
     """Run ``python -m atlas demo ARGS`` from the checkout; return (exit code, summary, output)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("ATLAS_")}
     env["PYTHONPATH"] = str(ROOT)
-    with trio.fail_after(RUN_LIMIT):
-        done = await trio.run_process(
-            [sys.executable, "-m", "atlas", "demo", "--data-dir", str(tmp_path / "demo"), *args],
-            cwd=str(tmp_path), env=env, capture_stdout=True, capture_stderr=True, check=False,
-        )  # fmt: skip
+    data_dir = _reachable_temp_dir()
+    try:
+        with trio.fail_after(RUN_LIMIT):
+            done = await trio.run_process(
+                [sys.executable, "-m", "atlas", "demo", "--data-dir", str(data_dir), *args],
+                cwd=str(tmp_path), env=env, capture_stdout=True, capture_stderr=True, check=False,
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
     output = done.stdout.decode() + done.stderr.decode()
     lines = [line for line in done.stdout.decode().splitlines() if line.startswith(SUMMARY_PREFIX)]
     assert lines, f"no summary line; exit {done.returncode}; output tail:\n{output[-4000:]}"

@@ -165,6 +165,7 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
         unanswered=tally.unanswered,
         node=world.node.kind,
     )
+    console.print(f"data and the tree's log are kept in {world.data_dir}", highlight=False)
     print_summary(console, summary)
     return exit_code(summary)
 

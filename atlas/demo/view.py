@@ -108,13 +108,23 @@ class DemoView:
 
 
 async def show(console: Console, next_frame: Callable[[], Frame]) -> None:
-    """Redraw until cancelled; the last frame stays on screen."""
+    """Redraw until cancelled: the live view on a terminal, plain lines otherwise."""
     if console.is_terminal:
-        view = DemoView(console)
-        with Live(view.render(next_frame()), console=console, auto_refresh=False) as live:
-            while True:
-                await trio.sleep(_REFRESH)
-                live.update(view.render(next_frame()), refresh=True)
+        await _show_live(console, next_frame)
+    else:
+        await _show_plain(console, next_frame)
+
+
+async def _show_live(console: Console, next_frame: Callable[[], Frame]) -> None:
+    view = DemoView(console)
+    # auto_refresh off: rich would redraw from a thread of its own; this task redraws instead.
+    with Live(view.render(next_frame()), console=console, auto_refresh=False) as live:
+        while True:
+            await trio.sleep(_REFRESH)
+            live.update(view.render(next_frame()), refresh=True)
+
+
+async def _show_plain(console: Console, next_frame: Callable[[], Frame]) -> None:
     while True:
         console.print(plain_line(next_frame()), highlight=False, soft_wrap=True)
         await trio.sleep(_PLAIN_EVERY)
