@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import trio
 from rich.console import Console
 
+from atlas.actors.base import ActorError
 from atlas.clock import Clock
 from atlas.demo.clocks import demo_clock
 from atlas.demo.counts import ShopCounts, shop_counts
@@ -206,12 +207,32 @@ async def _settle_and_audit(
     """
     db = services.require_db()
     for _ in range(_AUDIT_ATTEMPTS):
+        await _reconcile(services)
         pending = await _drain(services, world)
         report, node_keys = await audit_world(db, world, services.clock.now())
         if report.ok:
             break
         await trio.sleep(1.0)
     return pending, report, node_keys
+
+
+async def _reconcile(services: Services) -> None:
+    """Ask the VPN controller for a full reconcile, as an operator would before checking the nodes.
+
+    Convergence alone leaves one kind of drift: a put the agent wrote to its file but could not
+    apply to a stopped core fails, and if the key is revoked before the retry the node keeps it.
+    The periodic reconcile removes such orphans, but it runs every 600 real seconds: weeks of the
+    demo's business time.
+    """
+    controller = services.actors.get("vpn_controller")
+    if controller is None:
+        return
+    try:
+        report = await controller.call("reconcile", timeout=_DRAIN_WITHIN)
+    except ActorError as exc:
+        _log.warning("demo: the final reconcile did not complete (%s)", exc)
+        return
+    _log.info("demo: final reconcile: %s", report)
 
 
 async def _drain(services: Services, world: World) -> tuple[int, int]:
