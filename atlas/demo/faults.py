@@ -54,7 +54,12 @@ SCHEDULE: tuple[Scheduled, ...] = (
     Scheduled(Fault.CRYPTOPAY_OUTAGE, at=0.42, lasts=0.08),
     Scheduled(Fault.INTAKE_CRASH, at=0.60, lasts=0.0),
 )
-BURST_429 = 40  # sendMessage calls answered 429 in the burst
+
+
+def burst_size(users: int) -> int:
+    """How many ``sendMessage`` calls the 429 burst refuses: one per five users, 3 to 40, so that
+    a small crowd is not silenced for the rest of its run (each refused call counts, whenever)."""
+    return max(3, min(40, users // 5))
 
 
 @dataclass
@@ -73,6 +78,7 @@ class FaultTargets:
     cryptopay: CryptoPayEmulator
     node: DemoNode
     clock: Clock
+    burst: int  # sendMessage calls the 429 burst refuses (see burst_size)
 
 
 Action = Callable[[], Awaitable[None]]
@@ -83,7 +89,7 @@ def _actions(targets: FaultTargets) -> dict[Fault, tuple[Action, Action]]:
     emulator, cryptopay, node = targets.emulator, targets.cryptopay, targets.node
 
     async def burst() -> None:
-        emulator.inject("sendMessage", error=429, retry_after=1, count=BURST_429)
+        emulator.inject("sendMessage", error=429, retry_after=1, count=targets.burst)
 
     async def refuse_one_poll() -> None:
         emulator.inject(

@@ -39,7 +39,9 @@ class TreeObserver:
         self.reports[str(report.kind)] += 1
         if report.decision.startswith("restart"):
             self.restarts_by_path[report.path] += 1
-        self.last_crash[report.path] = f"{report.exc_type}: {report.message}"[:80]
+        message = report.message or ""
+        text = message if message.startswith(report.exc_type or "") else f"{report.exc_type}: {message}"
+        self.last_crash[report.path] = text[:80]
 
     @property
     def restarts(self) -> int:

@@ -23,7 +23,7 @@ from atlas.clock import Clock
 from atlas.demo.clocks import demo_clock
 from atlas.demo.counts import ShopCounts, shop_counts
 from atlas.demo.crowd import Crowd, run_crowd
-from atlas.demo.faults import Fault, FaultLog, FaultTargets, run_faults
+from atlas.demo.faults import Fault, FaultLog, FaultTargets, burst_size, run_faults
 from atlas.demo.invariant_check import audit_world, corrupt_one_balance
 from atlas.demo.observer import TreeObserver
 from atlas.demo.options import DemoOptions
@@ -125,7 +125,9 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
                     watchers.start_soon(_refresh_counts, services, live)
                     watchers.start_soon(show, console, frame)
                     async with trio.open_nursery() as play:
-                        targets = FaultTargets(world.emulator, world.cryptopay, world.node, clock)
+                        targets = FaultTargets(
+                            world.emulator, world.cryptopay, world.node, clock, burst_size(options.users)
+                        )
                         play.start_soon(run_faults, targets, horizon, fault_log)
                         play.start_soon(run_crowd, crowd, options.users)
                     if options.corrupt_balance_for_test:
