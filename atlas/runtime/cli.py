@@ -32,7 +32,7 @@ from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import open_database
 from atlas.runtime.logs import LogPipeline, configure_logging
 from atlas.runtime.settings import Settings, SettingsError, load_settings
-from atlas.storage import StorageError, Tx, migrate
+from atlas.storage import EmbeddedPostgresError, StorageError, Tx, migrate
 from atlas.storage.crash_reports import CrashReportFilter, latest_crash_reports
 from atlas.supervision import ReportKind
 
@@ -163,9 +163,28 @@ def _demo(args: argparse.Namespace) -> int:
         return trio.run(run_demo, options, Console())
     except KeyboardInterrupt:
         return EXIT_OK
+    except BaseExceptionGroup as group:
+        # Nurseries wrap the one error that ended the run: say what it was, as the other commands do.
+        reason = _leaf(group, (StorageError, EmbeddedPostgresError, OSError))
+        if reason is None:
+            raise
+        print(f"atlas demo: {reason.__class__.__name__}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         pipeline.stop()
         log_file.close()
+
+
+def _leaf(error: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first error of one of ``kinds`` inside (nested) exception groups, or None."""
+    if isinstance(error, kinds):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
 
 
 async def _cancel_on_signals(scope: trio.CancelScope) -> None:
