@@ -21,6 +21,8 @@ import pytest
 import trio
 
 from atlas.demo.counts import ShopCounts
+from atlas.demo.faults import SCHEDULE, Fault, burst_size
+from atlas.demo.options import TARGET_RUN_SECONDS, DemoOptions
 from atlas.demo.summary import (
     EXIT_INVARIANT_FAILED,
     EXIT_OK,
@@ -120,3 +122,15 @@ def test_the_exit_code_says_whether_the_invariants_held_and_the_tree_stopped_cle
     assert exit_code(_summary(invariants_ok=False, tree_exit_code=0)) == EXIT_INVARIANT_FAILED
     assert exit_code(_summary(invariants_ok=False, tree_exit_code=1)) == EXIT_INVARIANT_FAILED
     assert exit_code(_summary(invariants_ok=True, tree_exit_code=1)) == EXIT_TREE_GAVE_UP
+
+
+def test_the_default_speed_makes_the_run_last_its_target_and_every_fault_ends_early_enough() -> None:
+    options = DemoOptions(days=3)
+    assert options.business_speed() * TARGET_RUN_SECONDS == 3 * 86_400
+    assert DemoOptions(days=3, speed=100.0).business_speed() == 100.0
+    with pytest.raises(ValueError, match="--users"):
+        DemoOptions(users=0)
+    # Each fault is over with a quarter of the run left, so that its recovery can be seen.
+    assert all(item.at + item.lasts <= 0.75 for item in SCHEDULE)
+    assert {item.fault for item in SCHEDULE} == set(Fault)
+    assert [burst_size(n) for n in (1, 50, 200, 10_000)] == [3, 10, 40, 40]
