@@ -28,7 +28,7 @@ from atlas.demo.invariant_check import audit_world, corrupt_one_balance
 from atlas.demo.observer import TreeObserver
 from atlas.demo.options import DemoOptions
 from atlas.demo.recovery import Evidence, judge
-from atlas.demo.summary import DemoSummary, exit_code, print_summary
+from atlas.demo.summary import EXIT_TREE_GAVE_UP, DemoSummary, exit_code, print_summary
 from atlas.demo.tally import FLOWS, Tally
 from atlas.demo.view import Frame, day_of, show
 from atlas.demo.world import TRIAL_DAYS, World, open_world, prepare_data_dir
@@ -118,6 +118,8 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
 
                 async def serve(*, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
                     tree_code.append(await serve_tree(services, dsn, stop=stop, task_status=task_status))
+                    if not stop.is_set():  # the root gave up: there is nothing left to play against
+                        tree.cancel_scope.cancel()
 
                 await tree.start(serve)
                 _print_urls(console, world)
@@ -141,6 +143,9 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
                 stop.set()
         finally:
             await _close_clients(services)
+    if not stop.is_set():  # the tree ended before the demo stopped it
+        console.print(f"atlas demo: the root supervisor gave up; see {world.data_dir / 'atlas.log'}")
+        return EXIT_TREE_GAVE_UP
     crash_at = fault_log.injected.get(Fault.INTAKE_CRASH, float("inf"))
     crypto_back_at = fault_log.ended.get(Fault.CRYPTOPAY_OUTAGE, float("inf"))
     evidence = Evidence(
