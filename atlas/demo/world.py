@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import trio
@@ -32,6 +31,24 @@ CRYPTOPAY_TOKEN = "1001:AtlasDemoToken"
 # Telegram grants a bot with paid broadcasts (the demo's crowd is far denser than a real shop's).
 DEMO_LIMITS = RateLimits(global_per_window=300, per_chat_per_window=3, window=3.0)
 TRIAL_DAYS = 1  # the shortest trial the settings allow, so that trials end within the run
+# The demo's plan catalogue (written to the data directory as ATLAS_PLANS_FILE): short plans, so
+# that purchases, renewals and paid expiry all happen within a few virtual days. Same format as
+# atlas/domain/plans.example.toml. (A string here rather than a file: no package data to ship.)
+DEMO_PLANS = """\
+[[plans]]
+code = "d1"
+duration_days = 1
+prices = { RUB = "20.00" }
+stars_price = 10
+titles = { ru = "1 день", en = "1 day" }
+
+[[plans]]
+code = "w1"
+duration_days = 7
+prices = { RUB = "120.00" }
+stars_price = 60
+titles = { ru = "1 неделя", en = "1 week" }
+"""
 
 
 @dataclass
@@ -99,9 +116,7 @@ async def open_world(nursery: trio.Nursery, options: DemoOptions, clock: Clock, 
     nodes_file.write_text(nodes_toml(node.config), encoding="utf-8")
     nodes_file.chmod(0o600)  # it holds the node's token
     plans_file = data_dir / "plans.toml"
-    plans_file.write_text(
-        resources.files("atlas.demo").joinpath("plans.toml").read_text(encoding="utf-8"), encoding="utf-8"
-    )
+    plans_file.write_text(DEMO_PLANS, encoding="utf-8")
     settings = load_settings(
         database_url=None,
         data_dir=data_dir,
