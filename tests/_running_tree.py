@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
+from atlas.clock import Clock
 from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.services import Services
 from atlas.runtime.settings import load_settings
@@ -34,21 +35,23 @@ async def running_tree(
     emulator: BotApiEmulator | None = None,
     emulator_url: str | None = None,
     extra_workers: Sequence[ChildSpec] = (),
+    clock: Clock | None = None,
     **settings: object,
 ) -> AsyncIterator[RunningTree]:
     """Run the tree on ``database`` for the block; with ``emulator``, the bot talks to it.
 
     ``settings`` override :func:`load_settings` (``http_port`` defaults to 0). ``emulator_url``: the
-    emulator is already served there (several trees sharing one bot), so it is not served again. Nodes from a
-    ``nodes_file`` get a :class:`Fleet`, as ``run_app`` gives them. On exit the tree is stopped and
-    every task of the block is cancelled.
+    emulator is already served there (several trees sharing one bot), so it is not served again.
+    ``clock``: the business clock (default: ``Clock(speed=clock_speed)`` anchored now, as ``atlas
+    run`` makes it). Nodes from a ``nodes_file`` get a :class:`Fleet`, as ``run_app`` gives them.
+    On exit the tree is stopped and every task of the block is cancelled.
     """
     settings.setdefault("http_port", 0)
     async with trio.open_nursery() as nursery:
         if emulator is not None:
             api = emulator_url if emulator_url is not None else await nursery.start(emulator.serve)
             settings.update(bot_token=emulator.token, telegram_api_base=api)
-        services = make_services(load_settings(database_url=database, **settings))
+        services = make_services(load_settings(database_url=database, **settings), clock)
         if emulator is not None:
             services.bot = make_bot(emulator.token, str(settings["telegram_api_base"]))
         if services.nodes:

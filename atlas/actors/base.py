@@ -36,6 +36,7 @@ from typing import ClassVar
 
 import trio
 
+from atlas.clock import Clock, tick_period
 from atlas.storage.errors import DatabaseUnavailable
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
 
@@ -151,7 +152,8 @@ class Actor:
     - ``name``: the child name under its supervisor.
     - ``mailbox_size`` (default 100, >= 1): the bound; ``cast`` waits for room, ``cast_nowait``
       raises :class:`MailboxFull`.
-    - ``period`` (default None = no ticks): seconds between ticks.
+    - ``period`` (default None = no ticks): seconds between ticks — *business* seconds once
+      :meth:`follow_clock` is called (``atlas run`` calls it for every worker), trio seconds before.
     - ``first_tick`` (default (0, 0)): the first tick comes after a delay drawn uniformly from
       ``(min, max)`` with ``rng``, so that actors started together do not tick in lockstep (the
       predecessor's 600-second stampede). Same seed, same delays.
@@ -182,6 +184,8 @@ class Actor:
         self.mailbox_size = mailbox_size
         self.period = period
         self.first_tick = (float(first_tick[0]), float(first_tick[1]))
+        # Trio seconds per business second of period and first-tick delay (1 until follow_clock).
+        self._tick_scale = 1.0
         self._rng = rng if rng is not None else random.Random()
         self._send, self._receive = trio.open_memory_channel[_Envelope](mailbox_size)
         self._ctx: ChildContext | None = None
@@ -272,6 +276,25 @@ class Actor:
         if self._ctx is not None:
             self._ctx.heartbeat()
 
+    # -- time ---------------------------------------------------------------------------------
+
+    def follow_clock(self, clock: Clock, tick_floor: float) -> None:
+        """Read ``period`` and ``first_tick`` as business seconds of ``clock``.
+
+        The trio period becomes :func:`atlas.clock.tick_period` (the period divided by the
+        clock's speed, at least ``tick_floor`` trio seconds, never longer than before); the
+        first-tick delay shrinks in the same ratio, so the jitter keeps its share of a period.
+        At speed 1 nothing changes. Call it before the actor first runs.
+        """
+        if self.period is None:
+            return
+        self._tick_scale = tick_period(self.period, speed=clock.speed, floor=tick_floor) / self.period
+
+    @property
+    def tick_period(self) -> float | None:
+        """Trio seconds between ticks (``period`` after :meth:`follow_clock`), None without ticks."""
+        return None if self.period is None else self.period * self._tick_scale
+
     # -- supervision -------------------------------------------------------------------------
 
     def child_spec(
@@ -301,7 +324,8 @@ class Actor:
         ctx.set_mailbox_probe(self._depth)
         if self.period is not None and self._next_tick is None:
             low, high = self.first_tick
-            self._next_tick = trio.current_time() + self._rng.uniform(low, high)
+            delay = self._rng.uniform(low, high) * self._tick_scale
+            self._next_tick = trio.current_time() + delay
         self.heartbeat()
         task_status.started()
         try:
@@ -364,9 +388,10 @@ class Actor:
 
     def _schedule_after(self, due: float) -> None:
         # Keep the phase; skip (do not queue) ticks missed while this one ran.
-        assert self.period is not None
-        missed = math.floor((trio.current_time() - due) / self.period)
-        self._next_tick = due + self.period * (max(0, missed) + 1)
+        period = self.tick_period
+        assert period is not None
+        missed = math.floor((trio.current_time() - due) / period)
+        self._next_tick = due + period * (max(0, missed) + 1)
 
     def _outage(self, error: BaseException) -> Exception | None:
         """The :attr:`waits_out` error behind ``error`` (alone, or every leaf of a group), or None."""

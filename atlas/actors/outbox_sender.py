@@ -283,7 +283,7 @@ class OutboxSender(Actor):
     def retry_time(self, attempts: int) -> dt.datetime:
         """When a row that failed ``attempts`` times is due again."""
         delay = self.settings.retry.delay(attempts, self._jitter)
-        return self.clock.now() + dt.timedelta(seconds=delay)
+        return self.clock.now() + self.clock.business_span(delay)
 
     async def _write_results(self, deliveries: Sequence[Delivery]) -> RecordSummary:
         return await self.db().run(

@@ -137,7 +137,8 @@ class StarsReconciler(Actor):
         return cursor
 
     async def _settle_page(self, entries: Sequence[StarTransaction]) -> int:
-        young = self._clock.now() - self._grace
+        # The grace is how long a handler may still be applying a charge: machine time, not business.
+        young = self._clock.now() - self._clock.business_span(self._grace.total_seconds())
         ripe: list[StarTransaction] = []
         for entry in entries:
             if entry.date > young:

@@ -42,7 +42,7 @@ Messages: ``"reconcile"`` → :class:`ReconcileReport`; ``"converge"`` → :clas
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
 import math
 import random
@@ -252,6 +252,17 @@ class VpnController(Actor):
 
     # -- convergence -------------------------------------------------------------------------
 
+    # Retry delays are operational (a node's outage lasts real seconds), but the unit writes them
+    # as business timestamps (``next_attempt_at = now + delay``): scale them by the clock's speed.
+    def _business_backoff(self) -> Backoff:
+        speed = self._clock.speed
+        return Backoff(base=self._backoff.base * speed, cap=self._backoff.cap * speed)
+
+    def _in_business_time(self, result: NodeResult) -> NodeResult:
+        if not result.retry_after or not math.isfinite(result.retry_after):
+            return result
+        return dataclasses.replace(result, retry_after=result.retry_after * self._clock.speed)
+
     async def converge(self, budget: float | None = None) -> ConvergeReport:
         """Plan changed keys, then work every enabled node's due rows for at most ``budget`` s.
 
@@ -330,7 +341,7 @@ class VpnController(Actor):
                 owner=self.owner,
                 holder=self._converge_holder,
                 now=now,
-                lease_until=now + dt.timedelta(seconds=self._lease),
+                lease_until=now + self._clock.business_span(self._lease),
                 limit=limit,
             )
             if work is None:
@@ -344,10 +355,10 @@ class VpnController(Actor):
                 record_node_results,
                 node=client.name,
                 owner=self.owner,
-                results=results,
+                results=[self._in_business_time(result) for result in results],
                 nodes=self._node_names,
                 now=self._clock.now(),
-                backoff=self._backoff,
+                backoff=self._business_backoff(),
             )
             self.heartbeat()
             tally.converged += outcome.converged

@@ -20,7 +20,6 @@ granted is :class:`ReconcileLeaseRefused`; repairs made before either stand and 
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -164,8 +163,8 @@ class NodeReconciler:
                 node=client.name,
                 holder=self._holder,
                 now=now,
-                until=now + dt.timedelta(seconds=self._lease),
-                wait_until=now + dt.timedelta(seconds=min(self._lease, 5.0)),
+                until=now + self._clock.business_span(self._lease),
+                wait_until=now + self._clock.business_span(min(self._lease, 5.0)),
             )
             self._beat()
             if granted:

@@ -209,6 +209,7 @@ def worker_specs(services: Services) -> list[ChildSpec]:
 
     def supervised(actor: Actor, *, stall_after: float) -> ChildSpec:
         services.actors[actor.name] = actor  # for /status: mailbox depth per actor
+        actor.follow_clock(clock, settings.tick_floor)  # periods are business seconds
         return actor.child_spec(stall_after=stall_after)
 
     batch_workers = [

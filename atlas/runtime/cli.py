@@ -7,6 +7,7 @@
     atlas check      validate settings and reach the database; exit non-zero with the reason if not
     atlas crashes    print the latest crash reports, newest first
     atlas node       the VPN node agent that runs beside Xray/V2Ray on each server
+    atlas demo       the whole shop against emulators, with a crowd of simulated users
 
 Exit codes: 0 success, 1 the root supervisor gave up or a check failed, 2 bad settings or usage.
 """
@@ -21,6 +22,8 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -29,7 +32,7 @@ from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import open_database
 from atlas.runtime.logs import LogPipeline, configure_logging
 from atlas.runtime.settings import Settings, SettingsError, load_settings
-from atlas.storage import StorageError, Tx, migrate
+from atlas.storage import EmbeddedPostgresError, StorageError, Tx, migrate
 from atlas.storage.crash_reports import CrashReportFilter, latest_crash_reports
 from atlas.supervision import ReportKind
 
@@ -136,6 +139,54 @@ def _node() -> int:
         pipeline.stop()
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from atlas.demo.options import DemoOptions
+    from atlas.demo.runner import run_demo
+    from atlas.demo.world import prepare_data_dir
+
+    try:
+        options = DemoOptions(
+            users=args.users, days=args.days, speed=args.speed, seed=args.seed, interactive=args.interactive,
+            data_dir=prepare_data_dir(args.data_dir), concurrency=args.concurrency,
+            corrupt_balance_for_test=args.corrupt_balance_for_test,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"atlas demo: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    assert options.data_dir is not None  # prepare_data_dir always gives one
+    # The terminal belongs to the live view: the tree's JSON log goes to a file in the data directory.
+    log_file = (options.data_dir / "atlas.log").open("a", encoding="utf-8")
+    pipeline = configure_logging("INFO", "json", stream=log_file)
+    try:
+        return trio.run(run_demo, options, Console())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseExceptionGroup as group:
+        # Nurseries wrap the one error that ended the run: say what it was, as the other commands do.
+        reason = _leaf(group, (StorageError, EmbeddedPostgresError, OSError))
+        if reason is None:
+            raise
+        print(f"atlas demo: {reason.__class__.__name__}: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        pipeline.stop()
+        log_file.close()
+
+
+def _leaf(error: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first error of one of ``kinds`` inside (nested) exception groups, or None."""
+    if isinstance(error, kinds):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _leaf(inner, kinds)
+            if found is not None:
+                return found
+    return None
+
+
 async def _cancel_on_signals(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -158,7 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     crashes.add_argument("--kind", choices=[kind.value for kind in ReportKind], help="only this kind")
     crashes.add_argument("--since", help="an ISO date/time or an age: 30m, 2h, 7d")
     commands.add_parser("node", help="run the VPN node agent (settings: ATLAS_NODE_*)")
+    _add_demo_parser(commands)
     return parser
+
+
+def _add_demo_parser(commands: Any) -> None:
+    from atlas.demo.options import DEFAULT_CONCURRENCY, DEFAULT_DAYS, DEFAULT_USERS
+
+    demo = commands.add_parser("demo", help="the whole shop against emulators, with simulated users")
+    demo.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"simulated users ({DEFAULT_USERS})")
+    demo.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"virtual days ({DEFAULT_DAYS})")
+    demo.add_argument(
+        "--speed", type=float, default=None,
+        help="business seconds per real second (default: what makes the run about a minute)",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=int, default=1, help="seed of the users' scripts (default 1)")
+    demo.add_argument("--interactive", action="store_true", help="stay up for the web chat until Ctrl-C")
+    demo.add_argument(
+        "--data-dir", type=Path, default=None, help="where the data go (default: a new temp directory)"
+    )
+    demo.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help=argparse.SUPPRESS)
+    # Tests of the exit code only: corrupt one balance after the run so that the audit must fail.
+    demo.add_argument("--corrupt-balance-for-test", action="store_true", help=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "node":
         return _node()
+    if args.command == "demo":
+        return _demo(args)
     try:
         settings = load_settings()
     except SettingsError as exc:

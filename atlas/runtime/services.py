@@ -86,22 +86,33 @@ class DurableCrashSink:
     first, at most ``capacity`` of them (past that the oldest go, counted in ``dropped``; every
     report is in the JSON log anyway). Each new report, and the storage child once it is up (and
     every few seconds while reports wait), calls :meth:`flush`, which writes them in order.
+
+    One flush at a time: two writers that both took the oldest report wrote it twice and then
+    popped one report too many (``IndexError`` in the storage child, found by ``atlas demo``:
+    a report arrived while the storage child's own flush was writing). A report that arrives
+    during a flush is left to that flush, which goes on while reports wait.
     """
 
     def __init__(self, db: Callable[[], Database | None], capacity: int = 500) -> None:
         self._db = db
         self.pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.dropped = 0
+        self._flushing = trio.Lock()
 
     async def __call__(self, report: CrashReport) -> None:
         """Queue ``report`` behind any that wait, then write what can be written."""
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
         self.pending.append(report.to_json_dict())
-        await self.flush()
+        if not self._flushing.locked():
+            await self.flush()
 
     async def flush(self) -> int:
         """Write the waiting reports in order until done or the database says "not now"."""
+        async with self._flushing:
+            return await self._flush_locked()
+
+    async def _flush_locked(self) -> int:
         written = 0
         while self.pending:
             db = self._db()
@@ -118,7 +129,8 @@ class DurableCrashSink:
                 # Not an outage: this one report cannot be stored. It is in the JSON log; do not
                 # let it hold back the others.
                 _log.exception("crash report %s %s cannot be stored", report.get("kind"), report.get("path"))
-            self.pending.popleft()
+            if self.pending and self.pending[0] is report:  # not already pushed out by a full queue
+                self.pending.popleft()
             written += 1
         return written
 
@@ -153,10 +165,13 @@ def load_nodes(settings: Settings) -> tuple[NodeConfig, ...]:
 def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     """Services with the log, ring, counting, database and admin-alert crash-report sinks wired.
 
+    ``clock`` defaults to a real-time anchored one at ``settings.clock_speed``; tests pass their own
+    (a fixed anchor, the same speed).
+
     Reads the plan and node files: a malformed one fails here, naming the field, before anything
     starts.
     """
-    clock = clock if clock is not None else Clock()
+    clock = clock if clock is not None else Clock(speed=settings.clock_speed)
     # Every text of this process (screens and notices) shows times in the operator's zone.
     configure_bundled(Formats(timezone=load_timezone(settings.timezone), currency=settings.currency))
     ring = RingSink(maxlen=200)
@@ -176,7 +191,9 @@ def make_services(settings: Settings, clock: Clock | None = None) -> Services:
     services.crash_store = DurableCrashSink(lambda: services.db)
     reporter.add_sink(services.crash_store)
     if settings.bot_token is not None and settings.admin_ids:
-        throttle = AlertThrottle(settings.crash_alert_interval)
+        # The interval is operational (alerts are read by people, in real time); the throttle buckets
+        # business timestamps, so scale it by the clock's speed.
+        throttle = AlertThrottle(settings.crash_alert_interval * clock.speed)
         reporter.add_sink(admin_alert_sink(settings.admin_ids, throttle, lambda: services.db))
     reporter.set_budget_probe(
         lambda: None if services.db is None else services.db.budget_statistics().as_tuple()

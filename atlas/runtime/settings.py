@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Crash reports are sent to every admin chat, at most one per actor per this many seconds.
     crash_alert_interval: float = Field(600.0, gt=0)
     seed: int | None = None
+    # For demos and tests: business time runs this many times faster than real time (1 in
+    # production); network timeouts, leases and retries stay real (docs/architecture.md, "Time").
+    clock_speed: float = Field(1.0, ge=1.0, allow_inf_nan=False)
+    # Trio seconds: the shortest period any periodic actor gets once its period is scaled by the speed.
+    tick_floor: float = Field(0.25, ge=0.0, allow_inf_nan=False)
 
     # The shop: plans (a reviewed TOML file; unset = the example shipped with Atlas), the balance
     # currency, trial length, renewal policy, referral reward.

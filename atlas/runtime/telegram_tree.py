@@ -20,6 +20,7 @@ username (one ``getMe``) and the open database; both are there by then (storage 
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import logging
 import random
@@ -114,6 +115,20 @@ class DispatcherSlot:
         return self.current.submit_nowait(update)
 
 
+# How long a person has to finish what they started (buy after typing a promo code, pay an
+# invoice). People do not speed up with the clock: at a clock speed above 1 (the demo) these are
+# scaled like the other people-facing intervals, capped at a day of business time so that an
+# invoice's lifetime stays within what the payment providers accept.
+PROMO_TTL = dt.timedelta(minutes=30)
+PAYMENT_TTL = dt.timedelta(hours=1)
+_PEOPLE_TTL_CAP = dt.timedelta(days=1)
+
+
+def people_ttl(base: dt.timedelta, speed: float) -> dt.timedelta:
+    """``base`` of a person's real time in business time at ``speed`` (``base`` itself at speed 1)."""
+    return base if speed == 1 else min(base * speed, max(base, _PEOPLE_TTL_CAP))
+
+
 def telegram_child(
     *,
     settings: Settings,
@@ -144,6 +159,8 @@ def telegram_child(
             support_chat_id=settings.support_chat_id,
             support_per_hour=settings.support_messages_per_hour,
             support_language=settings.support_language,
+            promo_ttl=people_ttl(PROMO_TTL, clock.speed),
+            payment_ttl=people_ttl(PAYMENT_TTL, clock.speed),
         )
         # The "/" menus, once per start of the subtree; a refusal is logged, never fatal.
         await publish_commands(bot, settings.admin_ids)

@@ -144,7 +144,7 @@ class Drain:
                         claim_outbox,
                         now=now,
                         owner=sender.owner,
-                        lease_until=now + dt.timedelta(seconds=s.lease),
+                        lease_until=now + sender.clock.business_span(s.lease),
                         limit=limit,
                     )
                 except StorageError as exc:
@@ -327,7 +327,7 @@ class Drain:
         if not rows:
             return
         seconds = delay if math.isfinite(delay) and delay > 0 else 0.0
-        when = self.sender.clock.now() + dt.timedelta(seconds=seconds)
+        when = self.sender.clock.now() + self.sender.clock.business_span(seconds)
         reason = "chat paused" if seconds else None
         for row in rows:
             message = row.message
