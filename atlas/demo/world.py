@@ -68,12 +68,8 @@ class World:
 
     @property
     def webchat_url(self) -> str:
-        """The web chat page of the Bot API emulator.
-
-        The page comes with the web chat branch (``webchat``); until it is merged this URL answers
-        404. At merge, take the emulator's own URL builder (``emulator.webchat_url(...)``) here.
-        """
-        return f"{self.emulator.url}/webchat"
+        """The web chat page of the Bot API emulator: the person running the demo is its user."""
+        return self.emulator.webchat_url()
 
 
 def prepare_data_dir(chosen: Path | None) -> Path:
