@@ -161,13 +161,23 @@ class Http11Pool:
         return stream
 
     async def request(
-        self, method: bytes, target: bytes, headers: Sequence[Header] = (), body: bytes = b""
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[Header] = (),
+        body: bytes = b"",
+        *,
+        before_write: Callable[[], Awaitable[None]] | None = None,
     ) -> Answer:
-        """Send one request and return the whole answer (see the module docstring for errors)."""
+        """Send one request and return the whole answer (see the module docstring for errors).
+
+        ``before_write`` is awaited with the connection ready and the request encoded, just before
+        its bytes are written: a rate limiter that must count actual writes, not intentions.
+        """
         async with self._slots:
             connection = await self._checkout()
             try:
-                answer = await self._exchange(connection, method, target, headers, body)
+                answer = await self._exchange(connection, method, target, headers, body, before_write)
             except BaseException:
                 await connection.aclose()
                 raise
@@ -212,6 +222,7 @@ class Http11Pool:
         target: bytes,
         headers: Sequence[Header],
         body: bytes,
+        before_write: Callable[[], Awaitable[None]] | None,
     ) -> Answer:
         state = connection.h11
         all_headers = [*self._base_headers, *headers, (b"content-length", b"%d" % len(body))]
@@ -222,6 +233,8 @@ class Http11Pool:
             data += state.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise ValueError(f"cannot send this request: {exc}") from exc
+        if before_write is not None:
+            await before_write()
         try:
             await connection.stream.send_all(data)
             return await self._read_answer(connection)

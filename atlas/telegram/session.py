@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import secrets
 import ssl
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -65,6 +67,24 @@ DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Telegram's own limit for files a bot uploads."""
 
 _JSON = [(b"content-type", b"application/json")]
+
+_before_write: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("bot_before_write", default=None)
+
+
+@contextmanager
+def writes_paced_by(gate: Callable[[], Awaitable[None]]) -> Iterator[None]:
+    """Bot calls made inside this block await ``gate()`` just before their request is written.
+
+    The outbox sender wraps its ``sendMessage`` in it with :meth:`atlas.telegram.pacing.Pacer.before_write`,
+    so that its global rate is counted at the wire, not at the start slot (a context variable: it
+    reaches through aiogram's ``Bot`` to the session without a parameter aiogram does not have;
+    it is the calling task's alone).
+    """
+    token = _before_write.set(gate)
+    try:
+        yield
+    finally:
+        _before_write.reset(token)
 
 
 class TelegramResponseTooLarge(TelegramNetworkError):
@@ -150,7 +170,9 @@ class GuardedHttpxSession(BaseSession):
                     headers, body = await self._multipart(bot, method, fields, files)
                 else:
                     headers, body = _JSON, self.json_dumps(fields).encode()
-                answer = await self._pool.request(b"POST", target, headers, body)
+                answer = await self._pool.request(
+                    b"POST", target, headers, body, before_write=_before_write.get()
+                )
         except trio.TooSlowError as exc:
             raise TelegramNetworkError(method=method, message="Request timeout error") from exc
         except http11.ResponseTooLarge as exc:
