@@ -8,16 +8,19 @@ slow, which a real server (or a proxy in front of Telegram) may do.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import h11
 import pytest
 import trio
 
 from atlas.net import http11
+from tests.test_vpn_agent_tls import self_signed
 
 
 @dataclass
@@ -29,40 +32,47 @@ class RawServer:
     body_for: Callable[[bytes], bytes] = lambda body: b"echo:" + body
     delay: float = 0.0
     connections: int = 0
+    hung_up: int = 0
     closed: trio.Event = field(default_factory=trio.Event)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
-        conn = h11.Connection(h11.SERVER)
         try:
-            while True:
-                body = b""
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        conn.receive_data(data)
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                await trio.sleep(self.delay)
-                answer = self.body_for(body)
-                headers = [(b"content-length", str(len(answer)).encode())]
-                if self.say_close:
-                    headers.append((b"connection", b"close"))
-                out = conn.send(h11.Response(status_code=200, headers=headers))
-                out = (out or b"") + (conn.send(h11.Data(data=answer)) or b"")
-                out += conn.send(h11.EndOfMessage()) or b""
-                await stream.send_all(out)
-                if self.close_after_answer or self.say_close:
-                    return
-                conn.start_next_cycle()
+            await self._serve(stream)
+        except trio.BrokenResourceError:
+            self.hung_up += 1  # the client hung up (or refused our certificate)
         finally:
             await stream.aclose()
             self.closed.set()
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            body = b""
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            await trio.sleep(self.delay)
+            closing = self.close_after_answer or self.say_close  # as the answer is made
+            answer = self.body_for(body)
+            headers = [(b"content-length", str(len(answer)).encode())]
+            if self.say_close:
+                headers.append((b"connection", b"close"))
+            out = conn.send(h11.Response(status_code=200, headers=headers))
+            out = (out or b"") + (conn.send(h11.Data(data=answer)) or b"")
+            out += conn.send(h11.EndOfMessage()) or b""
+            await stream.send_all(out)
+            if closing:
+                return
+            conn.start_next_cycle()
 
 
 @asynccontextmanager
@@ -138,3 +148,32 @@ async def test_connect_failures_and_bad_origins_are_named() -> None:
         await pool.request(b"POST", b"/")
     with pytest.raises(ValueError, match="origin must be"):
         _pool("ftp://example.org")
+
+
+async def test_https_connections_are_verified_and_kept_alive(tmp_path: Path) -> None:
+    cert, key = await self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server = RawServer()
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_ssl_over_tcp, server.handle, 0, server_tls, host="127.0.0.1")
+        listeners = await nursery.start(serve)
+        port = listeners[0].transport_listener.socket.getsockname()[1]
+        trusting = http11.Http11Pool(
+            f"https://127.0.0.1:{port}", limit=2, max_response_bytes=1000,
+            ssl_context=ssl.create_default_context(cafile=str(cert)),
+        )  # fmt: skip
+        answers = [await trusting.request(b"POST", b"/", body=b"%d" % n) for n in range(3)]
+        assert [a.body for a in answers] == [b"echo:0", b"echo:1", b"echo:2"]
+        # One handshake: TLS 1.3's session tickets, read with the first answer, do not make the
+        # idle connection look closed.
+        assert trusting.connections_opened == 1
+        await trusting.aclose()
+
+        default_trust = http11.Http11Pool(f"https://127.0.0.1:{port}", limit=1, max_response_bytes=1000)
+        with pytest.raises(http11.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await default_trust.request(b"POST", b"/")  # a certificate nobody vouches for: refused
+        with trio.fail_after(5):
+            while server.hung_up == 0:  # noqa: ASYNC110 - the server's side of the refusal
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()

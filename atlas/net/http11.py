@@ -211,7 +211,9 @@ class Http11Pool:
         try:
             stream = await self._open_stream(self.host, self.port)
         except (OSError, ssl.SSLError, trio.BrokenResourceError) as exc:
-            raise ConnectError(f"{self.host}:{self.port}: {exc}") from exc
+            # trio wraps TLS failures in BrokenResourceError: the reason is its cause.
+            reason = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
+            raise ConnectError(f"{self.host}:{self.port}: {type(reason).__name__}: {reason}") from exc
         self.connections_opened += 1
         return _Connection(stream)
 
