@@ -239,7 +239,8 @@ def run_trial(
     trial = Trial(side)
     steps = [(args.latency_rate, args.latency_seconds)]
     steps += [(rate, args.step_seconds) for rate in args.max_rates]
-    steps += [(args.latency_rate, args.broadcast_seconds)]
+    if not args.cpu_only:
+        steps += [(args.latency_rate, args.broadcast_seconds)]
     emulator_argv = [
         h.PYTHON, "-m", "atlas.testing.botapi", "--controlled", "--users", str(args.users),
         "--user-base", str(USER_BASE), "--recipients", str(args.recipients),
@@ -286,7 +287,7 @@ def run_trial(
             if index in max_phase and failed:
                 emulator.stdin.write("skip\n")
                 continue
-            broadcast = index == len(steps) - 1
+            broadcast = not args.cpu_only and index == len(steps) - 1
             if broadcast:
                 count = int(SEND_RATE * (args.lead + args.broadcast_seconds + 10) * 1.5)
                 _insert_broadcast(psql, database, min(count, args.recipients))
@@ -411,7 +412,8 @@ def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, com
         p, a = _med(peer, get), _med(atlas, get)
         cells = [_fmt(p, style), _fmt(a, style)]
         if style == "rate":  # no step sustained: below the first one
-            cells = [c if v else f"< {args.max_rates[0]:g}" for c, v in zip(cells, (p, a), strict=True)]
+            first = f"< {args.max_rates[0]:g}" if args.max_rates else "n/a (--cpu-only)"
+            cells = [c if v else first for c, v in zip(cells, (p, a), strict=True)]
         print(f"| {name} | {cells[0]} | {cells[1]} | {h.ratio(a, p)} | {goal} |")
     print()
     for t in trials:
@@ -424,6 +426,14 @@ def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, com
               f"{_fmt(t.cpu_per_update, 'cpu')} and {_fmt(t.statements_per_update, '{:.2f}')} statements "
               f"per update; broadcast per second {t.broadcast.get('broadcast_per_second')}; "
               f"bot exit {t.bot_exit}")
+    pair_ratios = _pair_ratios(trials)
+    if pair_ratios:
+        print()
+        print(
+            "CPU per update, Atlas / peer, per interleaved pair (ABBA neighbours): "
+            + ", ".join(f"{r:.2f}" for r in pair_ratios)
+            + f"; median {h.median(pair_ratios):.2f}×"
+        )
     for side in (peer, atlas):
         if not side:
             continue
@@ -433,6 +443,21 @@ def _report(args: argparse.Namespace, trials: list[Trial], load_before: str, com
         print(f"{t.side}: statements of the latency step (until all answered), calls per offered update")
         for calls, query in t.statements[:16]:
             print(f"    {calls / offered:6.3f}  {query}")
+
+
+def _pair_ratios(trials: list[Trial]) -> list[float]:
+    """Atlas / peer CPU per update of each neighbouring (peer, atlas) pair, in run order.
+
+    Neighbours ran under about the same machine load, so their ratio is steadier than the ratio
+    of the two medians when other work on the machine comes and goes.
+    """
+    ratios = []
+    for first, second in zip(trials[0::2], trials[1::2], strict=False):
+        by_side = {first.side: first.cpu_per_update, second.side: second.cpu_per_update}
+        peer, atlas = by_side.get("peer"), by_side.get("atlas")
+        if peer and atlas and peer == peer and atlas == atlas:
+            ratios.append(atlas / peer)
+    return ratios
 
 
 def _late(result: dict[str, Any], key: str) -> float | None:
@@ -482,18 +507,23 @@ def main() -> None:
         "--peer-no-reset", action="store_true",
         help="equal SQL: the peer skips asyncpg's reset on release, as Atlas does (default: as a plain bot)",
     )
+    parser.add_argument(
+        "--cpu-only", action="store_true",
+        help="only the latency step (CPU per update, first reply): no max-rate steps, no broadcast; "
+        "with --trials N for N interleaved pairs",
+    )
     args = parser.parse_args()
     global PEER_NO_RESET
     PEER_NO_RESET = args.peer_no_reset
     command = "bench/bench_bot_load.py " + " ".join(sys.argv[1:])
     if args.quick:
-        args.trials = 1
+        args.trials = 1 if not args.cpu_only else args.trials
         args.users = min(args.users, 600)
         args.latency_seconds = 10.0
         args.step_seconds = 6.0
         args.broadcast_seconds = 10.0
         args.max_rates = "80,120,180,260,350"
-    args.max_rates = [float(r) for r in str(args.max_rates).split(",")]
+    args.max_rates = [] if args.cpu_only else [float(r) for r in str(args.max_rates).split(",")]
     menu_data = {a.value: MenuCb(action=a).pack() for a in MenuAction}
     if menu_data != peer_bot.MENU_DATA:
         raise SystemExit(f"peer_bot.MENU_DATA is out of date: Atlas packs {menu_data}")

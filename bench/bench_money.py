@@ -55,6 +55,11 @@ from atlas.storage.units.plans import sync_plans
 from atlas.storage.units.renewals import claim_and_renew
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+PLAN_STAT_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track_planning": "on",
+    "pg_stat_statements.max": "1000",
+}
 CATALOG = PlanCatalog([Plan("m1", 30, {Currency("RUB"): 10_000}, 50, {"ru": "месяц", "en": "month"})])
 POLICY = ReferralPolicy(RewardKind.PERCENT, 10, ReferralTrigger.FIRST_PAYMENT)
 
@@ -224,6 +229,8 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
         db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=args.concurrency, unit_timeout=120))
         try:
             await migrate(db, now=NOW)
+            if args.plan_stats:
+                await db.run(_create_statements_view)
             await db.run(sync_plans, catalog=CATALOG, now=NOW)
             await db.run(_seed_payments, count=args.payments * args.rounds * 2)
             if args.subscriptions:
@@ -233,17 +240,23 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             apply: list[float] = []
             floor: list[float] = []
             plain: list[float] = []
+            plan_stats: dict[str, list[float]] = {}
             for n in range(args.rounds):
                 pgbench.append(await _pgbench(env, clients=args.concurrency, seconds=args.seconds))
+                if args.plan_stats:
+                    await db.run(_reset_statements)
                 apply.append(
                     await _bench_apply(
                         db, first=1 + n * args.payments, count=args.payments, concurrency=args.concurrency
                     )
                 )
+                if args.plan_stats:  # apply's statements only: not pgbench's, not the plain child's
+                    _add_plan_stats(plan_stats, await db.run(_plan_stats))
                 floor.append(await _bench_floor(db, count=args.payments, concurrency=args.concurrency))
                 first_plain = 1 + (args.rounds + n) * args.payments
                 plain.append(await _plain_in_child(dsn, first_plain, args.payments, args.concurrency))
             results["pgbench"], results["apply"], results["floor"] = pgbench, apply, floor
+            results["plan_stats"] = plan_stats
             results["plain"] = plain
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
@@ -317,13 +330,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=5, help="pgbench seconds per round")
+    parser.add_argument(
+        "--plan-stats", action="store_true",
+        help="preload pg_stat_statements (with track_planning) and print each statement's mean "
+        "planning and execution time: the server's side of a payment, steadier than rates on a "
+        "busy machine",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="atlas-bench-money-") as tmp:
         # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
         # (atlas-pg, when we run as root) can reach its data directory inside.
         os.chmod(tmp, 0o711)
-        server = EmbeddedPostgres(Path(tmp), durable=False)
+        settings = dict(PLAN_STAT_SETTINGS) if args.plan_stats else {}
+        server = EmbeddedPostgres(Path(tmp), durable=False, extra_settings=settings)
         try:
             r = trio.run(_main, args, server)
         finally:
@@ -361,6 +381,15 @@ def main() -> None:
         f"{median(floor):.0f} | {median(floor_ratios):.3f} | {median(plain):.0f} | "
         f"{median(plain_ratios):.3f} |"
     )
+    if args.plan_stats:
+        print()
+        print("apply_payment's statements on the server (pg_stat_statements over the apply runs):")
+        print()
+        print("| calls | plannings | planning per call | execution per call | statement |")
+        print("|---|---|---|---|---|")
+        for query, (calls, plans, plan_ms, exec_ms) in cast(dict[str, list[float]], r["plan_stats"]).items():
+            print(f"| {calls:.0f} | {plans:.0f} | {plan_ms / calls * 1000:.0f} µs | "
+                  f"{exec_ms / calls * 1000:.0f} µs | `{query}` |")
     if args.subscriptions:
         after = cast(float, r["pgbench_after"])
         renewal = cast(float, r["renewal"])
@@ -370,6 +399,31 @@ def main() -> None:
             f"({int(cast(float, r['renewed']))} renewed): {renewal:.0f} rows/s; "
             f"pgbench -N right after: {after:.0f} TPS; ratio {renewal / after:.2f}"
         )
+
+
+async def _create_statements_view(tx: Tx) -> None:
+    await tx.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+
+async def _reset_statements(tx: Tx) -> None:
+    await tx.execute("SELECT pg_stat_statements_reset()")
+
+
+async def _plan_stats(tx: Tx) -> list[tuple[str, int, int, float, float]]:
+    """(statement, calls, plannings, total planning ms, total execution ms) since the last reset."""
+    rows = await tx.fetch(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 60), calls, plans, total_plan_time, "
+        "total_exec_time FROM pg_stat_statements WHERE calls >= 100 "
+        "ORDER BY total_plan_time + total_exec_time DESC LIMIT 4"
+    )
+    return [(str(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4])) for r in rows]
+
+
+def _add_plan_stats(into: dict[str, list[float]], rows: list[tuple[str, int, int, float, float]]) -> None:
+    for query, *numbers in rows:
+        totals = into.setdefault(query, [0.0, 0.0, 0.0, 0.0])
+        for i, value in enumerate(numbers):
+            totals[i] += value
 
 
 def _load(values: tuple[float, float, float]) -> str:

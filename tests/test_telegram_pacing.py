@@ -120,3 +120,55 @@ def test_public_names_of_the_telegram_package_are_reexported() -> None:
     assert {"UpdateDispatcher", "PollingIntake", "telegram_webhook_route", "Translator", "t"} <= set(public)
     for name in public:
         assert getattr(telegram, name).__module__.startswith("atlas.telegram."), name
+
+
+async def _bunched_writes(pacer: Pacer, sends: int, *, gate: bool) -> list[float]:
+    """Sends whose writes lag their starts by a random, heavy-tailed delay (a busy scheduler).
+
+    The delays are the same with and without the gate (one seeded generator per call), so the two
+    runs differ only by :meth:`Pacer.before_write`.
+    """
+    rng = random.Random(11)
+    writes: list[float] = []
+
+    async def one(lag: float) -> None:
+        await pacer.acquire()
+        await trio.sleep(lag)  # building the request, waiting for a pooled connection, a busy loop
+        if gate:
+            await pacer.before_write()
+        writes.append(trio.current_time())
+        await trio.sleep(0.3)  # the answer
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(sends):
+            nursery.start_soon(one, 0.4 * rng.random() ** 6)
+    return writes
+
+
+async def test_writes_that_lag_their_starts_never_bunch_over_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ungated = await _bunched_writes(Pacer(30.0), 1800, gate=False)
+    assert max_in_window(ungated, 1.0) > 30  # the bunching the gate is for: starts alone let it through
+
+    pacer = Pacer(30.0)
+    began = trio.current_time()
+    writes = await _bunched_writes(pacer, 1800, gate=True)
+    assert max_in_window(writes, 1.0) == 30 and pacer.writes == 1800
+    assert max(writes) - began <= 1800 / 29.5  # the gate costs (almost) nothing of the rate
+
+
+async def test_a_write_margin_widens_the_window_and_a_cancelled_write_counts_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(2.0, write_margin=0.5)
+    began = trio.current_time()
+    await pacer.before_write()
+    await pacer.before_write()
+    with trio.move_on_after(1.2):  # the window of writes is 1.5 s: still full at 1.2 s
+        await pacer.before_write()
+    assert pacer.writes == 2
+    await pacer.before_write()
+    assert trio.current_time() - began == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="write_margin"):
+        Pacer(30.0, write_margin=1.0)

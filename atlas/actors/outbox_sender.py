@@ -64,6 +64,7 @@ from atlas.storage.units.delivery import (
 from atlas.supervision import Backoff, ChildContext
 from atlas.telegram.i18n import Translator, bundled
 from atlas.telegram.pacing import ChatPacer, Pacer
+from atlas.telegram.session import writes_paced_by
 
 __all__ = [
     "OutboxSender",
@@ -248,7 +249,7 @@ class OutboxSender(Actor):
         """Call ``sendMessage`` once and say what came of it (:func:`classify`; 401 raises)."""
         timeout = self.settings.send_timeout
         try:
-            with trio.fail_after(timeout + 1):
+            with trio.fail_after(timeout + 1), writes_paced_by(self.pacer.before_write):
                 await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,

@@ -20,6 +20,17 @@ being protected is Telegram's *soft* flood limit, and Telegram itself says when 
 
 Both err only on the slow side: a start that is granted and not used is simply lost.
 
+**Starts are not arrivals.** A start slot is taken before the request is built and before it has a
+pooled connection; when the process is busy (a hundred updates a second of handlers), those steps
+take longer for some sends than for others, and sends started exactly ``1/rate`` apart reached the
+Bot API emulator bunched: 34 in one sliding second at 30/s. So the global pacer has a second check,
+:meth:`Pacer.before_write`, which the Bot session calls at the moment the request goes on the wire
+(:func:`atlas.telegram.session.writes_paced_by`): a write waits while ``limit`` writes already
+happened in the last ``window + write_margin`` seconds. On an idle scheduler (and on trio's
+MockClock) writes happen at their starts, so the check never waits and the rate stays exactly
+``rate``. ``write_margin`` (default 0) widens the window of writes for jitter *after* the write
+(the receiving side's own scheduling), at a cost of ``margin / window`` of the rate.
+
 Memory: the global pacer keeps the last ``limit`` start times; the per-chat pacer forgets chats
 whose next slot is already in the past (they carry no information).
 """
@@ -30,6 +41,9 @@ import math
 from collections import deque
 
 import trio
+
+DEFAULT_WRITE_MARGIN = 0.0
+"""Seconds added to the window of actual writes, for jitter after the write (see the module docstring)."""
 
 _WINDOW_MARGIN = 1e-6
 """Seconds added to the sliding window: starts exactly ``window`` apart are never counted together."""
@@ -47,17 +61,25 @@ class Pacer:
     :meth:`acquire` returns when a send may start *now*; the caller starts it at once, with no
     await in between (an await there would let the start drift from its slot). Waiters are served
     in arrival order. Nothing is to be given back: answers do not matter to the global rate.
+    :meth:`before_write` is the second check, at the moment the started send's bytes are written.
     """
 
-    def __init__(self, rate: float, *, window: float = 1.0) -> None:
+    def __init__(
+        self, rate: float, *, window: float = 1.0, write_margin: float = DEFAULT_WRITE_MARGIN
+    ) -> None:
         self.rate = _positive("rate", rate)
         self.window = _positive("window", window)
+        if not 0 <= write_margin < self.window:
+            raise ValueError(f"write_margin must be in [0, window), got {write_margin!r}")
+        self.write_margin = float(write_margin)
         self.limit = max(1, math.floor(self.rate * self.window))
         self.interval = 1.0 / self.rate
         self._starts: deque[float] = deque(maxlen=self.limit)
+        self._writes: deque[float] = deque(maxlen=self.limit)
         self._paused = -math.inf
         self._turn = trio.Lock()  # FIFO: waiters start in the order they asked
         self.granted = 0
+        self.writes = 0
 
     def next_start(self) -> float:
         """The earliest trio time at which the next send may start (may be in the past)."""
@@ -80,6 +102,20 @@ class Pacer:
                 await trio.sleep_until(at)
             self._starts.append(trio.current_time())
             self.granted += 1
+
+    async def before_write(self) -> None:
+        """Wait until a started send may go on the wire, and count it.
+
+        At most ``limit`` writes happen in any ``window + write_margin`` seconds, whatever delayed
+        some sends between their start and their write. Unordered on purpose: whoever is ready to
+        write goes first (they all started within their slots already). Cancelled while waiting:
+        nothing is counted.
+        """
+        span = self.window + self.write_margin + _WINDOW_MARGIN
+        while len(self._writes) == self.limit and (at := self._writes[0] + span) > trio.current_time():  # noqa: ASYNC110
+            await trio.sleep_until(at)
+        self._writes.append(trio.current_time())
+        self.writes += 1
 
     def pause_until(self, when: float) -> None:
         """No send starts before trio time ``when`` (Telegram said "retry after" to the whole bot)."""

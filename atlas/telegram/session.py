@@ -1,11 +1,15 @@
-"""The aiogram session Atlas uses: the Bot API over httpx on trio, guarded, bounded, pooled.
+"""The aiogram session Atlas uses: the Bot API over HTTP/1.1 on trio, guarded, bounded, pooled.
 
 aiogram sends every call through ``BaseSession.make_request``; :class:`GuardedHttpxSession`
-implements it on an ``httpx.AsyncClient`` (anyio picks trio), so a Bot API call is plain trio code:
-no asyncio loop, no bridge crossing, no aiohttp callbacks. It is the narrowest place where *every*
-call passes (handlers, the outbox sender, intake's ``getUpdates``), so it is also where contract 1
-is enforced: a call made inside a unit of work raises :class:`atlas.net.ConnectionHeldAcrossIO`
-before anything else happens (no client is created, no byte is sent).
+implements it on :class:`atlas.net.http11.Http11Pool` (h11 over trio sockets, keep-alive), so a
+Bot API call is plain trio code: no asyncio loop, no bridge crossing, no aiohttp callbacks.
+(The name is historical: it ran on ``httpx.AsyncClient`` until httpx turned out to be the largest
+single CPU cost of the bot; downloads, which are rare, still use httpx.)
+
+It is the narrowest place where *every* call passes (handlers, the outbox sender, intake's
+``getUpdates``), so it is also where contract 1 is enforced: a call made inside a unit of work
+raises :class:`atlas.net.ConnectionHeldAcrossIO` before anything else happens (no connection is
+taken, no byte is sent).
 
 What it keeps from aiogram, so callers see no difference from ``AiohttpSession``:
 
@@ -17,24 +21,30 @@ What it keeps from aiogram, so callers see no difference from ``AiohttpSession``
 - answers go through ``self.check_response``, so ``TelegramRetryAfter``, ``TelegramForbiddenError``
   and the rest are raised exactly as before.
 
-Errors translated here (explicit map, chained ``from`` the httpx error)::
+Errors translated here (explicit map, chained ``from`` the :mod:`atlas.net.http11` error)::
 
     aiogram.exceptions.TelegramNetworkError   the call had no usable answer
-    ├── (plain)                               timeout (total deadline or httpx's), connect/read
+    ├── (plain)                               timeout (the total deadline), connect/read
     │                                         failure, broken HTTP
     └── TelegramResponseTooLarge              the answer exceeded ``max_response_bytes``
     aiogram.exceptions.TelegramEntityTooLarge an upload over ``max_upload_bytes``, refused before
                                               sending (what Telegram itself answers with 413)
 
-Cancellation (``trio.Cancelled``) is never translated; httpx closes the connection of a cancelled
+Cancellation (``trio.Cancelled``) is never translated; the pool closes the connection of a cancelled
 request, so no half-read answer is reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import secrets
+import ssl
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
+from urllib.parse import urlsplit
 
+import certifi
 import httpx
 import trio
 from aiogram import Bot
@@ -46,6 +56,7 @@ from aiogram.exceptions import TelegramEntityTooLarge, TelegramNetworkError
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import FSInputFile, InputFile
 
+from atlas.net import http11
 from atlas.net.guard import ensure_no_connection_held
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -55,15 +66,25 @@ legitimate answer and still stops a broken or hostile server."""
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 """Telegram's own limit for files a bot uploads."""
 
-# The explicit map of httpx failures (most specific first); everything else propagates.
-_NETWORK_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (httpx.TimeoutException, "Request timeout error"),
-    (httpx.TransportError, "network error"),
-    (httpx.DecodingError, "undecodable answer"),
-)
+_JSON = [(b"content-type", b"application/json")]
+
+_before_write: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("bot_before_write", default=None)
 
 
-_JSON = {"Content-Type": "application/json"}
+@contextmanager
+def writes_paced_by(gate: Callable[[], Awaitable[None]]) -> Iterator[None]:
+    """Bot calls made inside this block await ``gate()`` just before their request is written.
+
+    The outbox sender wraps its ``sendMessage`` in it with :meth:`atlas.telegram.pacing.Pacer.before_write`,
+    so that its global rate is counted at the wire, not at the start slot (a context variable: it
+    reaches through aiogram's ``Bot`` to the session without a parameter aiogram does not have;
+    it is the calling task's alone).
+    """
+    token = _before_write.set(gate)
+    try:
+        yield
+    finally:
+        _before_write.reset(token)
 
 
 class TelegramResponseTooLarge(TelegramNetworkError):
@@ -71,17 +92,16 @@ class TelegramResponseTooLarge(TelegramNetworkError):
 
 
 class GuardedHttpxSession(BaseSession):
-    """An aiogram session on ``httpx.AsyncClient`` (trio): guard first, bounded answers, a bounded pool.
+    """An aiogram session on a keep-alive HTTP/1.1 pool (trio): guard first, bounded answers and pool.
 
     ``limit`` (16) is the pool size and the number of calls in flight: connections are all kept
     alive for reuse (the outbox sender and the handlers talk to one host all the time) and further
-    calls wait their turn in FIFO order, within their deadline. Not larger by default because
-    httpcore's pool bookkeeping costs O(idle connections x connections) per request and response
-    (measured: 16 → 32 connections costs ~10 % more CPU per update against the emulator; 16
-    calls in flight at a 100 ms round trip is 160 calls/s). ``timeout`` is the default total deadline of a
-    call; ``transport`` the I/O backend (tests may pass an ``httpx.MockTransport``). The client is
-    created with the session and again on the first call after :meth:`close`, so a closed session
-    can be reused.
+    calls wait their turn in FIFO order, within their deadline (16 calls in flight at a 100 ms
+    round trip is 160 calls/s). ``timeout`` is the default total deadline of a call;
+    ``open_stream`` the I/O backend of the pool (:data:`atlas.net.http11.OpenStream`; default TCP,
+    and TLS against certifi's CA bundle for ``https``). The pool is built with the session (the CA
+    bundle is loaded then, at start-up, not inside the first handler); a closed session can be
+    used again.
     """
 
     def __init__(
@@ -92,7 +112,7 @@ class GuardedHttpxSession(BaseSession):
         timeout: float = 60.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-        transport: httpx.AsyncBaseTransport | None = None,
+        open_stream: http11.OpenStream | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit!r}")
@@ -102,19 +122,21 @@ class GuardedHttpxSession(BaseSession):
             raise ValueError("max_response_bytes and max_upload_bytes must be >= 1")
         super().__init__(api=api, timeout=timeout)
         self.limit = limit
-        # Requests wait for a connection here, not in httpcore's pool: httpcore matches every
-        # queued request against every connection on each request and each response (O(n*m);
-        # with 50 requests in flight it was a third of the session's CPU); trio's limiter is a
-        # FIFO queue. So the pool never sees more requests than connections.
-        self._slots = trio.CapacityLimiter(limit)
         self.max_response_bytes = max_response_bytes
         self.max_upload_bytes = max_upload_bytes
-        self._transport = transport
-        # Built now, not on the first call: loading the CA bundle blocks the scheduler for tens of
-        # milliseconds, which belongs at start-up (make_bot), not inside the first handler.
-        self._client: httpx.AsyncClient | None = self._new_client()
-        # Parsing a URL is a noticeable part of an httpx request; a bot calls few distinct methods.
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        origin = urlsplit(api.api_url(token="0", method="getMe"))
+        self._origin = f"{origin.scheme}://{origin.netloc}"
+        tls = ssl.create_default_context(cafile=certifi.where()) if origin.scheme == "https" else None
+        self._pool = http11.Http11Pool(
+            self._origin,
+            limit=limit,
+            max_response_bytes=max_response_bytes,
+            headers=[(b"user-agent", f"atlas aiogram/{aiogram_version}".encode())],
+            open_stream=open_stream,
+            ssl_context=tls,
+        )
+        # The request target of each (token, method): a bot calls a few dozen distinct methods.
+        self._targets: dict[tuple[str, str], bytes] = {}
         # aiogram's check_response builds ``Response[method.__returning__]`` on every call; pydantic
         # caches parametrized generics weakly, so once the garbage collector drops one it is built
         # again (milliseconds of schema work each; in a profile of the bot benchmark, building them
@@ -122,25 +144,9 @@ class GuardedHttpxSession(BaseSession):
         # one per return type.
         self._response_types: dict[Any, type[Response[Any]]] = {}
 
-    def _new_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=self.limit, max_keepalive_connections=self.limit),
-            headers={"User-Agent": f"atlas aiogram/{aiogram_version}"},
-            transport=self._transport,
-            follow_redirects=False,
-            timeout=httpx.Timeout(self.timeout),
-        )
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
-            self._client = self._new_client()
-        return self._client
-
     async def close(self) -> None:
-        """Close every pooled connection; the next call opens a new client."""
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        """Close every idle pooled connection; the next call opens a new one."""
+        await self._pool.aclose()
 
     async def make_request(
         self,
@@ -151,7 +157,7 @@ class GuardedHttpxSession(BaseSession):
         """Check the guard, send the call, and map the answer the way aiogram does."""
         ensure_no_connection_held(f"Telegram {method.__api_method__}")
         deadline = self.timeout if timeout is None else timeout
-        url = self._url(bot.token, method.__api_method__)
+        target = self._target(bot.token, method.__api_method__)
         files: dict[str, InputFile] = {}
         fields: dict[str, Any] = {}
         for key, value in method.model_dump(warnings=False).items():
@@ -161,22 +167,25 @@ class GuardedHttpxSession(BaseSession):
         try:
             with trio.fail_after(deadline):
                 if files:
-                    body = await self._multipart(bot, method, fields, files)
-                    status, content = await self._post(method, url, httpx_timeout=deadline, **body)
+                    headers, body = await self._multipart(bot, method, fields, files)
                 else:
-                    status, content = await self._post(
-                        method,
-                        url,
-                        httpx_timeout=deadline,
-                        content=self.json_dumps(fields).encode(),
-                        headers=_JSON,
-                    )
+                    headers, body = _JSON, self.json_dumps(fields).encode()
+                answer = await self._pool.request(
+                    b"POST", target, headers, body, before_write=_before_write.get()
+                )
         except trio.TooSlowError as exc:
             raise TelegramNetworkError(method=method, message="Request timeout error") from exc
+        except http11.ResponseTooLarge as exc:
+            raise TelegramResponseTooLarge(method=method, message=str(exc)) from exc
+        except http11.HttpError as exc:
+            raise TelegramNetworkError(
+                method=method, message=f"network error: {type(exc).__name__}: {exc}"
+            ) from exc
         returning = method.__returning__
         if returning not in self._response_types:
             self._response_types[returning] = Response[returning]  # type: ignore[valid-type]
-        response = self.check_response(bot=bot, method=method, status_code=status, content=content)
+        content = answer.body.decode("utf-8", errors="replace")
+        response = self.check_response(bot=bot, method=method, status_code=answer.status, content=content)
         return cast(TelegramType, response.result)
 
     async def _multipart(
@@ -185,10 +194,13 @@ class GuardedHttpxSession(BaseSession):
         method: TelegramMethod[TelegramType],
         fields: dict[str, Any],
         files: dict[str, InputFile],
-    ) -> dict[str, Any]:
-        """The ``data=``/``files=`` of a multipart call; every file read whole, within the bound."""
-        data = {key: v if isinstance(v, str) else self.json_dumps(v) for key, v in fields.items()}
-        parts: dict[str, tuple[str, bytes]] = {}
+    ) -> tuple[list[http11.Header], bytes]:
+        """A ``multipart/form-data`` body (headers, bytes); every file read whole, within the bound."""
+        boundary = secrets.token_hex(16)
+        parts: list[bytes] = []
+        for key, value in fields.items():
+            text = value if isinstance(value, str) else self.json_dumps(value)
+            parts.append(_part_head(boundary, key) + b"\r\n" + text.encode() + b"\r\n")
         total = 0
         for key, file in files.items():
             chunks: list[bytes] = []
@@ -199,45 +211,25 @@ class GuardedHttpxSession(BaseSession):
                         method=method, message=f"upload exceeds {self.max_upload_bytes} bytes"
                     )
                 chunks.append(chunk)
-            parts[key] = (file.filename or key, b"".join(chunks))
-        return {"data": data, "files": parts}
+            head = _part_head(boundary, key, file.filename or key)
+            head += b"content-type: application/octet-stream\r\n\r\n"
+            parts.append(head + b"".join(chunks) + b"\r\n")
+        parts.append(b"--" + boundary.encode() + b"--\r\n")
+        content_type = b"multipart/form-data; boundary=" + boundary.encode()
+        return [(b"content-type", content_type)], b"".join(parts)
 
-    def _url(self, token: str, api_method: str) -> httpx.URL:
+    def _target(self, token: str, api_method: str) -> bytes:
         key = (token, api_method)
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) >= 1024:  # a bound, though a bot has a few dozen methods
-                self._urls.clear()
-            url = self._urls[key] = httpx.URL(self.api.api_url(token=token, method=api_method))
-        return url
-
-    async def _post(
-        self, method: TelegramMethod[Any], url: httpx.URL, *, httpx_timeout: float, **body: Any
-    ) -> tuple[int, str]:
-        """POST and read the whole (bounded) answer; httpx's errors become ``TelegramNetworkError``."""
-        extra: dict[str, Any] = {}
-        if httpx_timeout != self.timeout:  # else the client's own Timeout: no object per request
-            extra["timeout"] = httpx.Timeout(httpx_timeout)
-        try:
-            async with self._slots, self._http().stream("POST", url, **extra, **body) as response:
-                declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
-                    raise TelegramResponseTooLarge(
-                        method=method,
-                        message=f"content-length {declared} exceeds {self.max_response_bytes} bytes",
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_response_bytes:
-                        raise TelegramResponseTooLarge(
-                            method=method, message=f"answer exceeds {self.max_response_bytes} bytes"
-                        )
-                    chunks.append(chunk)
-                return response.status_code, b"".join(chunks).decode("utf-8", errors="replace")
-        except (httpx.TimeoutException, httpx.TransportError, httpx.DecodingError) as exc:
-            raise TelegramNetworkError(method=method, message=_describe(exc)) from exc
+        target = self._targets.get(key)
+        if target is None:
+            if len(self._targets) >= 1024:  # a bound, though a bot has a few dozen methods
+                self._targets.clear()
+            url = urlsplit(self.api.api_url(token=token, method=api_method))
+            if f"{url.scheme}://{url.netloc}" != self._origin:
+                raise ValueError(f"{api_method}: the API server moved from {self._origin}")
+            path = url.path + (f"?{url.query}" if url.query else "")
+            target = self._targets[key] = path.encode()
+        return target
 
     async def stream_content(
         self,
@@ -253,20 +245,26 @@ class GuardedHttpxSession(BaseSession):
         ``httpx.HTTPStatusError`` (aiohttp's session raises its own ``ClientResponseError``).
         """
         ensure_no_connection_held(f"download {url}")
-        async with self._http().stream(
-            "GET", url, headers=headers or {}, timeout=httpx.Timeout(timeout)
-        ) as response:
+        # Downloads are rare (none on the hot path): a client of their own, closed with them.
+        client = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(timeout))
+        async with client, client.stream("GET", url, headers=headers or {}) as response:
             if raise_for_status:
                 response.raise_for_status()
             async for chunk in response.aiter_bytes(chunk_size):
                 yield chunk
 
 
-def _describe(exc: Exception) -> str:
-    for kind, label in _NETWORK_ERRORS:
-        if isinstance(exc, kind):
-            return f"{label}: {type(exc).__name__}: {exc}" if str(exc) else f"{label}: {type(exc).__name__}"
-    return f"{type(exc).__name__}: {exc}"  # pragma: no cover - _post catches only the mapped kinds
+def _part_head(boundary: str, name: str, filename: str | None = None) -> bytes:
+    """The opening lines of one form part (names are aiogram's field names and our file names)."""
+    disposition = f'form-data; name="{_quoted(name)}"'
+    if filename is not None:
+        disposition += f'; filename="{_quoted(filename)}"'
+    return f"--{boundary}\r\ncontent-disposition: {disposition}\r\n".encode()
+
+
+def _quoted(value: str) -> str:
+    # What browsers (and httpx) do: quotes and line breaks percent-escaped.
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 async def _read_input_file(file: InputFile, bot: Bot) -> AsyncGenerator[bytes, None]:
