@@ -72,6 +72,7 @@ from atlas.storage import Database, StorageError
 from atlas.storage.units.delivery import user_language
 from atlas.supervision import ChildContext, ChildSpec, CrashReporter, ReportKind, RestartType
 from atlas.telegram.i18n import Translator, bundled
+from atlas.telegram.throttling import replies_wait_out_throttling
 
 _log = logging.getLogger("atlas.telegram.dispatch")
 
@@ -429,9 +430,10 @@ class UpdateDispatcher:
     async def _feed(self, update: Update) -> None:
         # A handler may return a method instead of awaiting it (the webhook-reply style); aiogram's
         # own polling executes it, so do we.
-        response = await self._dp.feed_update(self._bot, update, **self._feed_kwargs)
-        if isinstance(response, TelegramMethod):
-            await self._bot(response)
+        with replies_wait_out_throttling():
+            response = await self._dp.feed_update(self._bot, update, **self._feed_kwargs)
+            if isinstance(response, TelegramMethod):
+                await self._bot(response)
 
     async def _boundary(self, update: Update, error: Exception) -> None:
         what = describe_update(update)

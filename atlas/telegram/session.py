@@ -58,6 +58,7 @@ from aiogram.types import FSInputFile, InputFile
 
 from atlas.net import http11
 from atlas.net.guard import ensure_no_connection_held
+from atlas.telegram.throttling import WaitOutThrottling
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """A full ``getUpdates`` batch (100 updates) is well under a megabyte; 16 MiB leaves room for any
@@ -295,4 +296,6 @@ def make_bot(token: str, api_base: str | None = None, *, default: DefaultBotProp
         session = GuardedHttpxSession()
     else:
         session = GuardedHttpxSession(api=TelegramAPIServer.from_base(api_base.rstrip("/")))
+    # A handler's reply refused with 429 waits and goes again (atlas.telegram.throttling).
+    session.middleware(WaitOutThrottling())
     return Bot(token, session=session, default=default)
