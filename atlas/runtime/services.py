@@ -90,6 +90,10 @@ class DurableCrashSink:
         self._db = db
         self.pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.dropped = 0
+        # One writer at a time: the storage child's periodic flush and a new report's flush used to
+        # interleave at the await and both pop the same report (IndexError in the storage child,
+        # whose restart took the whole tree down mid-outage; found by the real PostgreSQL kill test).
+        self._writing = trio.Lock()
 
     async def __call__(self, report: CrashReport) -> None:
         """Queue ``report`` behind any that wait, then write what can be written."""
@@ -99,7 +103,17 @@ class DurableCrashSink:
         await self.flush()
 
     async def flush(self) -> int:
-        """Write the waiting reports in order until done or the database says "not now"."""
+        """Write the waiting reports in order until done or the database says "not now".
+
+        When another flush is already writing, returns 0 at once: that one writes what was just
+        queued too (it loops until nothing waits), or leaves it for the next flush on "not now".
+        """
+        if self._writing.locked():
+            return 0
+        async with self._writing:
+            return await self._write_waiting()
+
+    async def _write_waiting(self) -> int:
         written = 0
         while self.pending:
             db = self._db()
@@ -116,7 +130,8 @@ class DurableCrashSink:
                 # Not an outage: this one report cannot be stored. It is in the JSON log; do not
                 # let it hold back the others.
                 _log.exception("crash report %s %s cannot be stored", report.get("kind"), report.get("path"))
-            self.pending.popleft()
+            if self.pending and self.pending[0] is report:  # not already pushed out by a full queue
+                self.pending.popleft()
             written += 1
         return written
 
