@@ -25,8 +25,9 @@ import trio_asyncio
 
 from atlas.storage import EmbeddedPostgres, Tx
 from atlas.telegram.i18n import bundled
-from atlas.testing.botapi import BotApiEmulator
-from atlas.testing.botapi.errors import NothingInTime
+from atlas.testing.botapi import BotApiEmulator, NothingInTime
+from atlas.testing.botapi.records import ChatRecord
+from atlas.testing.botapi.users import EmulatedUser
 
 APOLOGY = bundled().t("en", "errors.apology")
 DUE_BASE = 7_000_000  # ids of the seeded users: far from the emulated ones
@@ -179,16 +180,16 @@ class Conversations:
     apologies: int = 0
     unanswered: list[str] = field(default_factory=list)
     answered_at: list[float] = field(default_factory=list)  # trio times of every non-apology answer
-    apologised_at: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds from each update to its answer
+
+
+def add_users(emulator: BotApiEmulator, user_ids: range) -> list[EmulatedUser]:
+    """Emulated users (English) with these ids."""
+    return [emulator.add_user(user_id, f"U{user_id}", language_code="en") for user_id in user_ids]
 
 
 async def keep_users_talking(
-    emulator: BotApiEmulator,
-    user_ids: range,
-    until: trio.Event,
-    seen: Conversations,
-    *,
-    within: float = 60.0,
+    users: list[EmulatedUser], until: trio.Event, seen: Conversations, *, within: float = 60.0
 ) -> None:
     """Each user sends ``/start`` and presses the menu's first button, over and over, until ``until``.
 
@@ -196,37 +197,36 @@ async def keep_users_talking(
     counts as an answer of its own kind. Updates that got nothing are listed in ``seen.unanswered``.
     """
 
-    async def converse(user_id: int) -> None:
-        user = emulator.add_user(user_id, f"U{user_id}", language_code="en")
+    async def converse(user: EmulatedUser) -> None:
         round_ = 0
         while not until.is_set():
             round_ += 1
             user.skip_received()
             user.send_command("/start")
-            seen.sent += 1
-            answer = await _answer(user, within, f"user {user_id} /start #{round_}", seen)
+            answer = await _answer(user, within, f"user {user.id} /start #{round_}", seen)
             if answer is not None and answer.inline_buttons() and not until.is_set():
                 user.skip_received()
                 user.press(answer.button_texts()[0])
-                seen.sent += 1
-                await _answer(user, within, f"user {user_id} button #{round_}", seen)
+                await _answer(user, within, f"user {user.id} button #{round_}", seen)
             await trio.sleep(0.2)
 
     async with trio.open_nursery() as nursery:
-        for user_id in user_ids:
-            nursery.start_soon(converse, user_id)
+        for user in users:
+            nursery.start_soon(converse, user)
             await trio.sleep(0.05)
 
 
-async def _answer(user: Any, within: float, what: str, seen: Conversations) -> Any:
+async def _answer(user: EmulatedUser, within: float, what: str, seen: Conversations) -> ChatRecord | None:
+    seen.sent += 1
+    sent_at = trio.current_time()
     try:
         record = await user.next_record(within)
     except NothingInTime:
         seen.unanswered.append(what)
         return None
+    seen.latencies.append(trio.current_time() - sent_at)
     if record.plain_text == APOLOGY or record.text == APOLOGY:
         seen.apologies += 1
-        seen.apologised_at.append(trio.current_time())
     else:
         seen.answered += 1
         seen.answered_at.append(trio.current_time())

@@ -25,6 +25,7 @@ from atlas.runtime.services import Services
 from atlas.supervision import ChildState
 from atlas.testing.botapi import BotApiEmulator
 from tests._fault_support import (
+    add_users,
     Conversations,
     atlas_crashes_json,
     due_work,
@@ -70,7 +71,7 @@ async def test_a_restart_and_a_ten_second_kill_of_postgres_under_load_lose_nothi
         await db.run(seed_due_work, now=services.clock.now(), rows=ROWS)
         waiting_seen: set[str] = set()
         async with trio.open_nursery() as load:
-            load.start_soon(keep_users_talking, emulator, USERS, stop_talking, seen)
+            load.start_soon(keep_users_talking, add_users(emulator, USERS), stop_talking, seen)
             await trio.sleep(3)
 
             # 1. A restart mid-load (fast shutdown: every connection of the pool is dropped).

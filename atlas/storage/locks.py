@@ -39,7 +39,7 @@ import asyncpg
 import trio
 
 from atlas.storage.database import Database
-from atlas.storage.errors import DatabaseUnavailable, StorageError
+from atlas.storage.errors import BudgetExhausted, DatabaseUnavailable, StorageError
 
 _log = logging.getLogger("atlas.storage.locks")
 
@@ -78,8 +78,9 @@ class AdvisoryLockLost(AdvisoryLockError):
         super().__init__(f"advisory lock {name!r} lost: {why}")
 
 
-# What a holder meets when the database goes away: taking the lock fails, or a held one is lost.
-_OUTAGE: tuple[type[StorageError], ...] = (DatabaseUnavailable, AdvisoryLockLost)
+# What a holder meets when the database goes away or is too slow to answer: taking the lock fails
+# (no server, no connection free in time), or a held one is lost.
+_OUTAGE: tuple[type[StorageError], ...] = (DatabaseUnavailable, BudgetExhausted, AdvisoryLockLost)
 
 
 def lock_outage(error: BaseException) -> StorageError | None:

@@ -68,7 +68,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from atlas.net.json_limits import loads_bounded
-from atlas.storage import Database, DatabaseUnavailable
+from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable
 from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, AdvisoryLockLost, hold_advisory_lock
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
 from atlas.telegram.dispatch import DispatchFull, DispatchNotRunning, UpdateDispatcher
@@ -218,7 +218,7 @@ class PollingIntake:
                         )
                     self.state = "standby"
                     await trio.sleep(self.settings.standby_retry)
-                except (DatabaseUnavailable, AdvisoryLockLost) as exc:
+                except (DatabaseUnavailable, BudgetExhausted, AdvisoryLockLost) as exc:
                     # The database went away (the lock with its session): wait for it and take the
                     # lock again on this incarnation, instead of crashing the bot's supervisor.
                     _log.warning(
