@@ -25,8 +25,8 @@ from atlas.runtime.services import Services
 from atlas.supervision import ChildState
 from atlas.testing.botapi import BotApiEmulator
 from tests._fault_support import (
-    add_users,
     Conversations,
+    add_users,
     atlas_crashes_json,
     due_work,
     keep_users_talking,
@@ -95,7 +95,7 @@ async def test_a_restart_and_a_ten_second_kill_of_postgres_under_load_lose_nothi
 
         # The due work is done after the restart (the workers retry what the outage interrupted).
         with trio.fail_after(120):
-            while not (left := await db.run(due_work)).done:
+            while not (left := await db.run(due_work)).done:  # noqa: ASYNC110 - polls the database
                 await trio.sleep(1)
         store = services.crash_store
         assert store is not None

@@ -389,7 +389,8 @@ class Actor:
         """Mark the actor waiting for the dependency behind ``error``; return the delay to wait."""
         self._failed_attempts += 1
         delay = self.wait_backoff.delay(self._failed_attempts, self._rng)
-        what = "database" if isinstance(error, (DatabaseUnavailable, BudgetExhausted)) else type(error).__name__
+        database = isinstance(error, (DatabaseUnavailable, BudgetExhausted))
+        what = "database" if database else type(error).__name__
         log = logger.warning if ctx.waiting_for is None else logger.info
         log("%s waits for the %s (%s); next attempt in %.2fs", ctx.path, what, error, delay)
         ctx.mark_waiting(what)
