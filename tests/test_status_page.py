@@ -9,8 +9,12 @@ import httpx
 import trio
 
 from atlas.actors import Actor
+from atlas.storage import Database, Tx
+from atlas.storage.units import buy_plan_from_balance
+from atlas.storage.units.operator_view import operator_view
 from atlas.supervision import RestartType
 from atlas.web.status_page import render_status_page
+from tests._money_support import NOW, RUB, add_user, setup_catalog, topup
 from tests._running_tree import running_tree
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -98,3 +102,47 @@ def test_the_page_escapes_everything_and_says_when_storage_is_down() -> None:
     assert "6 / 5 in 30 s" in html
     assert "storage is down" in html and "work counts unavailable" in html
     assert "no crash reports" in html
+
+
+async def test_keys_pending_are_counted_per_node_in_one_statement(db: Database) -> None:
+    """A live key not yet applied anywhere is pending on every node; once applied on one, only on
+    the others; a revoked key still present on a node is pending there; counts stop at the cap."""
+    await setup_catalog(db)
+    for user_id in (1, 2):
+        await add_user(db, user_id)
+        await topup(db, user_id, 20_000)
+        await db.run(
+            buy_plan_from_balance, user_id=user_id, plan_code="m1", currency=RUB, promo_code=None,
+            idempotency_key=f"buy-{user_id}", now=NOW,
+        )
+
+    async def mark(tx: Tx) -> None:
+        # User 1's key is live on n1; user 2's key was revoked but n2 still has it.
+        await tx.execute(
+            """
+            INSERT INTO vpn_key_nodes (key_id, node, applied, applied_generation, updated_at)
+            SELECT k.id, 'n1', 'present', k.generation, $1 FROM vpn_keys k
+            JOIN subscriptions s ON s.id = k.subscription_id WHERE s.user_id = 1
+            """,
+            NOW,
+        )
+        await tx.execute(
+            """
+            UPDATE vpn_keys k SET desired = 'absent', generation = generation + 1 FROM subscriptions s
+            WHERE s.id = k.subscription_id AND s.user_id = 2
+            """
+        )
+        await tx.execute(
+            """
+            INSERT INTO vpn_key_nodes (key_id, node, applied, applied_generation, updated_at)
+            SELECT k.id, 'n2', 'present', 1, $1 FROM vpn_keys k
+            JOIN subscriptions s ON s.id = k.subscription_id WHERE s.user_id = 2
+            """,
+            NOW,
+        )
+
+    await db.run(mark)
+    view = await db.run(operator_view, now=NOW, nodes=["n1", "n2", "n3"])
+    assert view.keys_pending == {"n1": 0, "n2": 2, "n3": 1}
+    capped = await db.run(operator_view, now=NOW, nodes=["n2"], cap=1)
+    assert capped.keys_pending == {"n2": 1}
