@@ -43,6 +43,7 @@ from atlas.telegram.i18n import t
 from atlas.telegram.routers import build_user_routers
 from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedUser
 from atlas.testing.cryptopay_emulator import CryptoPayEmulator
+from atlas.testing.invariants import audit
 from tests._money_support import NOW, POLICY, RUB, rows, setup_catalog
 
 TOKEN = "4242:CryptoPayFaultToken"
@@ -202,6 +203,7 @@ async def test_crypto_pay_down_for_an_hour_backs_off_answers_users_and_applies_o
             "SELECT kind, status, starts_at, expires_at FROM subscriptions WHERE user_id = $1 LIMIT 2",
             9701,
         )
+        report = await audit(db, now=clock.now(), provider_charges={"cryptopay": {str(invoice.invoice_id)}})
         state = {c.name: c.state for c in tree.statistics().children}
         nursery.cancel_scope.cancel()
         await client.aclose()
@@ -224,3 +226,4 @@ async def test_crypto_pay_down_for_an_hour_backs_off_answers_users_and_applies_o
     [sub] = subscription
     assert sub["kind"] == "paid" and sub["status"] == "active"
     assert sub["expires_at"] - sub["starts_at"] <= dt.timedelta(days=31)  # one period, not two
+    assert report.ok, report.describe()  # the one charge applied once; money and keys whole

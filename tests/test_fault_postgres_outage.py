@@ -9,7 +9,8 @@ and left no crash report in ``atlas crashes``. Asserted here, against the real f
   that met the outage were marked as waiting for the database (what ``/status`` shows);
 * every update a user sent was answered — normally, or with the apology during the outage — and
   the bot answers normally again after it;
-* the due work is done after the restart, and every balance still equals its ledger;
+* the due work is done after the restart, and the invariant audit (``atlas.testing.invariants``:
+  balances = ledgers, renewals once, no message doubled, every outbox row settled) holds;
 * the crash reports made while the database was down were held and are in ``atlas crashes --json``
   (the real CLI, run against the database afterwards).
 """
@@ -24,6 +25,7 @@ import trio
 from atlas.runtime.services import Services
 from atlas.supervision import ChildState
 from atlas.testing.botapi import BotApiEmulator
+from atlas.testing.invariants import audit, deliveries_from
 from tests._fault_support import (
     Conversations,
     add_users,
@@ -102,6 +104,10 @@ async def test_a_restart_and_a_ten_second_kill_of_postgres_under_load_lose_nothi
         with trio.fail_after(30):  # the held reports are written within the storage child's 5 s
             while store.pending:  # noqa: ASYNC110
                 await trio.sleep(0.5)
+        records = [record for user_id in USERS for record in emulator.chat_log(user_id)]
+        report = await audit(
+            db, now=services.clock.now(), deliveries=deliveries_from(records), require_outbox_settled=True
+        )
         children = _children(services)
         crash_counts = dict(services.crash_counts)
         ring = services.ring.latest()
@@ -117,8 +123,9 @@ async def test_a_restart_and_a_ten_second_kill_of_postgres_under_load_lose_nothi
     assert seen.apologies > 0, "nobody met the outage: the load did not reach the database"
     assert any(at > back_at + 5 for at in seen.answered_at), "no normal answer after the restart"
 
-    # Nothing lost: the seeded work is done, and money still adds up.
+    # Nothing lost: the seeded work is done, every message settled, and every invariant holds.
     assert left.balances_off == 0
+    assert report.ok, report.describe()
 
     # Reports made while the database was down were held, then written: the operator sees them.
     assert store.dropped == 0
