@@ -93,13 +93,18 @@ async def test_a_429_storm_and_a_5xx_outage_pause_the_sender_and_lose_nothing(
 
     in_storm = [s for s in stamps if storm_from <= s.time < storm_to]
     in_outage = [s for s in stamps if outage_from <= s.time < outage_to]
+    # A stamp is the call's arrival; its answer is decided after its body is read, so a call that
+    # arrived just before a fault was lifted may be accepted: the "none accepted" checks leave
+    # the last second of each window out.
+    settled_storm = [s for s in in_storm if s.time < storm_to - 1.0]
+    settled_outage = [s for s in in_outage if s.time < outage_to - 1.0]
     # The storm paused every chat: at full rate the sender would have made ~RATE x STORM calls.
     assert stats.global_pauses >= 1
-    assert not any(s.accepted for s in in_storm)
+    assert not any(s.accepted for s in settled_storm)
     assert len(in_storm) <= RATE * STORM / 5, f"{len(in_storm)} calls into a 429 storm"
     # The outage: failed attempts back off (at most 1 s apart here), far below the rate too.
-    assert not any(s.accepted for s in in_outage), [
-        (round(s.time - outage_from, 3), s.method, s.chat_id) for s in in_outage if s.accepted
+    assert not any(s.accepted for s in settled_outage), [
+        (round(s.time - outage_from, 3), s.method, s.chat_id) for s in settled_outage if s.accepted
     ][:10]
     assert len(in_outage) <= RATE * OUTAGE / 5, f"{len(in_outage)} calls into a 5xx outage"
     # Nothing lost, nothing doubled.
