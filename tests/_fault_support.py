@@ -46,10 +46,14 @@ async def own_postgres(database: str = "atlas_fault") -> AsyncIterator[OwnPostgr
     """Start an embedded PostgreSQL in a fresh directory with an empty ``database``; remove it after.
 
     The directory is a ``mkdtemp`` of its own (not pytest's 0700 ``tmp_path``): as root the server
-    runs as ``atlas-pg``, which must reach it (see ``tests/conftest.py``). Must run in the bridge.
+    runs as ``atlas-pg``, which must reach it (see ``tests/conftest.py``). The server is durable
+    (fsync on). Must run in the bridge.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="atlas-fault-pg-"))
-    server = EmbeddedPostgres(data_dir, durable=False, max_connections=100)
+    # Durable: an immediate stop of a server without fsync and synchronous commit loses commits it
+    # had acknowledged (the outage test saw deliveries recorded, lost, and sent again). A real
+    # server keeps them, so the test's one must too.
+    server = EmbeddedPostgres(data_dir, durable=True, max_connections=100)
     try:
         base = await server.start()
         await admin_execute(base, f"CREATE DATABASE {database}")
