@@ -193,12 +193,18 @@ def add_users(emulator: BotApiEmulator, user_ids: range) -> list[EmulatedUser]:
 
 
 async def keep_users_talking(
-    users: list[EmulatedUser], until: trio.Event, seen: Conversations, *, within: float = 60.0
+    users: list[EmulatedUser],
+    until: trio.Event,
+    seen: Conversations,
+    *,
+    within: float = 60.0,
+    pause: float = 0.2,
 ) -> None:
     """Each user sends ``/start`` and presses the menu's first button, over and over, until ``until``.
 
     Every update must get an answer (a message or an edit) within ``within`` seconds; an apology
     counts as an answer of its own kind. Updates that got nothing are listed in ``seen.unanswered``.
+    Each user waits ``pause`` seconds between rounds.
     """
 
     async def converse(user: EmulatedUser) -> None:
@@ -212,7 +218,7 @@ async def keep_users_talking(
                 user.skip_received()
                 user.press(answer.button_texts()[0])
                 await _answer(user, within, f"user {user.id} button #{round_}", seen)
-            await trio.sleep(0.2)
+            await trio.sleep(pause)
 
     async with trio.open_nursery() as nursery:
         for user in users:

@@ -4,14 +4,15 @@ The other sender tests give single chats a 429 or a few 5xx. Here Telegram refus
 ``sendMessage`` for seconds: first with 429 ``retry_after=3`` (a flood limit on the whole bot), then
 with 502 (Telegram down). Real aiogram over HTTP against the Bot API emulator, real PostgreSQL.
 Asserted: during the storm the sender pauses every chat (a global pause) instead of walking
-through the others at full rate; during the 5xx outage it backs off; it never crashes; afterwards
-every message is delivered exactly once.
+through the others at full rate; during the 5xx outage each row backs off and no chat is tried
+faster than once a second; it never crashes; afterwards every message is delivered exactly once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import Counter
 
 import trio
 
@@ -102,11 +103,13 @@ async def test_a_429_storm_and_a_5xx_outage_pause_the_sender_and_lose_nothing(
     assert stats.global_pauses >= 1
     assert not any(s.accepted for s in settled_storm)
     assert len(in_storm) <= RATE * STORM / 5, f"{len(in_storm)} calls into a 429 storm"
-    # The outage: failed attempts back off (at most 1 s apart here), far below the rate too.
+    # The outage: each row backs off on its own (5xx is per message, not a flood limit), and no
+    # chat is tried faster than Telegram's one message a second.
     assert not any(s.accepted for s in settled_outage), [
         (round(s.time - outage_from, 3), s.method, s.chat_id) for s in settled_outage if s.accepted
     ][:10]
-    assert len(in_outage) <= RATE * OUTAGE / 5, f"{len(in_outage)} calls into a 5xx outage"
+    per_chat = Counter(s.chat_id for s in in_outage)
+    assert not per_chat or max(per_chat.values()) <= OUTAGE + 2, per_chat.most_common(3)
     # Nothing lost, nothing doubled.
     assert all(log == [f"News for {chat}"] for chat, log in logs.items()), {
         chat: log for chat, log in logs.items() if log != [f"News for {chat}"]
