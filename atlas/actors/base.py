@@ -7,7 +7,8 @@ message cannot crash the actor over and over — and the supervisor restarts the
 policy. The crash report's ``handling`` names that message.
 
 A dependency that is down is not a crash: when ``tick`` or ``handle`` raises one of
-:attr:`Actor.waits_out` (``DatabaseUnavailable``), the actor marks itself as waiting
+:attr:`Actor.waits_out` (``DatabaseUnavailable``, or ``BudgetExhausted``: a database so slow
+that no connection comes free), the actor marks itself as waiting
 (``ChildContext.mark_waiting``, shown in ``/status`` and failing ``/readyz``), backs off (jittered,
 exponential) and tries again, on the same incarnation: a ten-second PostgreSQL restart costs no
 restart intensity. The message being handled is dropped (a call gets the error); a tick is retried.
@@ -37,7 +38,7 @@ from typing import ClassVar
 import trio
 
 from atlas.clock import Clock, tick_period
-from atlas.storage.errors import DatabaseUnavailable
+from atlas.storage.errors import BudgetExhausted, DatabaseUnavailable
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,10 @@ class Actor:
     """
 
     #: Errors that mean "a dependency is down, wait for it" rather than "crash" (see the module).
-    waits_out: ClassVar[tuple[type[Exception], ...]] = (DatabaseUnavailable,)
+    #: A slow database counts as one that is down: when every connection is stuck behind a lock,
+    #: ``BudgetExhausted`` crashed six actors within 10 s and the workers supervisor gave up
+    #: (tests/test_fault_postgres_slow.py).
+    waits_out: ClassVar[tuple[type[Exception], ...]] = (DatabaseUnavailable, BudgetExhausted)
     #: The delays between attempts while waiting (jittered from the actor's ``rng``).
     wait_backoff: ClassVar[Backoff] = Backoff(initial=0.5, maximum=30.0)
 
@@ -410,7 +414,8 @@ class Actor:
         """Mark the actor waiting for the dependency behind ``error``; return the delay to wait."""
         self._failed_attempts += 1
         delay = self.wait_backoff.delay(self._failed_attempts, self._rng)
-        what = "database" if isinstance(error, DatabaseUnavailable) else type(error).__name__
+        database = isinstance(error, (DatabaseUnavailable, BudgetExhausted))
+        what = "database" if database else type(error).__name__
         log = logger.warning if ctx.waiting_for is None else logger.info
         log("%s waits for the %s (%s); next attempt in %.2fs", ctx.path, what, error, delay)
         ctx.mark_waiting(what)

@@ -15,7 +15,8 @@ with each process's own clock would. The cost is one pooled connection held by t
 
 A leader that is alive but lost its session (the database restarted, the connection dropped)
 finds out within ``check_every`` seconds (:func:`watch_lock` raises
-:class:`~atlas.storage.locks.AdvisoryLockLost`), which ends its job; a new leader waits
+:class:`~atlas.storage.locks.AdvisoryLockLost`), which ends its job and sends it back to stand
+by (an outage, not a crash: no restart intensity is spent on it); a new leader waits
 ``quiet`` seconds after taking the lock before it starts, so the old one has stopped by then.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from atlas.storage import Database
-from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, hold_advisory_lock
+from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, hold_advisory_lock, lock_outage
 
 _log = logging.getLogger("atlas.actors.election")
 
@@ -47,17 +48,23 @@ async def lead_when_elected(
     standby_retry: float,
     quiet: float,
     on_role: Callable[[str], None],
+    on_wait: Callable[[str | None], None] | None = None,
 ) -> None:
     """Stand by until the lock ``name`` is free, then run ``lead(lock)`` while holding it.
 
-    Returns when ``lead`` returns (the lock is released). ``lead``'s errors propagate, and so
-    does a lost lock; the caller's supervisor restarts it. ``on_role`` hears ``"standby"`` and
+    Returns when ``lead`` returns (the lock is released). ``lead``'s errors propagate; the
+    caller's supervisor restarts it. A database outage does not: a lock that cannot be taken
+    because the server is away, or a held one that is lost with its session, makes this process
+    stand by and try again every ``standby_retry`` seconds (``on_wait("database")``, then
+    ``on_wait(None)`` once the lock is taken again). ``on_role`` hears ``"standby"`` and
     ``"leader"`` as they change.
     """
     standing_by = False
     while True:
         try:
             async with hold_advisory_lock(db(), name) as lock:
+                if on_wait is not None:
+                    on_wait(None)
                 _log.info("%s: this process leads (lock taken); starting in %.1fs", name, quiet)
                 on_role("leader")
                 await trio.sleep(quiet)
@@ -68,4 +75,16 @@ async def lead_when_elected(
                 _log.info("%s: another process leads; standing by (retry every %gs)", name, standby_retry)
             standing_by = True
             on_role("standby")
+            await trio.sleep(standby_retry)
+        except BaseException as exc:
+            outage = lock_outage(exc)
+            if outage is None:
+                raise
+            # The database went away under the leader (or before it could lead): stand by and run
+            # for election again once it answers, on this incarnation (see lock_outage).
+            _log.warning("%s: the database is away (%s); trying again in %gs", name, outage, standby_retry)
+            standing_by = False
+            on_role("standby")
+            if on_wait is not None:
+                on_wait("database")
             await trio.sleep(standby_retry)

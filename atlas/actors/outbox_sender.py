@@ -172,9 +172,9 @@ class OutboxSender(Actor):
     ) -> None:
         """The actor's loop; when elected, only while this process holds the sender's lock.
 
-        Up at once (a standby is up: standing by is its job). A lost lock raises
-        :class:`~atlas.storage.locks.AdvisoryLockLost` (the supervisor restarts the actor, which
-        stands by again); leased rows of the drain that was cut short return by themselves.
+        Up at once (a standby is up: standing by is its job). A lock lost with its session (the
+        database restarted) sends the actor back to stand by, marked as waiting for the database,
+        on the same incarnation; leased rows of the drain that was cut short return by themselves.
         """
         s = self.settings
         if not s.elected:
@@ -201,6 +201,7 @@ class OutboxSender(Actor):
                 standby_retry=s.standby_retry,
                 quiet=s.lock_check_every + 1.0 / s.per_chat_rate,
                 on_role=self._set_role,
+                on_wait=ctx.mark_waiting,
             )
         finally:
             self.role = "stopped"

@@ -97,22 +97,30 @@ class DurableCrashSink:
         self._db = db
         self.pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self.dropped = 0
-        self._flushing = trio.Lock()
+        # One writer at a time: the storage child's periodic flush and a new report's flush used to
+        # interleave at the await and both pop the same report (IndexError in the storage child,
+        # whose restart took the whole tree down mid-outage; found by the real PostgreSQL kill test).
+        self._writing = trio.Lock()
 
     async def __call__(self, report: CrashReport) -> None:
         """Queue ``report`` behind any that wait, then write what can be written."""
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
         self.pending.append(report.to_json_dict())
-        if not self._flushing.locked():
-            await self.flush()
+        await self.flush()
 
     async def flush(self) -> int:
-        """Write the waiting reports in order until done or the database says "not now"."""
-        async with self._flushing:
-            return await self._flush_locked()
+        """Write the waiting reports in order until done or the database says "not now".
 
-    async def _flush_locked(self) -> int:
+        When another flush is already writing, returns 0 at once: that one writes what was just
+        queued too (it loops until nothing waits), or leaves it for the next flush on "not now".
+        """
+        if self._writing.locked():
+            return 0
+        async with self._writing:
+            return await self._write_waiting()
+
+    async def _write_waiting(self) -> int:
         written = 0
         while self.pending:
             db = self._db()

@@ -48,6 +48,7 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final, Literal
 
 import trio
 
@@ -59,6 +60,9 @@ SUPERUSER = "postgres"
 _MAX_SOCKET_DIR = 90
 _IDENT_MAP = "atlas"
 _STAGE_STAMP = "SOURCE"
+
+StopMode = Literal["smart", "fast", "immediate"]
+_STOP_MODES: Final = frozenset({"smart", "fast", "immediate"})
 
 
 def postgres_bin_dir() -> Path:
@@ -290,15 +294,32 @@ class EmbeddedPostgres:
         account = await self._ready_account()
         await self._command(account, "pg_ctl", "-D", str(self.pgdata), "reload", time_limit=30)
 
-    async def stop(self) -> None:
-        """Stop the server (fast shutdown: open transactions are rolled back)."""
-        await self._stop(await self._ready_account())
+    async def stop(self, mode: StopMode = "fast") -> None:
+        """Stop the server; does nothing when it is not running.
 
-    async def _stop(self, account: _Account) -> None:
+        ``mode`` is ``pg_ctl``'s: ``fast`` (the default) rolls open transactions back and
+        disconnects clients; ``smart`` waits for clients to leave; ``immediate`` kills every server
+        process at once, as a power cut would (the next start runs crash recovery). The fault tests
+        use ``immediate`` to make a database outage real.
+        """
+        if mode not in _STOP_MODES:
+            raise ValueError(f"stop mode must be one of {sorted(_STOP_MODES)}, got {mode!r}")
+        await self._stop(await self._ready_account(), mode)
+
+    async def restart(self, mode: StopMode = "fast") -> str:
+        """Stop the server (``mode`` as in :meth:`stop`) and start it again; return the DSN.
+
+        The server comes back on the same socket with the same settings, so clients that
+        reconnect find it where they left it.
+        """
+        await self.stop(mode)
+        return await self.start()
+
+    async def _stop(self, account: _Account, mode: StopMode = "fast") -> None:
         if not await self._is_running(account):
             return
         await self._command(
-            account, "pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", time_limit=60
+            account, "pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", time_limit=60
         )
         self.started_here = False
         if self.socket_dir != self.data_dir:

@@ -39,7 +39,7 @@ import asyncpg
 import trio
 
 from atlas.storage.database import Database
-from atlas.storage.errors import StorageError
+from atlas.storage.errors import BudgetExhausted, DatabaseUnavailable, StorageError
 
 _log = logging.getLogger("atlas.storage.locks")
 
@@ -76,6 +76,31 @@ class AdvisoryLockLost(AdvisoryLockError):
     def __init__(self, name: str, why: str) -> None:
         self.name = name
         super().__init__(f"advisory lock {name!r} lost: {why}")
+
+
+# What a holder meets when the database goes away or is too slow to answer: taking the lock fails
+# (no server, no connection free in time), or a held one is lost.
+_OUTAGE: tuple[type[StorageError], ...] = (DatabaseUnavailable, BudgetExhausted, AdvisoryLockLost)
+
+
+def lock_outage(error: BaseException) -> StorageError | None:
+    """The database outage behind ``error`` (alone, or every leaf of a group), or None.
+
+    A lock holder that meets one should wait for the database and try to take the lock again,
+    not crash: crashing burns its supervisor's restart intensity on an outage it cannot fix (a
+    10 s PostgreSQL stop made the ``workers`` supervisor give up, issue 11). ``Cancelled`` leaves
+    of a group (the holder's other tasks, cancelled by the nursery) do not count against it.
+    """
+    if isinstance(error, _OUTAGE):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        matched, rest = error.split(_OUTAGE)
+        if matched is not None and (rest is None or rest.split(trio.Cancelled)[1] is None):
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, StorageError) else None
+    return None
 
 
 def advisory_key(name: str) -> int:
@@ -136,7 +161,8 @@ async def hold_advisory_lock(db: Database, name: str) -> AsyncIterator[AdvisoryL
     """Hold the session advisory lock ``name`` for the duration of the block.
 
     Borrows one connection token from the budget (waiting at most ``acquire_timeout``,
-    :class:`~atlas.storage.BudgetExhausted`) and one pooled connection for the whole block. Raises
+    :class:`~atlas.storage.BudgetExhausted`) and one pooled connection for the whole block
+    (:class:`~atlas.storage.DatabaseUnavailable` when the server cannot be reached). Raises
     :class:`AdvisoryLockBusy` at once, holding nothing, when another session has the lock: callers
     decide whether to stand by and try again. On exit — normal, error or cancellation — the lock is
     released and the connection goes back to the pool in a shielded, time-boxed step; when the unlock
@@ -149,10 +175,17 @@ async def hold_advisory_lock(db: Database, name: str) -> AsyncIterator[AdvisoryL
         async def _acquire() -> Any:
             return await pool.acquire()
 
-        conn = await db._call(_acquire)
+        try:
+            conn = await db._call(_acquire)
+        except _BROKEN as exc:
+            # The server is away (stopped, restarting): a name every caller knows, not asyncpg's.
+            raise DatabaseUnavailable(f"advisory lock {name!r}: {type(exc).__name__}: {exc}") from exc
         clean = False  # True once we know the session holds no lock: only then may it be reused
         try:
-            got = bool(await db._call(conn.fetchval, "SELECT pg_try_advisory_lock($1)", key))
+            try:
+                got = bool(await db._call(conn.fetchval, "SELECT pg_try_advisory_lock($1)", key))
+            except _BROKEN as exc:
+                raise DatabaseUnavailable(f"advisory lock {name!r}: {type(exc).__name__}: {exc}") from exc
             if not got:
                 clean = True
                 raise AdvisoryLockBusy(name, key)

@@ -12,8 +12,9 @@ Only one process may poll a bot (Telegram answers 409 to the other). A PostgreSQ
 lock (:func:`atlas.storage.locks.hold_advisory_lock`) is held for as long as this intake polls; a
 second process stands by, trying again every ``standby_retry`` seconds, and takes over when the
 first one stops. The lock's session is probed every ``lock_check_every`` seconds; if it is gone,
-the intake stops polling at once (:class:`~atlas.storage.locks.AdvisoryLockLost`, a crash the
-supervisor restarts) rather than poll unlocked.
+the intake stops polling at once (:class:`~atlas.storage.locks.AdvisoryLockLost`) rather than
+poll unlocked, and, like a lock it cannot take because the database is away, waits for the
+database (marked as waiting) and takes the lock again, instead of crashing its supervisor.
 
 Failures of ``getUpdates``, by cause:
 
@@ -67,8 +68,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from atlas.net.json_limits import loads_bounded
-from atlas.storage import Database
-from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, hold_advisory_lock
+from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable
+from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, AdvisoryLockLost, hold_advisory_lock
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
 from atlas.telegram.dispatch import DispatchFull, DispatchNotRunning, UpdateDispatcher
 
@@ -204,6 +205,8 @@ class PollingIntake:
             while True:
                 try:
                     async with hold_advisory_lock(self._db(), self.lock_name) as lock:
+                        if ctx is not None:
+                            ctx.mark_waiting(None)
                         _log.info("polling lock %r taken; this process polls Telegram", self.lock_name)
                         await self._poll(lock, ctx)
                 except AdvisoryLockBusy:
@@ -214,6 +217,19 @@ class PollingIntake:
                             self.settings.standby_retry,
                         )
                     self.state = "standby"
+                    await trio.sleep(self.settings.standby_retry)
+                except (DatabaseUnavailable, BudgetExhausted, AdvisoryLockLost) as exc:
+                    # The database went away (the lock with its session): wait for it and take the
+                    # lock again on this incarnation, instead of crashing the bot's supervisor.
+                    _log.warning(
+                        "polling lock %r: the database is away (%s); trying again in %gs",
+                        self.lock_name,
+                        exc,
+                        self.settings.standby_retry,
+                    )
+                    self.state = "standby"
+                    if ctx is not None:
+                        ctx.mark_waiting("database")
                     await trio.sleep(self.settings.standby_retry)
         finally:
             self.state = "stopped"
