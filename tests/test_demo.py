@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 from atlas.demo.counts import ShopCounts
 from atlas.demo.faults import SCHEDULE, Fault, burst_size
@@ -32,6 +36,8 @@ from atlas.demo.summary import (
     exit_code,
 )
 from atlas.demo.tally import FLOWS
+from tests._browser import open_browser
+from tests._webchat_page import WebChat
 
 ROOT = Path(__file__).resolve().parent.parent
 # A bound against a hung run, not a speed requirement: the machine may be busy.
@@ -46,30 +52,78 @@ def _reachable_temp_dir() -> Path:
     return data_dir
 
 
-async def run_demo(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
-    """Run ``python -m atlas demo ARGS`` from the checkout; return (exit code, summary, output)."""
+WhileRunning = Callable[[str], Awaitable[None]]
+"""What a test does with the running demo, given the web chat URL it printed."""
+
+
+async def run_demo(
+    tmp_path: Path, *args: str, while_running: WhileRunning | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """Run ``python -m atlas demo ARGS`` from the checkout; return (exit code, summary, output).
+
+    ``while_running`` is awaited, as soon as the demo prints its web chat URL, with that URL,
+    while the crowd plays (the demo keeps going meanwhile).
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("ATLAS_")}
     env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONUNBUFFERED"] = "1"  # the URL lines arrive as printed
     data_dir = _reachable_temp_dir()
+    stdout, stderr = bytearray(), bytearray()
+    url_seen, webchat = trio.Event(), [""]
+
+    async def read(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+        async for chunk in stream:
+            into.extend(chunk)
+            if not url_seen.is_set() and (found := re.search(rb"web chat:\s+(\S+)", into)):
+                webchat[0] = found.group(1).decode()
+                url_seen.set()
+
     try:
         with trio.fail_after(RUN_LIMIT):
-            done = await trio.run_process(
+            process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "atlas", "demo", "--data-dir", str(data_dir), *args],
-                cwd=str(tmp_path), env=env, capture_stdout=True, capture_stderr=True, check=False,
+                cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )  # fmt: skip
+            try:
+                async with trio.open_nursery() as nursery:
+                    assert process.stdout is not None and process.stderr is not None
+                    nursery.start_soon(read, process.stdout, stdout)
+                    nursery.start_soon(read, process.stderr, stderr)
+                    if while_running is not None:
+                        await url_seen.wait()
+                        await while_running(webchat[0])
+                    await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-    output = done.stdout.decode() + done.stderr.decode()
-    lines = [line for line in done.stdout.decode().splitlines() if line.startswith(SUMMARY_PREFIX)]
-    assert lines, f"no summary line; exit {done.returncode}; output tail:\n{output[-4000:]}"
-    return done.returncode, json.loads(lines[-1][len(SUMMARY_PREFIX):]), output
+    output = stdout.decode() + stderr.decode()
+    lines = [line for line in stdout.decode().splitlines() if line.startswith(SUMMARY_PREFIX)]
+    assert lines, f"no summary line; exit {process.returncode}; output tail:\n{output[-4000:]}"
+    code = process.returncode
+    assert code is not None
+    return code, json.loads(lines[-1][len(SUMMARY_PREFIX):]), output
+
+
+async def _chat_through_the_web_page(url: str) -> None:
+    """The person running the demo, in chromium: /start, a button press, the bot's reply."""
+    async with open_browser() as browser:
+        chat = WebChat(await browser.open(url))
+        await chat.send("/start")
+        await chat.press("❓", within=60)  # Help, in either language
+        await chat.wait_for_bot_text("/promo", within=60)  # only the help screen names it
 
 
 @pytest.mark.slow
 async def test_the_demo_runs_every_flow_recovers_from_every_fault_and_passes_its_invariants(
     tmp_path: Path,
 ) -> None:
-    code, summary, output = await run_demo(tmp_path, "--users", "50", "--days", "3", "--seed", "7")
+    # While the crowd plays, the person running the demo chats with the bot through the web page.
+    code, summary, output = await run_demo(
+        tmp_path, "--users", "50", "--days", "3", "--seed", "7", while_running=_chat_through_the_web_page
+    )
     assert code == 0, output[-4000:]
     assert summary["invariants_ok"] is True and summary["violations"] == []
     assert summary["tree_exit_code"] == 0
