@@ -18,8 +18,8 @@ lengthen a period (production must stay exactly as it was), and every lease, tim
 gap would then be a business second. The MockClock autojumps with a cushion (``AUTOJUMP``): with
 real sockets and PostgreSQL in flight the clock may only jump once every task has been blocked
 that long (DESIGN.md, "Tests"); during start-up it does not jump at all and during shutdown only
-after a full idle second (their only timers are timeouts). Each distinct wake-up (a tick, a pacing slot) costs one cushion of wall
-time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): about 14,500
+after a full idle second (their only timers are timeouts). Each distinct wake-up (a tick, a pacing
+slot) costs one cushion of wall time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): about 14,500
 jumps and 7,200 ticks for the month.
 
 **Determinism.** All due moments are derived from the seed (cohorts, start hours, balances), and
