@@ -19,8 +19,8 @@ gap would then be a business second. The MockClock autojumps with a cushion (``A
 real sockets and PostgreSQL in flight the clock may only jump once every task has been blocked
 that long (DESIGN.md, "Tests"); during start-up it does not jump at all and during shutdown only
 after a full idle second (their only timers are timeouts). Each distinct wake-up (a tick, a pacing
-slot) costs one cushion of wall time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): about 14,500
-jumps and 7,200 ticks for the month.
+slot) costs one cushion of wall time; the rest is PostgreSQL round trips. Measured
+(docs/architecture.md, "Time"): about 14,500 jumps and 7,200 ticks for the month.
 
 **Determinism.** All due moments are derived from the seed (cohorts, start hours, balances), and
 every scripted action passes its *scheduled* business time as ``now``, never "whatever the clock
