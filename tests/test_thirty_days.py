@@ -560,8 +560,8 @@ class StorageAwareAutojump:
     PostgreSQL (on the storage loop's thread) *is* blocked, and on a loaded machine a query takes
     longer than any cushion that keeps a month short: the clock would then run on (a jump to each
     next deadline, ten worker ticks per business hour) while a unit is in flight, ticks would be
-    skipped and timeouts could fire. So this driver also waits until no ``StorageLoop.call`` is in
-    flight: the test's outcome no longer depends on how fast the machine answers. Off while
+    skipped and timeouts could fire. So this driver also waits until no ``StorageLoop.call`` (and no
+    trio worker thread) is in flight: the outcome should not depend on how fast the machine answers. Off while
     ``enabled`` is False (start-up: its only timers are timeouts).
     """
 
@@ -590,7 +590,8 @@ class StorageAwareAutojump:
         """Jump to the next deadline whenever everything is idle and no query is out."""
         while True:
             await trio.testing.wait_all_tasks_blocked(self.cushion)
-            if not self.enabled or self.in_flight:
+            threads = trio.to_thread.current_default_thread_limiter().statistics().borrowed_tokens
+            if not self.enabled or self.in_flight or threads:
                 await trio.lowlevel.checkpoint()  # look again after another cushion
                 continue
             jump = trio.lowlevel.current_statistics().seconds_to_next_deadline
