@@ -366,6 +366,8 @@ def check_month(month: Month, people: list[Person], end: dt.datetime) -> None:
     problems: list[str] = []
     if not month.audit_ok:
         problems.append(month.audit_text)
+    if month.crash_counts:
+        problems.append(f"crash reports during the month: {month.crash_counts}: {month.crashes}")
     if month.unsettled:
         problems.append(f"{month.unsettled} outbox rows or key changes still pending after the month")
     subs = {row["user_id"]: row for row in month.subscriptions}
@@ -513,6 +515,7 @@ class Month:
     crash_counts: dict[str, int]
     ticks: dict[str, int]
     unsettled: int
+    crashes: list[str]
 
     def differences(self, other: Month) -> list[str]:
         """What differs between two months' digested documents (for a failing determinism test)."""
@@ -692,6 +695,9 @@ async def live_a_month(
                 crash_counts=dict(services.crash_counts),
                 ticks={name: actor.statistics().ticks for name, actor in services.actors.items()},
                 unsettled=await month_db.run(_unsettled),
+                crashes=[
+                    f"{r.kind} {r.path}: {r.exc_type}: {r.message}"[:300] for r in services.ring.latest(10)
+                ],
             )
             # Stopping: jump only when truly idle, so that no shutdown timeout fires on a busy machine.
             jumper.cushion = 1.0
