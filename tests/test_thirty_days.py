@@ -10,8 +10,8 @@ Crypto Pay emulator.
 ``ATLAS_TICK_FLOOR = 1`` trio second, so every periodic worker (all have business periods of an hour
 or less) ticks once per business hour (``atlas.clock.tick_period``): 720 ticks per worker in the
 month, and "on time" below means within ``ON_TIME`` (one tick period, plus one: see there). An
-hour is also the longest period that can honour the trial's 1-hour warning. Operational time (timeouts, leases, retries, the
-outbox's 30/s and 1/s-per-chat pacing) stays in trio seconds: a broadcast of 1,000 messages takes
+hour is also the longest period that can honour the trial's 1-hour warning. Operational time
+(timeouts, leases, retries, the outbox's 30/s and 1/s-per-chat pacing) stays in trio seconds: a broadcast of 1,000 messages takes
 ~34 trio seconds, about a business day and a half, as a real one takes half a minute. The
 alternative, speed 1 with a floor of 3,600 trio seconds, was turned down: the floor may never
 lengthen a period (production must stay exactly as it was), and every lease, timeout and pacing
