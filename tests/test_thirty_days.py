@@ -9,19 +9,19 @@ Crypto Pay emulator.
 **Time.** The business clock runs at ``SPEED = 3600`` (one trio second is one business hour) with
 ``ATLAS_TICK_FLOOR = 1`` trio second, so every periodic worker (all have business periods of an hour
 or less) ticks once per business hour (``atlas.clock.tick_period``): 720 ticks per worker in the
-month, and "on time" below means within ``ON_TIME`` (one tick period, plus one: see there). An
-hour is also the longest period that can honour the trial's 1-hour warning. Operational time
-(timeouts, leases, retries, the outbox's 30/s and 1/s-per-chat pacing) stays in trio seconds: a broadcast of 1,000 messages takes
-~34 trio seconds, about a business day and a half, as a real one takes half a minute. The
-alternative, speed 1 with a floor of 3,600 trio seconds, was turned down: the floor may never
-lengthen a period (production must stay exactly as it was), and every lease, timeout and pacing
-gap would then be a business second. The MockClock autojumps with a cushion (``AUTOJUMP``) and,
-beyond trio's own autojump, never while a query is out (:class:`StorageAwareAutojump`): with real
-sockets and PostgreSQL in flight the clock may only jump once everything is idle (DESIGN.md,
-"Tests"); during start-up it does not jump at all and during shutdown only after a full idle
-second (their only timers are timeouts). Each distinct wake-up (a tick, a pacing
-slot) costs one cushion of wall time; the rest is PostgreSQL round trips. Measured
-(docs/architecture.md, "Time"): about 14,500 jumps and 7,200 ticks for the month.
+month, and "on time" below means within ``ON_TIME`` (one tick period, plus one: see there). An hour
+is also the longest period that can honour the trial's 1-hour warning. Operational time (timeouts,
+leases, retries, the outbox's 30/s and 1/s-per-chat pacing) stays in trio seconds: a broadcast of
+1,000 messages takes ~34 trio seconds, about a business day and a half, as a real one takes half a
+minute. The alternative, speed 1 with a floor of 3,600 trio seconds, was turned down: the floor may
+never lengthen a period (production must stay exactly as it was), and every lease, timeout and
+pacing gap would then be a business second. The MockClock autojumps with a cushion (``AUTOJUMP``)
+and, beyond trio's own autojump, never while a query is out (:class:`StorageAwareAutojump`): with
+real sockets and PostgreSQL in flight the clock may only jump once everything is idle (DESIGN.md,
+"Tests"); during start-up it does not jump at all and during shutdown only after a full idle second
+(their only timers are timeouts). Each distinct wake-up (a tick, a pacing slot) costs one cushion of
+wall time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): about 14,500
+jumps and 7,200 ticks for the month.
 
 **Determinism.** All due moments are derived from the seed (cohorts, start hours, balances), and
 every scripted action passes its *scheduled* business time as ``now``, never "whatever the clock
