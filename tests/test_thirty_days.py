@@ -20,8 +20,8 @@ and, beyond trio's own autojump, never while a query is out (:class:`StorageAwar
 real sockets and PostgreSQL in flight the clock may only jump once everything is idle (DESIGN.md,
 "Tests"); during start-up it does not jump at all and during shutdown only after a full idle second
 (their only timers are timeouts). Each distinct wake-up (a tick, a pacing slot) costs one cushion of
-wall time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): about 14,500
-jumps and 7,200 ticks for the month.
+wall time; the rest is PostgreSQL round trips. Measured (docs/architecture.md, "Time"): 7,200 ticks
+and 15,000 to 73,000 jumps for the month.
 
 **Determinism.** All due moments are derived from the seed (cohorts, start hours, balances), and
 every scripted action passes its *scheduled* business time as ``now``, never "whatever the clock
