@@ -10,6 +10,7 @@ import trio
 import trio.lowlevel
 
 from atlas.clock import Clock
+from atlas.payments import CryptoPayClient
 from atlas.runtime.app import make_services, serve_tree
 from atlas.runtime.services import Services
 from atlas.runtime.settings import load_settings
@@ -43,8 +44,9 @@ async def running_tree(
     ``settings`` override :func:`load_settings` (``http_port`` defaults to 0). ``emulator_url``: the
     emulator is already served there (several trees sharing one bot), so it is not served again.
     ``clock``: the business clock (default: ``Clock(speed=clock_speed)`` anchored now, as ``atlas
-    run`` makes it). Nodes from a ``nodes_file`` get a :class:`Fleet`, as ``run_app`` gives them.
-    On exit the tree is stopped and every task of the block is cancelled.
+    run`` makes it). Nodes from a ``nodes_file`` get a :class:`Fleet` and a ``cryptopay_token`` a
+    Crypto Pay client, as ``run_app`` gives them. On exit the tree is stopped and every task of the
+    block is cancelled.
     """
     settings.setdefault("http_port", 0)
     async with trio.open_nursery() as nursery:
@@ -56,6 +58,13 @@ async def running_tree(
             services.bot = make_bot(emulator.token, str(settings["telegram_api_base"]))
         if services.nodes:
             services.fleet = Fleet([node for node in services.nodes if node.enabled])
+        crypto = services.settings.cryptopay_token
+        if crypto is not None:
+            services.cryptopay = CryptoPayClient(
+                crypto.get_secret_value(),
+                network=services.settings.cryptopay_network,
+                base_url=services.settings.cryptopay_base_url,
+            )
         stop = trio.Event()
         root = await nursery.start(
             lambda task_status: serve_tree(
@@ -71,5 +80,7 @@ async def running_tree(
             with trio.CancelScope(shield=True):
                 if services.fleet is not None:
                     await services.fleet.aclose()
+                if services.cryptopay is not None:
+                    await services.cryptopay.aclose()
                 if services.bot is not None:
                     await services.bot.session.close()
