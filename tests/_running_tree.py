@@ -11,7 +11,7 @@ import trio.lowlevel
 
 from atlas.clock import Clock
 from atlas.payments import CryptoPayClient
-from atlas.runtime.app import make_services, serve_tree
+from atlas.runtime.app import close_clients, make_services, serve_tree
 from atlas.runtime.services import Services
 from atlas.runtime.settings import load_settings
 from atlas.supervision import ChildSpec, Supervisor
@@ -77,10 +77,4 @@ async def running_tree(
             stop.set()
             await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
-            with trio.CancelScope(shield=True):
-                if services.fleet is not None:
-                    await services.fleet.aclose()
-                if services.cryptopay is not None:
-                    await services.cryptopay.aclose()
-                if services.bot is not None:
-                    await services.bot.session.close()
+            await close_clients(services)

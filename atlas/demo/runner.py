@@ -33,7 +33,7 @@ from atlas.demo.tally import FLOWS, Tally
 from atlas.demo.view import Frame, day_of, show
 from atlas.demo.world import TRIAL_DAYS, World, open_world, prepare_data_dir
 from atlas.payments import CryptoPayClient
-from atlas.runtime.app import serve_tree
+from atlas.runtime.app import close_clients, serve_tree
 from atlas.runtime.bridge import open_bridge
 from atlas.runtime.database import database_server
 from atlas.runtime.services import Services, make_services
@@ -142,7 +142,7 @@ async def _run_shop(world: World, options: DemoOptions, clock: Clock, console: C
                     await _stay_up(console, world)
                 stop.set()
         finally:
-            await _close_clients(services)
+            await close_clients(services)
     if not stop.is_set():  # the tree ended before the demo stopped it
         console.print(f"atlas demo: the root supervisor gave up; see {world.data_dir / 'atlas.log'}")
         return EXIT_TREE_GAVE_UP
@@ -265,14 +265,3 @@ async def _stay_up(console: Console, world: World) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             return
-
-
-async def _close_clients(services: Services) -> None:
-    with trio.CancelScope(shield=True):
-        if services.fleet is not None:
-            await services.fleet.aclose()
-        if services.cryptopay is not None:
-            await services.cryptopay.aclose()
-        if services.bot is not None:
-            await services.bot.session.close()
-

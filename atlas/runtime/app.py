@@ -369,7 +369,8 @@ async def _stop_on_signals(stop: trio.Event) -> None:
             return
 
 
-async def _close_clients(services: Services) -> None:
+async def close_clients(services: Services) -> None:
+    """Close the outbound clients (node fleet, Crypto Pay, the Bot session), even when cancelled."""
     with trio.CancelScope(shield=True):
         if services.fleet is not None:
             await services.fleet.aclose()
@@ -407,12 +408,12 @@ async def run_app(settings: Settings, *, hard_exit: Callable[[int], object] = os
                 await check_currency_supported(services.cryptopay, settings.currency)
             except CryptoPayCurrencyUnsupported as exc:
                 _log.critical("%s", exc)
-                await _close_clients(services)
+                await close_clients(services)
                 return 2
         nursery.start_soon(watchdog.run, name="atlas: scheduler watchdog")
         nursery.start_soon(_stop_on_signals, stop, name="atlas: signals")
         code = await serve_tree(services, dsn, stop=stop, hard_exit=hard_exit)
         nursery.cancel_scope.cancel()
-        await _close_clients(services)
+        await close_clients(services)
     _log.info("atlas stopped with exit code %d", code)
     return code

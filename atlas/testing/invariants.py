@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from typing import Any
 from atlas.actors.outbox.payloads import PayloadError, render
 from atlas.storage import Database
 from atlas.storage.tx import Tx
-from atlas.storage.units.delivery import ClaimedMessage
+from atlas.storage.units.delivery import ClaimedMessage, claimed_message
 from atlas.telegram.i18n import Translator, bundled
 from atlas.testing.botapi.records import NEW_MESSAGE_KINDS, ChatRecord
 from atlas.vpn import Fleet
@@ -357,29 +356,7 @@ async def _outbox_page(tx: Tx, *, after: int) -> list[_OutboxRow]:
         after,
         _PAGE,
     )
-    return [
-        _OutboxRow(
-            ClaimedMessage(
-                id=row["id"],
-                chat_id=row["chat_id"],
-                kind=row["kind"],
-                payload=_payload(row["payload"]),
-                priority=row["priority"],
-                broadcast_id=row["broadcast_id"],
-                attempts=row["attempts"],
-                next_attempt_at=row["next_attempt_at"],
-                language=row["language"],
-            ),
-            row["state"],
-            row["last_error"],
-        )
-        for row in rows
-    ]
-
-
-def _payload(raw: object) -> dict[str, Any]:
-    value = json.loads(raw) if isinstance(raw, str) else raw
-    return value if isinstance(value, dict) else {"__invalid__": value}
+    return [_OutboxRow(claimed_message(row), row["state"], row["last_error"]) for row in rows]
 
 
 async def _outbox_rows(db: Database) -> list[_OutboxRow]:

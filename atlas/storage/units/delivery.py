@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atlas.storage.tx import Tx
+from atlas.storage.tx import Record, Tx
 from atlas.storage.units._rows import check_limit, check_now, from_json, status_count
 
 MAX_CLAIM = 1000
@@ -189,20 +189,7 @@ async def claim_outbox(
         limit,
         bounded_by="the due CTE has LIMIT $4",
     )
-    claimed = [
-        ClaimedMessage(
-            id=row["id"],
-            chat_id=row["chat_id"],
-            kind=row["kind"],
-            payload=_payload(row["payload"]),
-            priority=row["priority"],
-            broadcast_id=row["broadcast_id"],
-            attempts=row["attempts"],
-            next_attempt_at=row["next_attempt_at"],
-            language=row["language"],
-        )
-        for row in rows
-    ]
+    claimed = [claimed_message(row) for row in rows]
     # UPDATE ... RETURNING has no order; the sender relies on this one.
     claimed.sort(key=lambda m: (m.priority, m.next_attempt_at, m.id))
     return claimed
@@ -226,7 +213,22 @@ async def end_other_leases(tx: Tx, *, owner: uuid.UUID, now: dt.datetime) -> int
         owner,
         now,
     )
-    return int(status.split()[-1])
+    return status_count(status)
+
+
+def claimed_message(row: Record) -> ClaimedMessage:
+    """An outbox row (with its recipient's ``language``) as the sender renders it."""
+    return ClaimedMessage(
+        id=row["id"],
+        chat_id=row["chat_id"],
+        kind=row["kind"],
+        payload=_payload(row["payload"]),
+        priority=row["priority"],
+        broadcast_id=row["broadcast_id"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        language=row["language"],
+    )
 
 
 def _payload(value: Any) -> dict[str, Any]:
