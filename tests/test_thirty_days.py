@@ -85,8 +85,8 @@ ON_TIME = 2 * TICK
 AUTOJUMP = 0.005
 T0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
 DAYS = 30
-DETERMINISM_USERS = 120
-DETERMINISM_DAYS = 8
+DETERMINISM_USERS = 40
+DETERMINISM_DAYS = 6  # the late-trial cohort needs > 5 days
 USERS = 1000
 ADMIN = 900_000_001
 NODE_TOKEN = "thirty-days-node-token-0123456789"
