@@ -27,6 +27,8 @@ class RunningTree:
     services: Services
     root: Supervisor
     emulator: BotApiEmulator | None
+    hard_exits: list[int]
+    """Exit codes the root asked for (``atlas run`` would have ended the process with ``os._exit``)."""
 
 
 @asynccontextmanager
@@ -66,13 +68,18 @@ async def running_tree(
                 base_url=services.settings.cryptopay_base_url,
             )
         stop = trio.Event()
+        # Never os._exit the test process: a root that gives up or is stuck is recorded, and the
+        # block fails with it below (a hard exit would end the whole pytest run mid-suite).
+        hard_exits: list[int] = []
         root = await nursery.start(
             lambda task_status: serve_tree(
-                services, database, stop=stop, extra_workers=extra_workers, task_status=task_status
+                services, database, stop=stop, extra_workers=extra_workers,
+                hard_exit=hard_exits.append, task_status=task_status,
             )
         )
         try:
-            yield RunningTree(services, root, emulator)
+            yield RunningTree(services, root, emulator, hard_exits)
+            assert not hard_exits, f"the root asked for a hard exit {hard_exits}: it gave up or is stuck"
         finally:
             stop.set()
             await trio.lowlevel.checkpoint()
