@@ -39,6 +39,7 @@ from atlas.telegram import (
     make_bot,
 )
 from atlas.telegram.config import BotConfig
+from atlas.telegram.formatting import format_money
 from atlas.telegram.i18n import t
 from atlas.telegram.routers import build_user_routers
 from atlas.testing.botapi import BotApiEmulator, ChatRecord, EmulatedUser
@@ -94,7 +95,7 @@ async def _tap_pay_with_crypto(user: EmulatedUser) -> list[ChatRecord]:
     await _step(user, "command", "/start")
     await _step(user, "press", en("user.button.plans"))
     await _step(user, "press", "p:m1")
-    return await _step(user, "press", en("user.button.pay_crypto", price="100.00 RUB"))
+    return await _step(user, "press", en("user.button.pay_crypto", price=format_money(10_000, "RUB", "en")))
 
 
 async def _serve_bot(
