@@ -51,7 +51,7 @@ from atlas.actors.outbox.payloads import PayloadError, render
 from atlas.actors.outbox.recorder import Recorder, ResultBuffer
 from atlas.actors.outbox.settings import SenderSettings, SenderStatistics
 from atlas.clock import Clock
-from atlas.storage import Database
+from atlas.storage import Database, DatabaseUnavailable
 from atlas.storage.locks import AdvisoryLock
 from atlas.storage.units.delivery import (
     ClaimedMessage,
@@ -186,7 +186,12 @@ class OutboxSender(Actor):
         async def lead(lock: AdvisoryLock) -> None:
             # The old leader is gone (its lock with it) and has stopped (we waited `quiet`): the
             # rows it had leased are nobody's, so they need not wait out their lease.
-            ended = await self.db().run(end_other_leases, owner=self.owner, now=self.clock.now())
+            try:
+                ended = await self.db().run(end_other_leases, owner=self.owner, now=self.clock.now())
+            except DatabaseUnavailable:
+                # Not worth a crash: the old leader's rows then wait out their lease, as before.
+                _log.warning("outbox sender elected: the database did not answer; old leases run out")
+                ended = 0
             if ended:
                 _log.info("outbox sender elected: took over %d rows leased by the previous leader", ended)
             async with trio.open_nursery() as nursery:
