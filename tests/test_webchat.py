@@ -14,14 +14,12 @@ import trio
 from aiogram import Bot
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice
 
-from atlas.storage import Tx
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import WEBCHAT_USER_ID, BotApiEmulator
 from atlas.testing.botapi._webchat import MAX_BODY_BYTES
 from atlas.testing.botapi._webchat_view import HISTORY_LIMIT
 from atlas.vpn import qr_png
 from tests._browser import open_browser
-from tests._running_tree import running_tree
 from tests._webchat_page import WebChat
 
 YOU = WEBCHAT_USER_ID
@@ -372,52 +370,3 @@ async def test_the_page_draws_bot_html_as_elements_and_follows_edits_deletions_a
 
 
 # -- the whole system, in a real browser -----------------------------------------------------------
-
-
-async def test_a_person_uses_the_bot_through_the_web_chat_in_chromium(
-    bridge: None, fresh_database: str
-) -> None:
-    emulator = BotApiEmulator(bot_username="atlas_webchat_bot")
-    async with running_tree(fresh_database, emulator=emulator, seed=11) as tree, open_browser() as browser:
-        db = tree.services.require_db()
-        chat = WebChat(await browser.open(emulator.webchat_url(lang="en")))
-        page = chat.page
-        await chat.send("/start")
-        await chat.press("Free trial")
-        await chat.wait_for_bot_text("Your trial is on")
-        await chat.press("My subscription")
-        link = await page.wait_for(
-            "(() => { const a = document.querySelector('#log a[href*=\"/sub/\"]'); return a && a.href; })()",
-            what="the subscription link",
-        )
-        await chat.press("QR code")
-        qr_width = await page.wait_for(
-            "(() => { const img = document.querySelector('#log .msg.bot img');"
-            " return img && img.complete && img.naturalWidth; })()",
-            what="the QR photo, loaded",
-        )
-        await chat.press("Plans")
-        await chat.press("1 month")
-        await chat.press("Telegram Stars")
-        await chat.press("Pay ⭐")  # the invoice's own button
-        await chat.wait_for_bot_text("Payment received", within=60)
-        paid_bubble = await page.evaluate("document.querySelector('#log .msg.user .payment').textContent")
-        target = link[link.index("/sub/"):]
-
-        async def payments(tx: Tx) -> list[tuple[str, str]]:
-            rows = await tx.fetch("SELECT provider, status FROM payments WHERE user_id = $1 LIMIT 5", YOU)
-            return [(row["provider"], row["status"]) for row in rows]
-
-        async def token_of(tx: Tx) -> str:
-            return str(await tx.fetchval("SELECT token FROM subscriptions WHERE user_id = $1", YOU))
-
-        applied = await db.run(payments)
-        token = await db.run(token_of)
-        errors = browser.console_errors()
-
-    assert link.startswith(tree.services.settings.public_base_url)
-    assert target == f"/sub/{token}"
-    assert qr_width > 100  # the PNG the bot uploaded, served by the emulator and drawn by chromium
-    assert paid_bubble.startswith("✅ Paid ⭐")
-    assert applied == [("stars", "applied")]
-    assert errors == []  # no script error, no Content-Security-Policy violation
