@@ -81,8 +81,9 @@ async def admin_execute(dsn: str, *statements: str) -> None:
 # ----------------------------------------------------------------------------- due work
 
 
-async def seed_due_work(tx: Tx, *, now: dt.datetime, rows: int) -> None:
-    """``rows`` trials ending now, ``rows`` paid subscriptions due for renewal, ``rows`` messages due."""
+async def seed_due_work(tx: Tx, *, now: dt.datetime, rows: int, with_keys: bool = False) -> None:
+    """``rows`` trials ending now, ``rows`` paid subscriptions due for renewal, ``rows`` messages due;
+    ``with_keys``: a key wanted present for every subscription too (work for the VPN controller)."""
     await tx.execute(
         """
         INSERT INTO users (id, first_name, language, referral_code, balance_minor, created_at)
@@ -120,6 +121,15 @@ async def seed_due_work(tx: Tx, *, now: dt.datetime, rows: int) -> None:
         now,
         rows,
     )
+    if with_keys:
+        await tx.execute(
+            """
+            INSERT INTO vpn_keys (subscription_id, uuid, desired, created_at, changed_at)
+            SELECT s.id, gen_random_uuid(), 'present', $1, $1 FROM subscriptions s WHERE s.user_id > $2
+            """,
+            now,
+            DUE_BASE,
+        )
     await tx.execute(
         """
         INSERT INTO outbox (chat_id, kind, payload, dedupe_key, priority, next_attempt_at, created_at)

@@ -9,7 +9,6 @@ thousands of due rows for every worker, while users talk to the bot.
 
 from __future__ import annotations
 
-import datetime as dt
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,72 +22,13 @@ from atlas.storage import BudgetStatistics, Tx
 from atlas.supervision import Supervisor
 from atlas.testing.botapi import BotApiEmulator
 from atlas.testing.node_emulator import NodeEmulator
+from tests._fault_support import seed_due_work
 from tests._running_tree import running_tree
 
 NODE_TOKEN = "freeze-test-node-token-0123456789"
 ROWS = 1500  # per kind of due work
 USERS = 30
 ROUNDS = 3
-
-
-async def _seed_due_work(tx: Tx, *, now: dt.datetime, rows: int) -> None:
-    """Trials ending now, paid subscriptions due for renewal, keys to put on the node, a backlog."""
-    base = 7_000_000
-    await tx.execute(
-        """
-        INSERT INTO users (id, first_name, language, referral_code, balance_minor, created_at)
-        SELECT $1 + g, 'Load', 'en', 'load_' || g, CASE WHEN g % 2 = 0 THEN 100000 ELSE 0 END, $2
-        FROM generate_series(1, $3 * 2) g
-        """,
-        base,
-        now,
-        rows,
-    )
-    await tx.execute(
-        """
-        INSERT INTO ledger (user_id, amount_minor, kind, reference, idempotency_key, created_at)
-        SELECT $1 + g, 100000, 'topup', 'seed', 'seed:' || g, $2
-        FROM generate_series(2, $3 * 2, 2) g
-        """,
-        base,
-        now,
-        rows,
-    )
-    await tx.execute(
-        """
-        INSERT INTO subscriptions (user_id, kind, status, plan_code, starts_at, expires_at, auto_renew,
-                                   token, created_at, updated_at)
-        SELECT $1 + g,
-               CASE WHEN g % 2 = 0 THEN 'paid' ELSE 'trial' END, 'active',
-               CASE WHEN g % 2 = 0 THEN 'm1' END,
-               $2::timestamptz - interval '30 days',
-               $2::timestamptz + CASE WHEN g % 2 = 0 THEN interval '1 hour' ELSE interval '-1 minute' END,
-               g % 2 = 0,
-               'freeze-token-' || lpad(g::text, 12, '0'), $2, $2
-        FROM generate_series(1, $3 * 2) g
-        """,
-        base,
-        now,
-        rows,
-    )
-    await tx.execute(
-        """
-        INSERT INTO vpn_keys (subscription_id, uuid, desired, created_at, changed_at)
-        SELECT s.id, gen_random_uuid(), 'present', $1, $1 FROM subscriptions s WHERE s.user_id > $2
-        """,
-        now,
-        base,
-    )
-    await tx.execute(
-        """
-        INSERT INTO outbox (chat_id, kind, payload, dedupe_key, priority, next_attempt_at, created_at)
-        SELECT $1 + g, 'admin.balance_adjusted', '{}'::jsonb, 'freeze:' || g, 1, $2, $2
-        FROM generate_series(1, $3) g
-        """,
-        base,
-        now,
-        rows,
-    )
 
 
 @pytest.mark.slow
@@ -149,7 +89,7 @@ async def _converse_while_busy(
 ) -> BusySummary:
     """Seed the backlog, wait until every worker is on it, then let the users talk; what happened."""
     db = services.require_db()
-    await db.run(_seed_due_work, now=services.clock.now(), rows=ROWS)
+    await db.run(seed_due_work, now=services.clock.now(), rows=ROWS, with_keys=True)
 
     latencies: list[float] = []
 
