@@ -10,22 +10,21 @@ replied-to message as ``reply_to_message``, as Telegram sends it (one level, no 
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
 from typing import Any
 
+from atlas.testing.botapi._chat_reader import ChatReader
 from atlas.testing.botapi._core import ChatState, EmulatorCore, PendingCallback
 from atlas.testing.botapi.errors import ScriptError
-from atlas.testing.botapi.records import NEW_MESSAGE_KINDS, ChatRecord, RecordKind
 from atlas.testing.botapi.users import EmulatedUser
 
 
-class EmulatedGroup:
+class EmulatedGroup(ChatReader):
     """A supergroup with the bot in it. Create one with :meth:`BotApiEmulator.add_group`."""
 
+    _reader_name = "group"
+
     def __init__(self, core: EmulatorCore, chat: ChatState, *, privacy: bool) -> None:
-        self._core = core
-        self._chat = chat
-        self._cursor = 0
+        super().__init__(core, chat)
         self.privacy = privacy
 
     @property
@@ -96,31 +95,3 @@ class EmulatedGroup:
     def message(self, message_id: int) -> dict[str, Any]:
         """The current version of message ``message_id`` of this chat (``KeyError`` if none)."""
         return copy.deepcopy(self._chat.messages[message_id])
-
-    def chat_log(self) -> list[ChatRecord]:
-        """Everything the bot did in this group, oldest first."""
-        return list(self._chat.log)
-
-    async def next_record(
-        self, within: float = 5.0, *, kinds: Collection[RecordKind] | None = None
-    ) -> ChatRecord:
-        """The next record the bot made here after the read cursor; see :meth:`EmulatedUser.next_record`."""
-        log = self._chat.log
-
-        def probe() -> ChatRecord | None:
-            while self._cursor < len(log):
-                record = log[self._cursor]
-                self._cursor += 1
-                if kinds is None or record.kind in kinds:
-                    return record
-            return None
-
-        return await self._core.wait_for(probe, within, f"next record in group {self.id}")
-
-    async def next_message(self, within: float = 5.0) -> ChatRecord:
-        """The next new message the bot sent here."""
-        return await self.next_record(within, kinds=NEW_MESSAGE_KINDS)
-
-    def skip_received(self) -> None:
-        """Move the read cursor past everything received so far."""
-        self._cursor = len(self._chat.log)

@@ -13,25 +13,23 @@ which keep a read cursor so that nothing the bot sent before the call is missed.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
 from typing import Any
 
-from atlas.testing.botapi._core import ChatState, EmulatorCore, PendingCallback
+from atlas.testing.botapi._chat_reader import ChatReader
+from atlas.testing.botapi._core import PendingCallback
 from atlas.testing.botapi._payments import STARS, complete_payment, open_pre_checkout
 from atlas.testing.botapi.errors import NothingInTime, ScriptError
 from atlas.testing.botapi.records import (
-    NEW_MESSAGE_KINDS,
     CallbackAnswer,
     ChatRecord,
     InvoiceRecord,
     PaymentOutcome,
-    RecordKind,
 )
 
 _COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}$")
 
 
-class EmulatedUser:
+class EmulatedUser(ChatReader):
     """A user in a private chat with the bot (the chat id is the user id).
 
     Create one with :meth:`BotApiEmulator.add_user`. All methods are meant for the trio task of
@@ -39,10 +37,8 @@ class EmulatedUser:
     that raises :class:`NothingInTime`.
     """
 
-    def __init__(self, core: EmulatorCore, chat: ChatState) -> None:
-        self._core = core
-        self._chat = chat
-        self._cursor = 0
+    _reader_name = "the chat of user"
+    # What the chat received (chat_log, next_record, next_message, skip_received): ChatReader.
 
     # -- who ------------------------------------------------------------------------------------
 
@@ -228,37 +224,3 @@ class EmulatedUser:
     def blocked(self) -> bool:
         """Whether the user has blocked the bot."""
         return self._chat.blocked
-
-    # -- what the chat received -----------------------------------------------------------------
-
-    def chat_log(self) -> list[ChatRecord]:
-        """Everything the bot did to this chat, oldest first."""
-        return list(self._chat.log)
-
-    async def next_record(
-        self, within: float = 5.0, *, kinds: Collection[RecordKind] | None = None
-    ) -> ChatRecord:
-        """The next record after the read cursor (of one of ``kinds``), waiting up to ``within`` s.
-
-        Records of other kinds passed over on the way are consumed. :class:`NothingInTime` if
-        nothing suitable arrives; the cursor then stays after what was seen.
-        """
-        log = self._chat.log
-
-        def probe() -> ChatRecord | None:
-            while self._cursor < len(log):
-                record = log[self._cursor]
-                self._cursor += 1
-                if kinds is None or record.kind in kinds:
-                    return record
-            return None
-
-        return await self._core.wait_for(probe, within, f"next record in the chat of user {self.id}")
-
-    async def next_message(self, within: float = 5.0) -> ChatRecord:
-        """The next *new* message (text, photo, document, invoice), skipping edits and deletions."""
-        return await self.next_record(within, kinds=NEW_MESSAGE_KINDS)
-
-    def skip_received(self) -> None:
-        """Move the read cursor past everything received so far."""
-        self._cursor = len(self._chat.log)
