@@ -264,6 +264,19 @@ async def test_round_trip_user_support_chat_agent_reply_user_and_close(db: Datab
         assert len(w.support.chat_log()) == before  # no answer in the group
 
 
+def showing(user: EmulatedUser) -> list[ChatRecord]:
+    """What the chat shows now, message by message: each message's latest version, deleted ones gone."""
+    latest: dict[int, ChatRecord] = {}
+    for record in user.chat_log():
+        if record.kind == "delete":
+            latest.pop(record.message_id, None)
+        elif record.kind == "edit_markup" and record.message_id in latest:
+            latest[record.message_id] = replace(latest[record.message_id], reply_markup=record.reply_markup)
+        else:
+            latest[record.message_id] = record
+    return [latest[message_id] for message_id in sorted(latest)]
+
+
 async def test_unknown_text_asks_then_opens_a_ticket(db: Database) -> None:
     async with world(db) as w, bot_process(w) as p:
         bob = w.emulator.add_user(5002, "Bob", language_code="en")
@@ -278,12 +291,18 @@ async def test_unknown_text_asks_then_opens_a_ticket(db: Database) -> None:
         assert en("support.user.sent_new", ticket=1) in texts(seen)
         assert "hello, I need help" in ((await notice_of(w)).plain_text or "")
 
-        # "No" sends nothing; a stale "Yes" (its text already sent) sends nothing either.
+        # A pressed prompt becomes its answer in place: its buttons are gone.
+        assert en("support.user.confirm") not in [r.plain_text for r in showing(bob)]
+        # "No" sends nothing; a stale "Yes" (an older prompt, left above a newer one) sends nothing either.
         seen = await p.step(bob, "text", "asdf")
+        assert texts(seen) == en("support.user.confirm")
+        seen = await p.step(bob, "text", "qwer")
         assert texts(seen) == en("support.user.confirm")
         seen = await p.step(bob, "press", en("support.button.discard"))
         assert en("support.user.cancelled") in texts(seen)
-        first_prompt = next(r for r in bob.chat_log() if r.plain_text == en("support.user.confirm"))
+        prompts = [r for r in showing(bob) if r.plain_text == en("support.user.confirm")]
+        assert len(prompts) == 1, "the discarded prompt was edited in place, the older one stays"
+        first_prompt = prompts[0]
         bob.skip_received()
         bob.press(first_prompt.inline_buttons()[0]["callback_data"])
         await p.settle()
@@ -588,7 +607,7 @@ async def test_atlas_run_with_the_setting_behind_a_webhook_with_two_processes(
             prompt = await uma.next_message(within=30)
             emulator.route_webhook_to(urls[1])  # the "yes" lands on the other process
             uma.press(en("support.button.send"))
-            sent = await uma.next_message(within=30)
+            sent = await uma.next_record(within=30)  # the prompt, edited in place into the answer
             notice = await support.next_message(within=30)
             support.post(agent, "We are on it", reply_to=notice.message_id)
             reply = await uma.next_message(within=30)
@@ -596,6 +615,7 @@ async def test_atlas_run_with_the_setting_behind_a_webhook_with_two_processes(
         nursery.cancel_scope.cancel()
 
     assert prompt.plain_text == en("support.user.confirm")
+    assert (sent.kind, sent.message_id) == ("edit_text", prompt.message_id)
     assert sent.plain_text == en("support.user.sent_new", ticket=1)
     assert "hello, I need help" in (notice.plain_text or "") and "5020" in (notice.plain_text or "")
     assert reply.plain_text == en("support.notice.reply", ticket=1, message="We are on it")

@@ -20,7 +20,7 @@ from atlas.storage import Database
 from atlas.storage.units.support import Author, TicketSummary, list_open_tickets, ticket_with_messages
 from atlas.telegram.callbacks import AdminAction, AdminCb, AdminTicketCb, AdminTicketPageCb
 from atlas.telegram.i18n import Markup, Translator
-from atlas.telegram.routers.admin_common import language, texts
+from atlas.telegram.routers.admin_common import language, show, texts
 
 PAGE = 10
 MESSAGES = 10
@@ -43,8 +43,11 @@ def _button(text: str, data: str) -> list[InlineKeyboardButton]:
     return [InlineKeyboardButton(text=text, callback_data=data)]
 
 
-async def show_page(message: Message, before: int | None, db: Database, tr: Translator, lang: str) -> None:
-    """Send one page of open tickets with ids below ``before`` (None: the newest)."""
+async def show_page(
+    message: Message, before: int | None, db: Database, tr: Translator, lang: str, *, in_place: bool
+) -> None:
+    """Show one page of open tickets with ids below ``before`` (None: the newest); ``in_place``
+    edits the pressed ``message`` (see :func:`~atlas.telegram.routers.admin_common.show`)."""
     tickets = await db.run(list_open_tickets, before=before, limit=PAGE + 1)
     page, more = tickets[:PAGE], len(tickets) > PAGE
     rows = [
@@ -65,17 +68,17 @@ async def show_page(message: Message, before: int | None, db: Database, tr: Tran
         rows.append(_button(tr.t(lang, "support.admin.next"), AdminTicketPageCb(before=page[-1].id).pack()))
     rows.append(_button(tr.t(lang, "support.admin.back_menu"), AdminCb(action=AdminAction.MENU).pack()))
     title = tr.t(lang, "support.admin.title" if page else "support.admin.empty")
-    await message.answer(title, parse_mode="HTML", reply_markup=InlineKeyboardMarkup(inline_keyboard=rows))
+    await show(message, title, InlineKeyboardMarkup(inline_keyboard=rows), in_place=in_place)
 
 
 async def show_ticket(message: Message, ticket_id: int, db: Database, tr: Translator, lang: str) -> None:
-    """Send one ticket with its latest messages, oldest first."""
+    """Show one ticket with its latest messages, oldest first, in place of the pressed ``message``."""
     view = await db.run(ticket_with_messages, ticket_id=ticket_id, limit=MESSAGES)
     back = InlineKeyboardMarkup(
         inline_keyboard=[_button(tr.t(lang, "support.admin.back_list"), AdminTicketPageCb().pack())]
     )
     if view is None:
-        await message.answer(tr.t(lang, "support.admin.not_found"), parse_mode="HTML", reply_markup=back)
+        await show(message, tr.t(lang, "support.admin.not_found"), back, in_place=True)
         return
     lines: list[str] = []
     if view.earlier:
@@ -97,7 +100,7 @@ async def show_ticket(message: Message, ticket_id: int, db: Database, tr: Transl
         # Each line is rendered HTML already (locale texts, escaped user text): not escaped again.
         messages=Markup("\n\n".join(lines)),
     )
-    await message.answer(text, parse_mode="HTML", reply_markup=back)
+    await show(message, text, back, in_place=True)
 
 
 def build_tickets_router() -> Router:
@@ -107,7 +110,7 @@ def build_tickets_router() -> Router:
     @router.message(Command("tickets"))
     async def tickets_command(message: Message, db: Database, translator: Translator | None = None) -> None:
         tr = texts(translator)
-        await show_page(message, None, db, tr, language(message.from_user, tr))
+        await show_page(message, None, db, tr, language(message.from_user, tr), in_place=False)
 
     @router.callback_query(AdminCb.filter(F.action == AdminAction.TICKETS))
     async def tickets_button(
@@ -116,7 +119,7 @@ def build_tickets_router() -> Router:
         tr = texts(translator)
         await callback.answer()
         if isinstance(callback.message, Message):
-            await show_page(callback.message, None, db, tr, language(callback.from_user, tr))
+            await show_page(callback.message, None, db, tr, language(callback.from_user, tr), in_place=True)
 
     @router.callback_query(AdminTicketPageCb.filter())
     async def tickets_page(
@@ -129,7 +132,7 @@ def build_tickets_router() -> Router:
         await callback.answer()
         if isinstance(callback.message, Message):
             before = callback_data.before or None
-            await show_page(callback.message, before, db, tr, language(callback.from_user, tr))
+            await show_page(callback.message, before, db, tr, language(callback.from_user, tr), in_place=True)
 
     @router.callback_query(AdminTicketCb.filter())
     async def ticket_screen(

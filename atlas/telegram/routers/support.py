@@ -69,7 +69,7 @@ async def offer_to_support(ui: Screen, state: FSMContext, text: str) -> None:
     """The fallback's answer to unknown text where support exists: keep it, ask "send it?"."""
     await state.set_state(SupportInput.confirm)
     await state.update_data({PENDING_TEXT: text})
-    await ui.say(
+    await ui.show(
         ui.t("support.user.confirm"),
         InlineKeyboardMarkup(
             inline_keyboard=[
@@ -112,7 +112,7 @@ async def submit(ui: Screen, text: str) -> None:
     """Store ``text`` in the user's ticket, post it to the support chat, tell the user."""
     chat_id = ui.config.support_chat_id
     if chat_id is None:  # configuration changed under an old prompt
-        await ui.say(ui.t("user.fallback.unknown"), keyboards.back_to_menu(ui.lang))
+        await ui.show(ui.t("user.fallback.unknown"), keyboards.back_to_menu(ui.lang))
         return
     try:
         stored = await ui.run(
@@ -124,7 +124,7 @@ async def submit(ui: Screen, text: str) -> None:
         )
     except SupportRefused as refused:
         params = {k: v for k, v in refused.params.items() if k != "reason"}
-        await ui.say(
+        await ui.show(
             ui.t(f"support.refused.{refused.reason.value}", **params), keyboards.back_to_menu(ui.lang)
         )
         return
@@ -149,7 +149,7 @@ async def submit(ui: Screen, text: str) -> None:
             support_message_id=notice.message_id,
         )
         key = "support.user.sent_new" if stored.opened else "support.user.sent"
-    await ui.say(ui.t(key, ticket=stored.ticket_id), keyboards.back_to_menu(ui.lang))
+    await ui.show(ui.t(key, ticket=stored.ticket_id), keyboards.back_to_menu(ui.lang))
 
 
 def build_router() -> Router:
@@ -166,7 +166,7 @@ def build_router() -> Router:
             return
         await ui.ack()
         await state.set_state(SupportInput.message)
-        await ui.say(
+        await ui.show(
             ui.t("support.user.ask"),
             InlineKeyboardMarkup(inline_keyboard=[[_button(ui.lang, "cancel", SupportAction.CANCEL)]]),
         )
@@ -175,7 +175,7 @@ def build_router() -> Router:
     async def on_cancel(callback: CallbackQuery, ui: Screen, state: FSMContext) -> None:
         await ui.ack()
         await state.clear()
-        await ui.say(ui.t("support.user.cancelled"), keyboards.back_to_menu(ui.lang))
+        await ui.show(ui.t("support.user.cancelled"), keyboards.back_to_menu(ui.lang))
 
     @router.message(StateFilter(SupportInput.message), F.text.func(lambda text: not is_command(text)))
     async def on_message(message: Message, ui: Screen, state: FSMContext) -> None:
@@ -185,7 +185,7 @@ def build_router() -> Router:
     @router.message(StateFilter(SupportInput.message), ~F.text)
     async def on_not_text(message: Message, ui: Screen) -> None:
         # A photo or a sticker: the prompt stays, so the next text still goes to support.
-        await ui.say(
+        await ui.show(
             ui.t("support.user.text_only"),
             InlineKeyboardMarkup(inline_keyboard=[[_button(ui.lang, "cancel", SupportAction.CANCEL)]]),
         )
@@ -198,7 +198,7 @@ def build_router() -> Router:
         await state.clear()
         if not in_confirm or not isinstance(kept, str):
             # An old prompt: the text it asked about was already sent, discarded or replaced.
-            await ui.say(ui.t("support.user.expired"), keyboards.back_to_menu(ui.lang))
+            await ui.show(ui.t("support.user.expired"), keyboards.back_to_menu(ui.lang))
             return
         await submit(ui, kept)
 
@@ -206,7 +206,7 @@ def build_router() -> Router:
     async def on_discard(callback: CallbackQuery, ui: Screen, state: FSMContext) -> None:
         await ui.ack()
         await state.clear()
-        await ui.say(
+        await ui.show(
             ui.t("support.user.cancelled"),
             keyboards.main_menu(ui.lang, trial_available=ui.user.trial_used_at is None, support=True),
         )
