@@ -10,16 +10,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from aiogram import Bot
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, LabeledPrice
 
+from atlas.storage import Tx
 from atlas.telegram.session import make_bot
 from atlas.testing.botapi import WEBCHAT_USER_ID, BotApiEmulator
 from atlas.testing.botapi._webchat import MAX_BODY_BYTES
 from atlas.testing.botapi._webchat_view import HISTORY_LIMIT
 from atlas.vpn import qr_png
 from tests._browser import open_browser
+from tests._running_tree import running_tree
 from tests._webchat_page import WebChat
 
 YOU = WEBCHAT_USER_ID
@@ -370,3 +373,115 @@ async def test_the_page_draws_bot_html_as_elements_and_follows_edits_deletions_a
 
 
 # -- the whole system, in a real browser -----------------------------------------------------------
+
+
+_IMAGE_LOADED = """(() => { const img = document.querySelector('#log .msg.bot img');
+  return img && img.complete && img.naturalWidth; })()"""
+
+
+def _subscription_link(message_id: int) -> str:
+    """JS: the href of the subscription URL in the bubble of ``message_id`` (null if none)."""
+    selector = json.dumps(f'#log .msg[data-id="{message_id}"] a[href*="/sub/"]')
+    return f"(() => {{ const a = document.querySelector({selector}); return a && a.href; }})()"
+
+
+async def _stars_payments(tx: Tx) -> list[tuple[str, str]]:
+    rows = await tx.fetch("SELECT provider, status FROM payments WHERE user_id = $1 LIMIT 5", YOU)
+    return [(row["provider"], row["status"]) for row in rows]
+
+
+async def _subscription(tx: Tx) -> tuple[str, str]:
+    row = await tx.fetchrow("SELECT kind, token FROM subscriptions WHERE user_id = $1", YOU)
+    assert row is not None
+    return str(row["kind"]), str(row["token"])
+
+
+@pytest.mark.slow
+async def test_a_person_uses_the_bot_through_the_web_chat_in_chromium(
+    bridge: None, fresh_database: str
+) -> None:
+    """/start, the trial, the QR code and the link, a plan bought with Stars, Help and a text: each
+    screen where the bot shows it now — a press edits the message it was on (the same bubble,
+    new text), a photo replaces a text screen, notices and the invoice come as new messages."""
+    emulator = BotApiEmulator(bot_username="atlas_webchat_bot")
+    in_place: dict[str, bool] = {}
+    async with running_tree(fresh_database, emulator=emulator, seed=11) as tree, open_browser() as browser:
+        db = tree.services.require_db()
+        chat = WebChat(await browser.open(emulator.webchat_url(lang="en")))
+        page = chat.page
+        await chat.send("/start")
+        await chat.wait_for_bot_text("Invite friends")
+
+        # The trial: the menu it was pressed on becomes "My subscription"; the confirmation is a
+        # notice below it.
+        trial_screen = await chat.press("Free trial")
+        in_place["trial"] = await chat.wait_for_edit(trial_screen, "Status: active (trial)")
+        await chat.wait_for_bot_text("Your trial is on")
+        after_trial = await chat.bubbles()
+        link = await page.wait_for(_subscription_link(trial_screen), what="the subscription link")
+
+        # The QR code: a text cannot become a photo, so that screen is deleted and a photo sent.
+        await chat.press("QR code")
+        qr_width = await page.wait_for(_IMAGE_LOADED, what="the QR photo, loaded")
+        with_photo = await chat.bubbles()
+
+        # The plans (from a menu sent in place of the photo), one plan, then a Stars invoice.
+        await chat.press("Menu")
+        await chat.wait_for_bot_text("Invite friends")
+        screen = await chat.press("Plans")
+        in_place["plans"] = await chat.wait_for_edit(screen, "12 months")
+        assert await chat.press("1 month") == screen
+        in_place["plan"] = await chat.wait_for_edit(screen, "How would you like to pay?")
+        assert await chat.press("Telegram Stars") == screen
+        await chat.wait_for_bot_text("VPN access: 1 month, 30 days.")  # the invoice's description
+        await chat.press("Pay ⭐")  # the invoice's own button: pre-checkout, then the payment
+        await chat.wait_for_bot_text("Payment received", within=60)
+        paid_bubble = await page.evaluate("document.querySelector('#log .msg.user .payment').textContent")
+
+        # The paid subscription, reached from the plan screen: back, menu, "My subscription".
+        assert await chat.press("Back") == screen
+        in_place["back"] = await chat.wait_for_edit(screen, "12 months")
+        assert await chat.press("Menu") == screen
+        in_place["menu"] = await chat.wait_for_edit(screen, "Invite friends")
+        assert await chat.press("My subscription") == screen
+        in_place["paid"] = await chat.wait_for_edit(screen, "Status: active (paid)")
+
+        # Help, then a text the bot does not understand (a new message: nothing was pressed).
+        assert await chat.press("Menu") == screen
+        await chat.wait_for_edit(screen, "Invite friends")
+        assert await chat.press("Help") == screen
+        in_place["help"] = await chat.wait_for_edit(screen, "/promo CODE")
+        await chat.send("hello there")
+        await chat.wait_for_bot_text("I did not understand that")
+        final = await chat.bubbles()
+
+        applied = await db.run(_stars_payments)
+        kind, token = await db.run(_subscription)
+        errors = browser.console_errors()
+
+    # Every screen after a press was the pressed message itself, edited: the same element.
+    assert in_place == dict.fromkeys(["trial", "plans", "plan", "back", "menu", "paid", "help"], True)
+    # The trial's press added no message: /start, the greeting, the menu now the subscription,
+    # the notice.
+    assert [b["side"] for b in after_trial] == ["user", "bot", "bot", "bot"]
+    assert after_trial[2]["id"] == trial_screen and "My subscription" in after_trial[2]["text"]
+    assert "Your trial is on" in after_trial[3]["text"] and "Balance:" not in after_trial[2]["text"]
+    # The QR press: the subscription text gone, the photo below the notice.
+    assert [b["id"] for b in with_photo][:3] == [b["id"] for b in after_trial if b["id"] != trial_screen]
+    assert len(with_photo) == 4 and "Scan this QR code" in with_photo[3]["text"]
+    assert qr_width > 100  # the PNG the bot uploaded, served by the emulator and drawn by chromium
+    assert link.startswith(tree.services.settings.public_base_url)
+    assert link[link.index("/sub/"):] == f"/sub/{token}"
+    assert paid_bubble.startswith("✅ Paid ⭐ 150")
+    assert applied == [("stars", "applied")] and kind == "paid"
+    # What the chat shows at the end, in order: one screen (the menu sent for the photo, now the
+    # help), the invoice, the payment, its notice, and the text with its answer.
+    expected = [
+        ("user", "/start"), ("bot", "Hi, You"), ("bot", "Your trial is on"), ("bot", "/promo CODE"),
+        ("bot", "VPN: 1 month"), ("user", "✅ Paid ⭐ 150"), ("bot", "Payment received"),
+        ("user", "hello there"), ("bot", "I did not understand that"),
+    ]  # fmt: skip
+    shown = [(b["side"], b["text"]) for b in final]
+    assert len(shown) == len(expected), shown
+    assert all(side == s and text in t for (s, t), (side, text) in zip(shown, expected, strict=True)), shown
+    assert errors == []  # no script error, no Content-Security-Policy violation

@@ -130,8 +130,11 @@ function bubble(message) {
       const img = document.createElement("img");
       img.src = message.photo.url;
       img.alt = message.photo.name;
-      // Its height is known only once loaded: keep the newest message in view.
-      img.addEventListener("load", () => { if (el === log.lastElementChild) log.scrollTop = log.scrollHeight; });
+      // Its height is known only once loaded: keep the newest message in view. (The bubble is
+      // found from the image: an edit moves the image into the element already on the page.)
+      img.addEventListener("load", () => {
+        if (img.closest(".msg") === log.lastElementChild) log.scrollTop = log.scrollHeight;
+      });
       el.append(img);
     } else {
       el.append(div("missing", "[" + message.photo.name + "]"));
@@ -173,7 +176,10 @@ function apply(update) {
     const drawn = bubble(message);
     const old = log.querySelector(`[data-id="${message.id}"]`);
     if (old) {
-      old.replaceWith(drawn);  // an edit: the bubble changes where it is
+      // An edit: the message changes where it is and stays the same element, as a Telegram
+      // message does (its place in the log, and whatever holds the bubble, stay).
+      old.className = drawn.className;
+      old.replaceChildren(...drawn.childNodes);
       continue;
     }
     const later = [...log.children].find((el) => Number(el.dataset.id) > message.id);
