@@ -145,8 +145,11 @@ async def _press(chat: Chat, label: str) -> str:
 
 async def _trial(crowd: Crowd, chat: Chat) -> bool:
     await _open_menu(chat)
-    reply = await _press(chat, _label("user.button.trial"))
-    if "trial is on" in reply:
+    before = _count(chat, "trial is on")
+    await _press(chat, _label("user.button.trial"))
+    # Waited for, not read from the immediate reply: on a busy machine the screen's edit can come
+    # after the reply window, and a trial that did start must not be counted as refused.
+    if await _wait_more(crowd, chat, "trial is on", before):
         crowd.tally.did("trial")
         return True
     return False
@@ -156,7 +159,9 @@ async def _reissue(crowd: Crowd, chat: Chat) -> None:
     await _open_menu(chat)
     await _press(chat, _label("user.button.subscription"))
     await _press(chat, _label("user.button.reissue"))
-    if "key was replaced" in await _press(chat, _label("user.button.reissue_confirm")):
+    before = _count(chat, "key was replaced")
+    await _press(chat, _label("user.button.reissue_confirm"))
+    if await _wait_more(crowd, chat, "key was replaced", before):
         crowd.tally.did("reissue")
 
 
