@@ -34,7 +34,9 @@ from atlas.storage.units.admin import admin_adjust_balance as admin_adjust_balan
 from atlas.storage.units.admin import admin_grant_days as admin_grant_days
 from atlas.storage.units.admin import admin_set_banned as admin_set_banned
 from atlas.storage.units.admin import refund_payment as refund_payment
+from atlas.storage.units.apply import PaymentToApply as PaymentToApply
 from atlas.storage.units.apply import apply_payment as apply_payment
+from atlas.storage.units.apply import apply_payments as apply_payments
 from atlas.storage.units.audit import audit_log as audit_log
 from atlas.storage.units.errors import InvalidAdminInput as InvalidAdminInput
 from atlas.storage.units.errors import NoSubscription as NoSubscription
