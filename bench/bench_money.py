@@ -12,6 +12,9 @@ Set-up rows are inserted in bulk with SQL (not timed). Then ``--rounds`` interle
 * apply: ``--payments`` pending top-ups (a fresh set each round) applied by ``--concurrency``
   concurrent callers, one ``db.run(apply_payment)`` each (lock-and-read, then one write statement:
   state change + ledger row + balance + first-paid + outbox row);
+* grouped: the same on a fresh set, the callers going through the payment combiner
+  (``atlas.payments.apply_flow.apply_combined``, what the Crypto Pay webhook and watcher use):
+  concurrent callers share one transaction per batch (group commit); each still gets its own result;
 * plain: a diagnostic, not a baseline: the same ``apply_payment`` on a fresh set of top-ups, run
   in a child process on a stdlib ``SelectorEventLoop`` + an asyncpg pool (no trio, no bridge, no budget):
   what ``apply_payment`` could reach if ``db.run`` cost nothing (the storage layer's ceiling);
@@ -47,10 +50,11 @@ import trio_asyncio
 
 from atlas.domain import Currency, Plan, PlanCatalog, ReferralPolicy
 from atlas.domain.referral import ReferralTrigger, RewardKind
+from atlas.payments.apply_flow import apply_combined
 from atlas.runtime.bridge import open_bridge
 from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
 from atlas.storage.embedded import SUPERUSER, postgres_bin_dir
-from atlas.storage.units.apply import apply_payment
+from atlas.storage.units.apply import PaymentToApply, apply_payment
 from atlas.storage.units.plans import sync_plans
 from atlas.storage.units.renewals import claim_and_renew
 
@@ -139,6 +143,33 @@ async def _bench_apply(db: Database, *, first: int, count: int, concurrency: int
         for _ in range(concurrency):
             nursery.start_soon(worker)
     return count / (time.perf_counter() - started)
+
+
+async def _bench_grouped(db: Database, *, first: int, count: int, concurrency: int) -> float:
+    ids = iter(range(first, first + count))
+
+    async def worker() -> None:
+        for n in ids:
+            request = PaymentToApply.of(
+                provider="cryptopay",
+                external_id=f"inv-{n}",
+                paid_amount_minor=5000,
+                paid_currency="RUB",
+                referral_policy=POLICY,
+                balance_currency="RUB",
+                now=NOW,
+            )
+            await apply_combined(db, request)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
+async def _wal_lsn(tx: Tx) -> int:
+    return int(await tx.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
 
 
 async def _two_selects(tx: Tx) -> None:
@@ -232,7 +263,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             if args.plan_stats:
                 await db.run(_create_statements_view)
             await db.run(sync_plans, catalog=CATALOG, now=NOW)
-            await db.run(_seed_payments, count=args.payments * args.rounds * 2)
+            await db.run(_seed_payments, count=args.payments * args.rounds * 3)
             if args.subscriptions:
                 await db.run(_seed_subscriptions, count=args.subscriptions)
             env = await _pgbench_init(server)
@@ -240,24 +271,41 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             apply: list[float] = []
             floor: list[float] = []
             plain: list[float] = []
+            grouped: list[float] = []
+            wal: dict[str, list[float]] = {"pgbench": [], "apply": [], "grouped": []}
             plan_stats: dict[str, list[float]] = {}
             for n in range(args.rounds):
-                pgbench.append(await _pgbench(env, clients=args.concurrency, seconds=args.seconds))
+                lsn = await db.run(_wal_lsn)
+                tps = await _pgbench(env, clients=args.concurrency, seconds=args.seconds)
+                pgbench.append(tps)
+                # WAL per transaction: the server's whole WAL over the run (pgbench is alone then)
+                wal["pgbench"].append((await db.run(_wal_lsn) - lsn) / (tps * args.seconds))
                 if args.plan_stats:
                     await db.run(_reset_statements)
+                lsn = await db.run(_wal_lsn)
                 apply.append(
                     await _bench_apply(
                         db, first=1 + n * args.payments, count=args.payments, concurrency=args.concurrency
                     )
                 )
+                wal["apply"].append((await db.run(_wal_lsn) - lsn) / args.payments)
                 if args.plan_stats:  # apply's statements only: not pgbench's, not the plain child's
                     _add_plan_stats(plan_stats, await db.run(_plan_stats))
+                lsn = await db.run(_wal_lsn)
+                first_grouped = 1 + (2 * args.rounds + n) * args.payments
+                grouped.append(
+                    await _bench_grouped(
+                        db, first=first_grouped, count=args.payments, concurrency=args.concurrency
+                    )
+                )
+                wal["grouped"].append((await db.run(_wal_lsn) - lsn) / args.payments)
                 floor.append(await _bench_floor(db, count=args.payments, concurrency=args.concurrency))
                 first_plain = 1 + (args.rounds + n) * args.payments
                 plain.append(await _plain_in_child(dsn, first_plain, args.payments, args.concurrency))
             results["pgbench"], results["apply"], results["floor"] = pgbench, apply, floor
             results["plan_stats"] = plan_stats
             results["plain"] = plain
+            results["grouped"], results["wal"] = grouped, wal
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
                 results["renewal"], results["renewed"] = rate, renewed
@@ -367,19 +415,32 @@ def main() -> None:
         f"--seconds {args.seconds}"
     )
     print()
+    grouped = cast(list[float], r["grouped"])
+    grouped_ratios = [g / p for g, p in zip(grouped, pgbench, strict=True)]
     print(
-        "| round | pgbench -N TPS | apply_payment/s | ratio | db.run floor/s | floor ratio "
-        "| plain asyncio apply/s | plain ratio |"
+        "| round | pgbench -N TPS | grouped apply/s | **grouped ratio** | one per db.run apply/s | ratio "
+        "| db.run floor/s | floor ratio | plain asyncio apply/s | plain ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    rounds = zip(pgbench, apply, ratios, floor, floor_ratios, plain, plain_ratios, strict=True)
-    for n, (p, a, q, f, fq, pa, pq) in enumerate(rounds, 1):
-        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} | {pa:.0f} | {pq:.3f} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rounds = zip(
+        pgbench, grouped, grouped_ratios, apply, ratios, floor, floor_ratios, plain, plain_ratios, strict=True
+    )
+    for n, (p, g, gq, a, q, f, fq, pa, pq) in enumerate(rounds, 1):
+        print(
+            f"| {n} | {p:.0f} | {g:.0f} | {gq:.3f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} | {pa:.0f} "
+            f"| {pq:.3f} |"
+        )
     median = statistics.median
     print(
-        f"| **median** | {median(pgbench):.0f} | {median(apply):.0f} | **{median(ratios):.3f}** | "
-        f"{median(floor):.0f} | {median(floor_ratios):.3f} | {median(plain):.0f} | "
-        f"{median(plain_ratios):.3f} |"
+        f"| **median** | {median(pgbench):.0f} | {median(grouped):.0f} | **{median(grouped_ratios):.3f}** | "
+        f"{median(apply):.0f} | {median(ratios):.3f} | {median(floor):.0f} | {median(floor_ratios):.3f} | "
+        f"{median(plain):.0f} | {median(plain_ratios):.3f} |"
+    )
+    wal = cast(dict[str, list[float]], r["wal"])
+    print()
+    print(
+        "WAL bytes (median per transaction / payment): "
+        + ", ".join(f"{name} {median(values):.0f}" for name, values in wal.items())
     )
     if args.plan_stats:
         print()

@@ -9,10 +9,10 @@ thirty costs the round trips, the commit and the per-statement overhead of one. 
 together are batched by :class:`~atlas.storage.combiner.UnitCombiner` (group commit). Per request:
 
 1. **lock and read** (one statement for the batch, :data:`~._apply_sql.LOCK_AND_READ`): the
-   payment is found by ``external_id``, else ``payload``, else ``payment_id``; the payer and their referrer are locked
-   (ascending id), then the payer's subscription, the payment and its promo code, the package's
-   lock order. This serialises every application of the payer's payments, so what is read is what
-   will be changed;
+   payment is found by ``external_id``, else ``payload``, else ``payment_id``; the payer and their
+   referrer are locked (ascending id), then the payer's subscription, the payment and its promo
+   code, the package's lock order. This serialises every application of the payer's payments, so
+   what is read is what will be changed;
 2. the decisions are made here, in Python, by the domain: only a ``pending`` (or ``expired``: the
    user paid after our intent lapsed, and their money is real) payment goes on; the new expiry
    (:func:`~atlas.domain.grant_paid`), the ledger rows and the balances they lead to, the referral
