@@ -49,6 +49,7 @@ def _request(intent: PaymentIntent, **overrides: Any) -> PaymentToApply:
     fields: dict[str, Any] = {
         "provider": intent.provider,
         "external_id": f"inv-{intent.payment_id}",
+        "payload": intent.payload,
         "paid_amount_minor": intent.amount_minor,
         "paid_currency": intent.currency,
         "referral_policy": POLICY,
@@ -143,7 +144,7 @@ async def test_a_mixed_batch_gives_every_request_its_own_outcome(db: Database) -
     assert await scalar(db, "SELECT uses FROM promo_codes WHERE code = 'BONUS'") == 1
     assert await scalar(db, "SELECT count(*) FROM referral_rewards") == 1
     notices = Counter(r["kind"] for r in await rows(db, "SELECT kind FROM outbox"))
-    assert notices == {"payment.applied.topup": 3, "referral.reward": 1}
+    assert notices == {"payment.applied.topup": 3, "referral.reward": 1, "referral.joined": 1}
 
 
 async def test_concurrent_callers_share_transactions_and_each_payment_applies_once(db: Database) -> None:

@@ -244,20 +244,25 @@ class _Round:
                 continue
             if row["u_referrer_id"] is not None and row["r_id"] is None:
                 raise SnapshotMoved(f"payment {row['id']}: the payer's referrer was set during the lock wait")
-            claims = {("payment", row["id"]), ("payer", row["user_id"])}
-            if row["promo_code"] is not None:
-                claims.add(("promo", row["promo_code"]))
-            if claims & touched:
+            if ("payment", row["id"]) in touched or not self._decide(
+                index, self.requests[index], row, touched
+            ):
                 deferred.append(index)
-                continue
-            touched |= claims
-            self._decide(index, self.requests[index], row)
+            touched.add(("payment", row["id"]))
         await self._write()
         for index, result in self.decided.items():
             results[index] = result
         return deferred
 
-    def _decide(self, index: int, request: PaymentToApply, payment: Record) -> None:
+    def _decide(
+        self, index: int, request: PaymentToApply, payment: Record, touched: set[tuple[str, object]]
+    ) -> bool:
+        """Decide one request; False when it must wait for the next round (see ``touched``).
+
+        ``touched`` holds what this round's earlier requests will change: their payments, and the
+        payers and promo codes of those that apply. A request that would apply to any of them waits,
+        so that it reads their writes; a refusal or a replay writes nothing they read, so it goes on.
+        """
         external_id = request.external_id
         if external_id is not None and payment["external_id"] not in (None, external_id):
             self._second_charge(index, request, payment, external_id)
@@ -269,7 +274,14 @@ class _Round:
             self.flags.append((payment["id"], mismatch, external_id, *request.paid))
             self.decided[index] = _result(ApplyOutcome.FLAGGED, payment, mismatch)
         else:
+            claims: set[tuple[str, object]] = {("payer", payment["user_id"])}
+            if payment["promo_code"] is not None:
+                claims.add(("promo", payment["promo_code"]))
+            if claims & touched:
+                return False
+            touched |= claims
             self.decided[index] = self._apply(request, payment)
+        return True
 
     def _second_charge(self, index: int, request: PaymentToApply, payment: Record, external_id: str) -> None:
         # Real money that matches no intent: recorded as a new flagged payment for an admin to refund.
