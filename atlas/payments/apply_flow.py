@@ -117,8 +117,7 @@ async def apply_combined(db: Database, request: PaymentToApply) -> PaymentResult
     came after ``COMMIT``); a cancelled caller's request may still be applied once its batch has
     started (:mod:`atlas.storage.combiner`), which is safe: applying is idempotent per charge.
     """
-    in_flight = min(2, db.settings.pool_size)
-    combiner = combiner_for(db, apply_payments, max_batch=PAYMENT_BATCH, max_in_flight=in_flight)
+    combiner = combiner_for(db, apply_payments, max_batch=PAYMENT_BATCH, max_in_flight=2)
     result: PaymentResult = await combiner.submit(request)
     return result
 

@@ -83,8 +83,9 @@ class UnitCombiner(Generic[R, T]):
     """Runs ``unit`` over batches of concurrently submitted requests (see the module docstring).
 
     ``max_batch`` bounds the requests per transaction (and the unit's arrays); ``max_in_flight``
-    the batches running at once, each holding one connection token: two let one batch's Python
-    run while the other's statements are on the server.
+    the batches running at once, each holding one connection token while it runs (``db.run``'s
+    budget still decides: with a pool of one, the second batch waits for the token). Two let one
+    batch's Python run while the other's statements are on the server. ``db`` needs only ``run``.
     """
 
     def __init__(
@@ -92,8 +93,8 @@ class UnitCombiner(Generic[R, T]):
     ) -> None:
         if not 1 <= max_batch <= 1000:
             raise ValueError(f"max_batch must be 1..1000, got {max_batch!r}")
-        if not 1 <= max_in_flight <= db.settings.pool_size:
-            raise ValueError(f"max_in_flight must be 1..pool_size, got {max_in_flight!r}")
+        if not 1 <= max_in_flight <= 64:
+            raise ValueError(f"max_in_flight must be 1..64, got {max_in_flight!r}")
         self._db = db
         self._unit = unit
         self._max_batch = max_batch
