@@ -63,6 +63,10 @@ async def _indexes(tx: Tx) -> list[Any]:
     )
 
 
+async def _current_database(tx: Tx) -> str:
+    return str(await tx.fetchval("SELECT current_database()"))
+
+
 async def _reset(tx: Tx) -> None:
     await tx.execute("SELECT pg_stat_statements_reset()")
 
@@ -96,7 +100,7 @@ async def _explain_write(tx: Tx, *, first: int, count: int) -> str:
     )
     for row in rows:
         batch.balances.setdefault(row["user_id"], row["u_balance_minor"])
-        batch._decide(row["n"] - 1, requests[row["n"] - 1], row)
+        batch._decide(row["n"] - 1, requests[row["n"] - 1], row, set())
     from atlas.storage.units.apply import _columns
 
     plan = await tx.fetchval(
@@ -154,7 +158,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> None:
             print("## Indexes on the tables a payment writes\n")
             for row in await db.run(_indexes):
                 print(f"* {row['tablename']}: `{row['indexdef']}`")
-            database = dsn.rsplit("/", 1)[-1].split("?")[0]
+            database = str(await db.run(_current_database))
             for name, run in (
                 (
                     "one payment per db.run",
