@@ -62,7 +62,7 @@ from atlas.storage import (
     migrate,
 )
 from atlas.storage.embedded import SUPERUSER, postgres_bin_dir
-from atlas.storage.units._apply_sql import APPLY_EFFECTS, LOCK_AND_READ, TOPUP_EFFECTS
+from atlas.storage.units._apply_sql import APPLY_EFFECTS, LOCK_AND_READ
 from atlas.storage.units.apply import PaymentToApply, apply_payment, apply_payments
 from atlas.storage.units.plans import sync_plans
 from atlas.storage.units.renewals import claim_and_renew
@@ -266,7 +266,7 @@ async def _pgbench(env: dict[str, str], *, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def _pgbench_apply_script(batch: int, *, lean: bool) -> str:
+def _pgbench_apply_script(batch: int) -> str:
     """A pgbench script running apply's own two statements, as a C client would, on ``batch`` top-ups.
 
     Each transaction takes the client's next ``batch`` seeded top-ups (payment ``g`` of user
@@ -323,10 +323,6 @@ def _pgbench_apply_script(batch: int, *, lean: bool) -> str:
         32: each("'payment-applied:' || g"),
     }
 
-    if lean:  # TOPUP_EFFECTS: what apply_payments sends for a round of plain top-ups
-        lean_numbers = [1, 2, 3, 4, 6, 16, 17, 18, 19, 20, 21, *range(22, 33)]
-        write = {n: write[old] for n, old in enumerate(lean_numbers, start=1)}
-
     def bind(sql: str, values: dict[int, str]) -> str:
         sql = "\n".join(line.split("--")[0] for line in sql.splitlines())  # no comments in a script
         for number in sorted(values, reverse=True):  # $12 before $1
@@ -339,7 +335,7 @@ def _pgbench_apply_script(batch: int, *, lean: bool) -> str:
             "\\set k :k + 1",
             "BEGIN;",
             bind(LOCK_AND_READ, read) + ";",
-            bind(TOPUP_EFFECTS if lean else APPLY_EFFECTS, write) + ";",
+            bind(APPLY_EFFECTS, write) + ";",
             "COMMIT;",
             "",
         ]
@@ -352,14 +348,13 @@ async def _pgbench_apply(
     database: str,
     first: int,
     batch: int,
-    lean: bool,
     payments: int,
     clients: int,
     script: Path,
 ) -> float:
     """Payments per second of :func:`_pgbench_apply_script` run by pgbench (``-M prepared``)."""
     per_client = payments // clients // batch
-    await trio.Path(script).write_text(_pgbench_apply_script(batch, lean=lean))
+    await trio.Path(script).write_text(_pgbench_apply_script(batch))
     done = await trio.run_process(
         [
             str(postgres_bin_dir() / "pgbench"),
@@ -405,7 +400,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             if args.plan_stats:
                 await db.run(_create_statements_view)
             await db.run(sync_plans, catalog=CATALOG, now=NOW)
-            await db.run(_seed_payments, count=args.payments * args.rounds * 6)
+            await db.run(_seed_payments, count=args.payments * args.rounds * 5)
             database = str(await db.run(_current_database))
             script = server.data_dir / "apply.pgbench"
             if args.subscriptions:
@@ -417,7 +412,6 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             plain: list[float] = []
             grouped: list[float] = []
             c_one: list[float] = []
-            c_full: list[float] = []
             c_ten: list[float] = []
             wal: dict[str, list[float]] = {"pgbench": [], "apply": [], "grouped": []}
             plan_stats: dict[str, list[float]] = {}
@@ -446,9 +440,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
                     )
                 )
                 wal["grouped"].append((await db.run(_wal_lsn) - lsn) / args.payments)
-                for slot, (batch, lean, into) in enumerate(
-                    ((1, False, c_full), (1, True, c_one), (10, True, c_ten))
-                ):
+                for slot, (batch, into) in enumerate(((1, c_one), (10, c_ten))):
                     first_c = 1 + ((3 + slot) * args.rounds + n) * args.payments
                     into.append(
                         await _pgbench_apply(
@@ -456,7 +448,6 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
                             database=database,
                             first=first_c,
                             batch=batch,
-                            lean=lean,
                             payments=args.payments,
                             clients=args.concurrency,
                             script=script,
@@ -469,7 +460,7 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             results["plan_stats"] = plan_stats
             results["plain"] = plain
             results["grouped"], results["wal"] = grouped, wal
-            results["c_one"], results["c_ten"], results["c_full"] = c_one, c_ten, c_full
+            results["c_one"], results["c_ten"] = c_one, c_ten
             results["combiner"] = combiner_for(db, apply_payments).statistics()
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
@@ -608,26 +599,18 @@ def main() -> None:
     )
     c_one = cast(list[float], r["c_one"])
     c_ten = cast(list[float], r["c_ten"])
-    c_full = cast(list[float], r["c_full"])
     print()
     print("apply's own SQL run by pgbench (a C client, -M prepared), same server, same round:")
     print()
-    print(
-        "| round | pgbench -N TPS | batch of 1, APPLY_EFFECTS: payments/s | ratio "
-        "| batch of 1, TOPUP_EFFECTS | ratio | batch of 10, TOPUP_EFFECTS | ratio |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for n, (p, full, one, ten) in enumerate(zip(pgbench, c_full, c_one, c_ten, strict=True), 1):
-        print(
-            f"| {n} | {p:.0f} | {full:.0f} | {full / p:.3f} | {one:.0f} | {one / p:.3f} | {ten:.0f} "
-            f"| {ten / p:.3f} |"
-        )
-    full_ratios = [x / p for x, p in zip(c_full, pgbench, strict=True)]
+    print("| round | pgbench -N TPS | batch of 1: payments/s | ratio | batch of 10: payments/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n, (p, one, ten) in enumerate(zip(pgbench, c_one, c_ten, strict=True), 1):
+        print(f"| {n} | {p:.0f} | {one:.0f} | {one / p:.3f} | {ten:.0f} | {ten / p:.3f} |")
     one_ratios = [one / p for one, p in zip(c_one, pgbench, strict=True)]
     ten_ratios = [ten / p for ten, p in zip(c_ten, pgbench, strict=True)]
     print(
-        f"| **median** | {median(pgbench):.0f} | {median(c_full):.0f} | {median(full_ratios):.3f} | "
-        f"{median(c_one):.0f} | {median(one_ratios):.3f} | {median(c_ten):.0f} | {median(ten_ratios):.3f} |"
+        f"| **median** | {median(pgbench):.0f} | {median(c_one):.0f} | {median(one_ratios):.3f} | "
+        f"{median(c_ten):.0f} | {median(ten_ratios):.3f} |"
     )
     combined = cast(CombinerStatistics, r["combiner"])
     print()

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 from _money_support import (
+    DAY,
     NOW,
     POLICY,
     RUB,
@@ -145,6 +146,39 @@ async def test_a_mixed_batch_gives_every_request_its_own_outcome(db: Database) -
     assert await scalar(db, "SELECT count(*) FROM referral_rewards") == 1
     notices = Counter(r["kind"] for r in await rows(db, "SELECT kind FROM outbox"))
     assert notices == {"payment.applied.topup": 3, "referral.reward": 1, "referral.joined": 1}
+
+
+async def test_two_payments_of_one_payer_in_a_batch_apply_one_after_the_other(db: Database) -> None:
+    await setup_catalog(db)
+    referrer_code = await add_user(db, 1)
+    await add_user(db, 2, ref_of=referrer_code)
+    await add_user(db, 3)
+    first_topup, second_topup = [await topup_intent(db, 2, 1_000) for _ in range(2)]
+    plans = [
+        await db.run(
+            create_payment_intent,
+            user_id=3,
+            provider="cryptopay",
+            purpose="plan",
+            plan_code="m1",
+            currency=RUB,
+            balance_currency=RUB,
+            ttl=TTL,
+            now=NOW,
+        )
+        for _ in range(2)
+    ]
+    requests = [_request(i) for i in (first_topup, second_topup, *plans)]
+    results = await db.run(apply_payments, requests=requests)
+    assert [r.outcome for r in results] == [ApplyOutcome.APPLIED] * 4
+    # The referral policy pays on the first payment only: the second saw first_paid_at set.
+    assert [r.referral_reward_minor for r in results[:2]] == [100, 0]
+    assert await scalar(db, "SELECT count(*) FROM referral_rewards") == 1
+    # The second plan extends the subscription the first one created: 30 + 30 days.
+    assert await scalar(db, "SELECT expires_at FROM subscriptions WHERE user_id = 3") == NOW + 60 * DAY
+    assert results[3].expires_at == NOW + 60 * DAY
+    assert await scalar(db, "SELECT count(*) FROM vpn_keys") == 1
+    assert await ledger_consistent(db) == []
 
 
 async def test_concurrent_callers_share_transactions_and_each_payment_applies_once(db: Database) -> None:
