@@ -89,7 +89,7 @@ async def _explain_write(tx: Tx, *, first: int, count: int) -> str:
         )
         for n in range(first, first + count)
     ]
-    batch = _Round(tx, requests, list(range(count)))
+    batch = _Round(tx, requests, list(range(count)), NOW)
     rows = await tx.fetch(
         LOCK_AND_READ,
         [r.provider for r in requests],

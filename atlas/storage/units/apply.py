@@ -188,8 +188,11 @@ async def apply_payments(tx: Tx, *, requests: Sequence[PaymentToApply]) -> list[
         raise ValueError(f"apply_payments takes 1..{MAX_BATCH} requests, got {len(requests)}")
     results: list[PaymentResult | None] = [None] * len(requests)
     waiting = list(range(len(requests)))
+    # One business time for the batch: the latest any caller asked for (callers read their clocks
+    # a few milliseconds apart; no payment is applied before its own caller's `now`).
+    now = max(request.now for request in requests)
     while waiting:
-        waiting = await _Round(tx, requests, waiting).run(results)
+        waiting = await _Round(tx, requests, waiting, now).run(results)
     done = [result for result in results if result is not None]
     assert len(done) == len(requests), "every request is decided in some round"
     return done
@@ -202,7 +205,7 @@ class _Round:
     tx: Tx
     requests: Sequence[PaymentToApply]
     indices: list[int]
-    now: dt.datetime = field(init=False)
+    now: dt.datetime
     balances: dict[int, int] = field(default_factory=dict)
     applies: list[tuple[object, ...]] = field(default_factory=list)
     entries: list[tuple[int, int, int, str, str, str]] = field(default_factory=list)
@@ -213,11 +216,6 @@ class _Round:
     decided: dict[int, PaymentResult] = field(default_factory=dict)
     second_charge_of: dict[tuple[str, str], int] = field(default_factory=dict)
     plan_payers: dict[int, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        # One business time for the batch: the latest any caller asked for (callers read their
-        # clocks a few milliseconds apart; no payment is applied before its caller's `now`).
-        self.now = max(self.requests[i].now for i in self.indices)
 
     async def run(self, results: list[PaymentResult | None]) -> list[int]:
         """Read, decide, write; fill ``results``; return the indices left for another round."""
