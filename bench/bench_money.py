@@ -12,6 +12,9 @@ Set-up rows are inserted in bulk with SQL (not timed). Then ``--rounds`` interle
 * apply: ``--payments`` pending top-ups (a fresh set each round) applied by ``--concurrency``
   concurrent callers, one ``db.run(apply_payment)`` each (lock-and-read, then one write statement:
   state change + ledger row + balance + first-paid + outbox row);
+* grouped: the same on a fresh set, the callers going through the payment combiner
+  (``atlas.payments.apply_flow.apply_combined``, what the Crypto Pay webhook and watcher use):
+  concurrent callers share one transaction per batch (group commit); each still gets its own result;
 * plain: a diagnostic, not a baseline: the same ``apply_payment`` on a fresh set of top-ups, run
   in a child process on a stdlib ``SelectorEventLoop`` + an asyncpg pool (no trio, no bridge, no budget):
   what ``apply_payment`` could reach if ``db.run`` cost nothing (the storage layer's ceiling);
@@ -47,10 +50,20 @@ import trio_asyncio
 
 from atlas.domain import Currency, Plan, PlanCatalog, ReferralPolicy
 from atlas.domain.referral import ReferralTrigger, RewardKind
+from atlas.payments.apply_flow import PAYMENT_BATCH, apply_combined
 from atlas.runtime.bridge import open_bridge
-from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
+from atlas.storage import (
+    CombinerStatistics,
+    Database,
+    DatabaseSettings,
+    EmbeddedPostgres,
+    Tx,
+    combiner_for,
+    migrate,
+)
 from atlas.storage.embedded import SUPERUSER, postgres_bin_dir
-from atlas.storage.units.apply import apply_payment
+from atlas.storage.units._apply_sql import APPLY_EFFECTS, LOCK_AND_READ
+from atlas.storage.units.apply import PaymentToApply, apply_payment, apply_payments
 from atlas.storage.units.plans import sync_plans
 from atlas.storage.units.renewals import claim_and_renew
 
@@ -141,6 +154,37 @@ async def _bench_apply(db: Database, *, first: int, count: int, concurrency: int
     return count / (time.perf_counter() - started)
 
 
+async def _bench_grouped(db: Database, *, first: int, count: int, concurrency: int) -> float:
+    ids = iter(range(first, first + count))
+
+    async def worker() -> None:
+        for n in ids:
+            request = PaymentToApply.of(
+                provider="cryptopay",
+                external_id=f"inv-{n}",
+                paid_amount_minor=5000,
+                paid_currency="RUB",
+                referral_policy=POLICY,
+                balance_currency="RUB",
+                now=NOW,
+            )
+            await apply_combined(db, request)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+    return count / (time.perf_counter() - started)
+
+
+async def _current_database(tx: Tx) -> str:
+    return str(await tx.fetchval("SELECT current_database()"))
+
+
+async def _wal_lsn(tx: Tx) -> int:
+    return int(await tx.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
+
 async def _two_selects(tx: Tx) -> None:
     await tx.fetchval("SELECT 1")
     await tx.fetchval("SELECT 1")
@@ -222,6 +266,128 @@ async def _pgbench(env: dict[str, str], *, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
+def _pgbench_apply_script(batch: int) -> str:
+    """A pgbench script running apply's own two statements, as a C client would, on ``batch`` top-ups.
+
+    Each transaction takes the client's next ``batch`` seeded top-ups (payment ``g`` of user
+    ``10000000 + g``, invoice ``inv-g``): ``:first`` plus the client's share, counted in ``:k``. The
+    parameters are what ``apply_payments`` would send, written as SQL array expressions.
+    """
+    g = f"generate_series(:n, :n + {batch - 1}) g"
+
+    def each(expression: str) -> str:
+        return f"ARRAY(SELECT {expression} FROM {g})"
+
+    def fill(value: str) -> str:
+        return f"array_fill({value}, ARRAY[{batch}])"
+
+    read = {
+        1: fill("'cryptopay'::text"),
+        2: each("'inv-' || g"),
+        3: fill("NULL::text"),
+        4: fill("NULL::bigint"),
+        5: str(batch),
+    }
+    write = {
+        1: f"'{NOW.isoformat()}'::timestamptz",
+        2: each("g::bigint"),
+        3: each("'inv-' || g"),
+        4: each("10000000 + g"),
+        5: fill("false"),
+        6: fill("NULL::bigint"),
+        7: fill("NULL::text"),
+        8: fill("NULL::timestamptz"),
+        9: fill("NULL::text"),
+        10: fill("false"),
+        11: fill("NULL::uuid"),
+        12: fill("NULL::text"),
+        13: each("'payment:' || g"),
+        14: fill("NULL::bigint"),
+        15: fill("0::bigint"),
+        16: fill("NULL::text"),
+        17: fill("NULL::numeric"),
+        18: fill("NULL::numeric"),
+        19: fill("NULL::numeric"),
+        20: fill("NULL::text"),
+        21: fill("NULL::numeric"),
+        22: each("g::bigint"),
+        23: each("10000000 + g"),
+        24: fill("5000::bigint"),
+        25: fill("'topup'::text"),
+        26: each("'payment:' || g"),
+        27: each("'payment:' || g"),
+        28: each("g::bigint"),
+        29: each("10000000 + g"),
+        30: fill("'payment.applied.topup'::text"),
+        31: each("'{\"payment_id\": ' || g || ', \"balance_minor\": 5000}'"),
+        32: each("'payment-applied:' || g"),
+    }
+
+    def bind(sql: str, values: dict[int, str]) -> str:
+        sql = "\n".join(line.split("--")[0] for line in sql.splitlines())  # no comments in a script
+        for number in sorted(values, reverse=True):  # $12 before $1
+            sql = sql.replace(f"${number}", f"({values[number]})")
+        return " ".join(sql.split())
+
+    return "\n".join(
+        [
+            f"\\set n :first + (:client_id * :per_client + :k) * {batch}",
+            "\\set k :k + 1",
+            "BEGIN;",
+            bind(LOCK_AND_READ, read) + ";",
+            bind(APPLY_EFFECTS, write) + ";",
+            "COMMIT;",
+            "",
+        ]
+    )
+
+
+async def _pgbench_apply(
+    env: dict[str, str],
+    *,
+    database: str,
+    first: int,
+    batch: int,
+    payments: int,
+    clients: int,
+    script: Path,
+) -> float:
+    """Payments per second of :func:`_pgbench_apply_script` run by pgbench (``-M prepared``)."""
+    per_client = payments // clients // batch
+    await trio.Path(script).write_text(_pgbench_apply_script(batch))
+    done = await trio.run_process(
+        [
+            str(postgres_bin_dir() / "pgbench"),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            "2",
+            "-t",
+            str(per_client),
+            "-D",
+            f"first={first}",
+            "-D",
+            f"per_client={per_client}",
+            "-D",
+            "k=0",
+            "-f",
+            str(script),
+            database,
+        ],
+        env=env,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    match = re.search(rb"tps = ([0-9.]+)", done.stdout)
+    if match is None or done.returncode != 0:
+        raise RuntimeError(f"pgbench (apply script) failed: {done.stdout[-2000:]!r} {done.stderr[-2000:]!r}")
+    return float(match.group(1)) * batch
+
+
 async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str, object]:
     dsn = await server.start()
     results: dict[str, object] = {}
@@ -229,10 +395,14 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
         db = await Database.open(DatabaseSettings(dsn=dsn, pool_size=args.concurrency, unit_timeout=120))
         try:
             await migrate(db, now=NOW)
+            if args.in_flight:  # made here first, so apply_combined finds (and uses) this one
+                combiner_for(db, apply_payments, max_batch=args.max_batch, max_in_flight=args.in_flight)
             if args.plan_stats:
                 await db.run(_create_statements_view)
             await db.run(sync_plans, catalog=CATALOG, now=NOW)
-            await db.run(_seed_payments, count=args.payments * args.rounds * 2)
+            await db.run(_seed_payments, count=args.payments * args.rounds * 5)
+            database = str(await db.run(_current_database))
+            script = server.data_dir / "apply.pgbench"
             if args.subscriptions:
                 await db.run(_seed_subscriptions, count=args.subscriptions)
             env = await _pgbench_init(server)
@@ -240,24 +410,58 @@ async def _main(args: argparse.Namespace, server: EmbeddedPostgres) -> dict[str,
             apply: list[float] = []
             floor: list[float] = []
             plain: list[float] = []
+            grouped: list[float] = []
+            c_one: list[float] = []
+            c_ten: list[float] = []
+            wal: dict[str, list[float]] = {"pgbench": [], "apply": [], "grouped": []}
             plan_stats: dict[str, list[float]] = {}
             for n in range(args.rounds):
-                pgbench.append(await _pgbench(env, clients=args.concurrency, seconds=args.seconds))
+                lsn = await db.run(_wal_lsn)
+                tps = await _pgbench(env, clients=args.concurrency, seconds=args.seconds)
+                pgbench.append(tps)
+                # WAL per transaction: the server's whole WAL over the run (pgbench is alone then)
+                wal["pgbench"].append((await db.run(_wal_lsn) - lsn) / (tps * args.seconds))
                 if args.plan_stats:
                     await db.run(_reset_statements)
+                lsn = await db.run(_wal_lsn)
                 apply.append(
                     await _bench_apply(
                         db, first=1 + n * args.payments, count=args.payments, concurrency=args.concurrency
                     )
                 )
+                wal["apply"].append((await db.run(_wal_lsn) - lsn) / args.payments)
                 if args.plan_stats:  # apply's statements only: not pgbench's, not the plain child's
                     _add_plan_stats(plan_stats, await db.run(_plan_stats))
+                lsn = await db.run(_wal_lsn)
+                first_grouped = 1 + (2 * args.rounds + n) * args.payments
+                grouped.append(
+                    await _bench_grouped(
+                        db, first=first_grouped, count=args.payments, concurrency=args.concurrency
+                    )
+                )
+                wal["grouped"].append((await db.run(_wal_lsn) - lsn) / args.payments)
+                for slot, (batch, into) in enumerate(((1, c_one), (10, c_ten))):
+                    first_c = 1 + ((3 + slot) * args.rounds + n) * args.payments
+                    into.append(
+                        await _pgbench_apply(
+                            env,
+                            database=database,
+                            first=first_c,
+                            batch=batch,
+                            payments=args.payments,
+                            clients=args.concurrency,
+                            script=script,
+                        )
+                    )
                 floor.append(await _bench_floor(db, count=args.payments, concurrency=args.concurrency))
                 first_plain = 1 + (args.rounds + n) * args.payments
                 plain.append(await _plain_in_child(dsn, first_plain, args.payments, args.concurrency))
             results["pgbench"], results["apply"], results["floor"] = pgbench, apply, floor
             results["plan_stats"] = plan_stats
             results["plain"] = plain
+            results["grouped"], results["wal"] = grouped, wal
+            results["c_one"], results["c_ten"] = c_one, c_ten
+            results["combiner"] = combiner_for(db, apply_payments).statistics()
             if args.subscriptions:
                 rate, renewed = await _bench_renewal(db, count=args.subscriptions, batch=args.batch)
                 results["renewal"], results["renewed"] = rate, renewed
@@ -331,7 +535,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=5, help="pgbench seconds per round")
     parser.add_argument(
-        "--plan-stats", action="store_true",
+        "--in-flight", type=int, default=0, help="grouped: batches at once (0: what apply_combined uses)"
+    )
+    parser.add_argument("--max-batch", type=int, default=PAYMENT_BATCH, help="grouped: payments per batch")
+    parser.add_argument(
+        "--plan-stats",
+        action="store_true",
         help="preload pg_stat_statements (with track_planning) and print each statement's mean "
         "planning and execution time: the server's side of a payment, steadier than rates on a "
         "busy machine",
@@ -367,19 +576,53 @@ def main() -> None:
         f"--seconds {args.seconds}"
     )
     print()
+    grouped = cast(list[float], r["grouped"])
+    grouped_ratios = [g / p for g, p in zip(grouped, pgbench, strict=True)]
     print(
-        "| round | pgbench -N TPS | apply_payment/s | ratio | db.run floor/s | floor ratio "
-        "| plain asyncio apply/s | plain ratio |"
+        "| round | pgbench -N TPS | grouped apply/s | **grouped ratio** | one per db.run apply/s | ratio "
+        "| db.run floor/s | floor ratio | plain asyncio apply/s | plain ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    rounds = zip(pgbench, apply, ratios, floor, floor_ratios, plain, plain_ratios, strict=True)
-    for n, (p, a, q, f, fq, pa, pq) in enumerate(rounds, 1):
-        print(f"| {n} | {p:.0f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} | {pa:.0f} | {pq:.3f} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rounds = zip(
+        pgbench, grouped, grouped_ratios, apply, ratios, floor, floor_ratios, plain, plain_ratios, strict=True
+    )
+    for n, (p, g, gq, a, q, f, fq, pa, pq) in enumerate(rounds, 1):
+        print(
+            f"| {n} | {p:.0f} | {g:.0f} | {gq:.3f} | {a:.0f} | {q:.3f} | {f:.0f} | {fq:.3f} | {pa:.0f} "
+            f"| {pq:.3f} |"
+        )
     median = statistics.median
     print(
-        f"| **median** | {median(pgbench):.0f} | {median(apply):.0f} | **{median(ratios):.3f}** | "
-        f"{median(floor):.0f} | {median(floor_ratios):.3f} | {median(plain):.0f} | "
-        f"{median(plain_ratios):.3f} |"
+        f"| **median** | {median(pgbench):.0f} | {median(grouped):.0f} | **{median(grouped_ratios):.3f}** | "
+        f"{median(apply):.0f} | {median(ratios):.3f} | {median(floor):.0f} | {median(floor_ratios):.3f} | "
+        f"{median(plain):.0f} | {median(plain_ratios):.3f} |"
+    )
+    c_one = cast(list[float], r["c_one"])
+    c_ten = cast(list[float], r["c_ten"])
+    print()
+    print("apply's own SQL run by pgbench (a C client, -M prepared), same server, same round:")
+    print()
+    print("| round | pgbench -N TPS | batch of 1: payments/s | ratio | batch of 10: payments/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n, (p, one, ten) in enumerate(zip(pgbench, c_one, c_ten, strict=True), 1):
+        print(f"| {n} | {p:.0f} | {one:.0f} | {one / p:.3f} | {ten:.0f} | {ten / p:.3f} |")
+    one_ratios = [one / p for one, p in zip(c_one, pgbench, strict=True)]
+    ten_ratios = [ten / p for ten, p in zip(c_ten, pgbench, strict=True)]
+    print(
+        f"| **median** | {median(pgbench):.0f} | {median(c_one):.0f} | {median(one_ratios):.3f} | "
+        f"{median(c_ten):.0f} | {median(ten_ratios):.3f} |"
+    )
+    combined = cast(CombinerStatistics, r["combiner"])
+    print()
+    print(
+        f"grouped: {combined.requests} payments in {combined.batches} batches "
+        f"({combined.requests / combined.batches:.1f} per batch, largest {combined.largest_batch})"
+    )
+    wal = cast(dict[str, list[float]], r["wal"])
+    print()
+    print(
+        "WAL bytes (median per transaction / payment): "
+        + ", ".join(f"{name} {median(values):.0f}" for name, values in wal.items())
     )
     if args.plan_stats:
         print()
@@ -388,8 +631,10 @@ def main() -> None:
         print("| calls | plannings | planning per call | execution per call | statement |")
         print("|---|---|---|---|---|")
         for query, (calls, plans, plan_ms, exec_ms) in cast(dict[str, list[float]], r["plan_stats"]).items():
-            print(f"| {calls:.0f} | {plans:.0f} | {plan_ms / calls * 1000:.0f} µs | "
-                  f"{exec_ms / calls * 1000:.0f} µs | `{query}` |")
+            print(
+                f"| {calls:.0f} | {plans:.0f} | {plan_ms / calls * 1000:.0f} µs | "
+                f"{exec_ms / calls * 1000:.0f} µs | `{query}` |"
+            )
     if args.subscriptions:
         after = cast(float, r["pgbench_after"])
         renewal = cast(float, r["renewal"])

@@ -300,7 +300,7 @@ async def test_database_down_is_503_and_the_providers_retry_applies_it(
         intent = await c.intent(504)
         invoice = await c.invoice(intent)
         c.emulator.mark_paid(invoice.invoice_id)
-        c.db.fail_units.add("apply_payment")
+        c.db.fail_units.add("apply_payments")  # the unit the combiner runs
 
         async def heal_after_first_attempt() -> None:
             with trio.fail_after(5):

@@ -2,9 +2,11 @@
 
 The webhook route and the ``payment_watcher`` actor both call :func:`apply_paid_invoice`, so they
 cannot disagree about how an invoice maps to a payment, how its amount is converted, or what is
-logged. Exactly-once is the unit's job (:func:`~atlas.storage.units.apply.apply_payment`: one
+logged. Exactly-once is the unit's job (:func:`~atlas.storage.units.apply.apply_payments`: one
 conditional ``pending → applied`` per ``(provider, external_id)``); racing callers simply get
-``ALREADY_APPLIED``.
+``ALREADY_APPLIED``. Concurrent invoices are applied together, in one transaction per batch, by the
+database's payment combiner (:func:`apply_combined`, :mod:`atlas.storage.combiner`): each caller
+still gets its own outcome.
 
 Mapping: the payment is found by ``("cryptopay", str(invoice_id))``, else by the invoice's
 ``payload`` (the intent's unguessable payload, which we put on the invoice). The second look-up
@@ -32,13 +34,15 @@ import logging
 from atlas.clock import Clock
 from atlas.domain import Currency, DomainError, ReferralPolicy, parse_amount
 from atlas.payments.cryptopay_types import Invoice
-from atlas.storage import Database
-from atlas.storage.units.apply import apply_payment
+from atlas.storage import Database, combiner_for
+from atlas.storage.units.apply import PaymentToApply, apply_payments
 from atlas.storage.units.records import ApplyOutcome, PaidDetails, PaymentResult
 
 _log = logging.getLogger("atlas.payments.apply")
 
 PROVIDER = "cryptopay"
+PAYMENT_BATCH = 32
+"""The most payments one transaction of the combiner applies."""
 INEXACT_AMOUNT = -1
 """What an invoice amount that has no exact minor-unit value is reported as: it matches no intent."""
 
@@ -90,8 +94,7 @@ async def apply_paid_invoice(
     if invoice.status != "paid":
         raise ValueError(f"invoice {invoice.invoice_id} is {invoice.status}, not paid")
     amount_minor, currency = invoice_amount_minor(invoice)
-    result = await db.run(
-        apply_payment,
+    request = PaymentToApply.of(
         provider=PROVIDER,
         external_id=str(invoice.invoice_id),
         payload=invoice.payload or None,
@@ -102,7 +105,20 @@ async def apply_paid_invoice(
         now=clock.now(),
         paid=paid_details(invoice),
     )
+    result = await apply_combined(db, request)
     _log_outcome(result, invoice, source, amount_minor, currency)
+    return result
+
+
+async def apply_combined(db: Database, request: PaymentToApply) -> PaymentResult:
+    """Apply ``request`` in the next batch of ``db``'s payment combiner; return its own outcome.
+
+    Raises what ``db.run`` raises (then nothing of this request was recorded, unless the error
+    came after ``COMMIT``); a cancelled caller's request may still be applied once its batch has
+    started (:mod:`atlas.storage.combiner`), which is safe: applying is idempotent per charge.
+    """
+    combiner = combiner_for(db, apply_payments, max_batch=PAYMENT_BATCH, max_in_flight=2)
+    result: PaymentResult = await combiner.submit(request)
     return result
 
 

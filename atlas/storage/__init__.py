@@ -6,6 +6,9 @@ Everything else reaches the database through ``await db.run(unit, **kwargs)``; s
 
 from atlas.storage.budget import BudgetStatistics as BudgetStatistics
 from atlas.storage.budget import ConnectionBudget as ConnectionBudget
+from atlas.storage.combiner import CombinerStatistics as CombinerStatistics
+from atlas.storage.combiner import UnitCombiner as UnitCombiner
+from atlas.storage.combiner import combiner_for as combiner_for
 from atlas.storage.database import Database as Database
 from atlas.storage.database import DatabaseSettings as DatabaseSettings
 from atlas.storage.database import UnitOfWork as UnitOfWork

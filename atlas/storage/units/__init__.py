@@ -22,9 +22,10 @@ one: a payer and their referrer) → **the user's subscription** → **payments*
 (renewal claims the subscription and its user together), so they never wait for a lock and cannot
 join a cycle. Serialization failures and deadlocks that still happen are retried by ``db.run``.
 ``apply_payment`` takes the whole chain (payer and referrer → subscription → payment → promo code) in
-one statement; the order inside it is forced by data dependencies between its CTEs (see
-:mod:`._apply_sql`), and a row created by a transaction it waited for makes it retry
-(:class:`~.errors.SnapshotMoved`).
+one statement (``apply_payments``, its batch form, takes every chain of the batch: all users
+ascending, then the subscriptions, the payments and the promo codes, each sorted); the order
+inside it is forced by data dependencies between its CTEs (see :mod:`._apply_sql`), and a row
+created by a transaction it waited for makes it retry (:class:`~.errors.SnapshotMoved`).
 
 Errors: the domain's :class:`~atlas.domain.DomainError` tree, plus :mod:`.errors` for refusals that
 come from stored state (unknown user, no subscription, a refund that cannot be exact).
@@ -34,7 +35,9 @@ from atlas.storage.units.admin import admin_adjust_balance as admin_adjust_balan
 from atlas.storage.units.admin import admin_grant_days as admin_grant_days
 from atlas.storage.units.admin import admin_set_banned as admin_set_banned
 from atlas.storage.units.admin import refund_payment as refund_payment
+from atlas.storage.units.apply import PaymentToApply as PaymentToApply
 from atlas.storage.units.apply import apply_payment as apply_payment
+from atlas.storage.units.apply import apply_payments as apply_payments
 from atlas.storage.units.audit import audit_log as audit_log
 from atlas.storage.units.errors import InvalidAdminInput as InvalidAdminInput
 from atlas.storage.units.errors import NoSubscription as NoSubscription
