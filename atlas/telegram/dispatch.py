@@ -439,21 +439,30 @@ class UpdateDispatcher:
         try:
             while queue:
                 item = queue[0]
+                ended = False
                 try:
                     await self._handle(item)
+                    ended = True
                 finally:
                     queue.popleft()
-                    self._finish(item.update.update_id)
+                    # Cancelled mid-way (the dispatcher stopping) is not finished: never reported,
+                    # so it is neither confirmed nor recorded, and Telegram sends it again.
+                    self._finish(item.update.update_id, ended=ended)
         finally:
             # Synchronously after the queue ran dry: a later submit starts a fresh task.
             if self._queues.get(key) is queue:
                 del self._queues[key]
 
-    def _finish(self, update_id: int) -> None:
+    def _finish(self, update_id: int, *, ended: bool) -> None:
         if update_id not in self._inflight:
             return  # run() ended and reset the books
         self._inflight.discard(update_id)
         self._pending -= 1
+        self._room.unpark_all()
+        if self._pending == 0:
+            self._idle.unpark_all()
+        if not ended:
+            return
         self._done.add(update_id)
         self._done_order.append(update_id)
         while len(self._done_order) > self.settings.dedupe_window:
@@ -463,9 +472,6 @@ class UpdateDispatcher:
             event.set()
         for listener in self._listeners:
             listener(update_id)
-        self._room.unpark_all()
-        if self._pending == 0:
-            self._idle.unpark_all()
 
     async def _handle(self, item: _Item) -> None:
         try:
