@@ -206,20 +206,24 @@ async def test_the_offset_passes_only_handled_updates_and_a_successor_skips_the_
     """Issue 13 in one process: a slow first update holds the offset while later ones finish; the
     process dies (dispatcher and intake cancelled, as by SIGKILL); a new one with an empty memory
     gets the whole batch again from Telegram, handles the unfinished one and skips the recorded."""
-    router = Router()
     gate = trio.Event()
     started: list[str] = []
     handled: list[str] = []
 
-    @router.message()
-    async def on_message(message: Message) -> None:
-        started.append(str(message.text))
-        if message.text == "slow":
-            await gate.wait()
-        handled.append(str(message.text))
-        await message.answer(f"done: {message.text}")
+    def make_router() -> Router:  # one per process: a router attaches to one dispatcher
+        router = Router()
 
-    async with harness(router) as h:
+        @router.message()
+        async def on_message(message: Message) -> None:
+            started.append(str(message.text))
+            if message.text == "slow":
+                await gate.wait()
+            handled.append(str(message.text))
+            await message.answer(f"done: {message.text}")
+
+        return router
+
+    async with harness(make_router()) as h:
         clock = Clock()
         users = [h.emulator.add_user(2100 + i, f"U{i}") for i in range(5)]
         texts = ["slow", "a", "b", "c", "d"]
@@ -239,7 +243,7 @@ async def test_the_offset_passes_only_handled_updates_and_a_successor_skips_the_
         await wait_for(lambda: intake.state == "stopped")
 
         second_log = HandledLog(db=lambda: db, bot_id=h.bot.id, clock=clock, flush_every=0.05)
-        second = h.dispatcher(on_finished=[second_log.note])
+        second = h.dispatcher(root=build_dispatcher([make_router()]), on_finished=[second_log.note])
         await h.start(second_log.run)
         await h.start(second.run)
         successor = PollingIntake(bot=h.bot, dispatcher=second, log=second_log, settings=FAST)

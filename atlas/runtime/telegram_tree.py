@@ -3,13 +3,16 @@
 ::
 
     root/telegram (rest_for_one)
-    ├── dispatch   per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
-    └── intake     getUpdates long polling, under a PostgreSQL advisory lock (one poller per fleet);
-                   absent in webhook mode, where the web server's /webhooks/telegram route feeds
-                   the dispatcher through a :class:`DispatcherSlot`
+    ├── handled_log  the ids of handled updates, written to PostgreSQL in batches (so that an
+    │                update Telegram sends again after a SIGKILL is not handled twice)
+    ├── dispatch     per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
+    └── intake       getUpdates long polling, under a PostgreSQL advisory lock (one poller per
+                     fleet), confirming only handled updates; absent in webhook mode, where the
+                     web server's /webhooks/telegram route feeds the dispatcher through a
+                     :class:`DispatcherSlot` and answers once the update is handled
 
 ``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
-restart the intake too (it re-polls from the last confirmed offset). The outbox sender and the
+restart the intake too (it re-polls from the last confirmed offset: the lowest unhandled update). The outbox sender and the
 other bot-facing workers live under ``root/workers``. The ``Bot`` object itself is a process
 resource (its httpx session's connection pool is shared by every bot-facing task), created in
 ``run_app``.
