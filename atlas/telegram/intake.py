@@ -454,8 +454,8 @@ def telegram_webhook_route(
             _log.warning("webhook update %s refused with 503: %s", update.update_id, exc)
             return Response(status_code=503, headers={"Retry-After": "1"})
         if not handled:
-            _log.warning("webhook update %s not handled within %gs: 503, Telegram sends it again",
-                         update.update_id, answer_within)  # fmt: skip
+            _log.warning("webhook update %s not handled within %gs (or the dispatcher stopped): 503, "
+                         "Telegram sends it again", update.update_id, answer_within)  # fmt: skip
             return Response(status_code=503, headers={"Retry-After": "1"})
         return Response(status_code=200)
 
