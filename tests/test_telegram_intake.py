@@ -292,6 +292,9 @@ async def test_the_advisory_lock_keeps_a_second_poller_on_standby(bridge: None, 
         assert handled_by == [("first", "to the first")]
         assert two.polls == 0 and two.state == "standby"
         assert db.budget_statistics().in_use >= 1  # the held lock is a borrowed connection
+        # Confirmed by the first poller's next getUpdates, once handled (issue 13); cancelled
+        # before that, the update would go to the second poller again, as after a SIGKILL.
+        await h.emulator.wait_until_delivered()
 
         one_scope.cancel()  # the polling process stops: the standby one takes over
         await wait_for(lambda: two.state == "polling")

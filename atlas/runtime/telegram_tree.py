@@ -12,10 +12,10 @@
                      :class:`DispatcherSlot` and answers once the update is handled
 
 ``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
-restart the intake too (it re-polls from the last confirmed offset: the lowest unhandled update). The outbox sender and the
-other bot-facing workers live under ``root/workers``. The ``Bot`` object itself is a process
-resource (its httpx session's connection pool is shared by every bot-facing task), created in
-``run_app``.
+restart the intake too (it re-polls from the last confirmed offset: the lowest unhandled update).
+The outbox sender and the other bot-facing workers live under ``root/workers``. The ``Bot``
+object itself is a process resource (its httpx session's connection pool is shared by every
+bot-facing task), created in ``run_app``.
 
 The subtree is built when it starts, not when the tree is defined, because it needs the bot's
 username (one ``getMe``) and the open database; both are there by then (storage starts first).
