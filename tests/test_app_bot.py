@@ -121,6 +121,10 @@ async def test_webhook_mode_receives_updates_through_the_web_server(
         user = emulator.add_user(601, "Bo", language_code="en")
         user.send_command("/start")
         greeting = await user.next_message(within=20)
+        # Answered once handled (issue 13): the 200 follows the handler's last reply.
+        with trio.fail_after(20):
+            while not any(attempt.status == 200 for attempt in emulator.webhook_attempts):  # noqa: ASYNC110
+                await trio.sleep(0.05)
         children = {c.path for c in root.statistics().children}
         stop.set()
         await trio.lowlevel.checkpoint()
@@ -204,6 +208,7 @@ async def test_a_conversation_started_on_one_process_continues_on_another(
             emulator.route_webhook_to(urls[1])  # the text lands on the other process
             admin.send_text("Maintenance tonight at 23:00")
             preview = await admin.next_message(within=20)
+            await emulator.wait_until_delivered(within=20)  # answered once handled: after the reply
             delivered_to = {attempt.url for attempt in emulator.webhook_attempts if attempt.status == 200}
         nursery.cancel_scope.cancel()
 

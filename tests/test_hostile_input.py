@@ -143,7 +143,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.updates: list[Any] = []
 
-    def submit_nowait(self, update: Any) -> bool:
+    async def take(self, update: Any, within: float) -> bool:
         self.updates.append(update)
         return True
 

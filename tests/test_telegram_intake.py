@@ -1,7 +1,8 @@
 """Intake and dispatch through the Bot API emulator with the real aiogram Bot, over real HTTP.
 
-Polling (order per user, parallel across users, offset after hand-off, the singleton lock), the
-webhook route (secret, 503 when full), and the error boundary (apology + crash report).
+Polling (order per user, parallel across users, the offset past handled updates only, the durable
+record of handled updates, the singleton lock), the webhook route (secret, answered once handled,
+503 when full or slow), and the error boundary (apology + crash report).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 from starlette.applications import Starlette
 
+from atlas.clock import Clock
 from atlas.storage import Database, Tx
 from atlas.storage.locks import AdvisoryLockBusy, AdvisoryLockLost, hold_advisory_lock
 from atlas.supervision import Backoff, CrashReporter, RingSink
@@ -37,6 +39,7 @@ from atlas.telegram import (
     stored_language,
     telegram_webhook_route,
 )
+from atlas.telegram.handled_log import HandledLog
 from atlas.telegram.i18n import t
 from atlas.testing.botapi import BotApiEmulator
 from atlas.web.server import serve_asgi
@@ -156,7 +159,7 @@ async def test_polling_keeps_order_per_user_and_runs_users_in_parallel(bridge: N
         assert intake.statistics().updates == 3 and intake.statistics().state == "polling"
 
 
-async def test_the_offset_advances_only_after_hand_off(bridge: None) -> None:
+async def test_a_killed_intake_confirmed_nothing_of_a_batch_still_waiting_for_room(bridge: None) -> None:
     router = Router()
     gate = trio.Event()
     handled: list[str] = []
@@ -197,6 +200,67 @@ async def test_the_offset_advances_only_after_hand_off(bridge: None) -> None:
         await h.emulator.wait_until_delivered()
 
 
+async def test_the_offset_passes_only_handled_updates_and_a_successor_skips_the_recorded(
+    bridge: None, db: Database
+) -> None:
+    """Issue 13 in one process: a slow first update holds the offset while later ones finish; the
+    process dies (dispatcher and intake cancelled, as by SIGKILL); a new one with an empty memory
+    gets the whole batch again from Telegram, handles the unfinished one and skips the recorded."""
+    gate = trio.Event()
+    started: list[str] = []
+    handled: list[str] = []
+
+    def make_router() -> Router:  # one per process: a router attaches to one dispatcher
+        router = Router()
+
+        @router.message()
+        async def on_message(message: Message) -> None:
+            started.append(str(message.text))
+            if message.text == "slow":
+                await gate.wait()
+            handled.append(str(message.text))
+            await message.answer(f"done: {message.text}")
+
+        return router
+
+    async with harness(make_router()) as h:
+        clock = Clock()
+        users = [h.emulator.add_user(2100 + i, f"U{i}") for i in range(5)]
+        texts = ["slow", "a", "b", "c", "d"]
+        ids = [user.send_text(text) for user, text in zip(users, texts, strict=True)]
+        first_log = HandledLog(db=lambda: db, bot_id=h.bot.id, clock=clock, flush_every=0.05)
+        first = h.dispatcher(on_finished=[first_log.note])
+        scopes = [await h.start(first_log.run), await h.start(first.run)]
+        intake = PollingIntake(bot=h.bot, dispatcher=first, log=first_log, settings=FAST)
+        scopes.append(await h.start(intake.run))
+
+        await wait_for(lambda: sorted(handled) == ["a", "b", "c", "d"] and first_log.recorded == 4)
+        await wait_for(lambda: intake.polls >= 3)  # it went on polling meanwhile, at the low offset
+        assert intake.statistics().offset == ids[0] and intake.statistics().unhandled == 1
+        assert [u["update_id"] for u in h.emulator.pending_updates()] == ids  # nothing confirmed
+        for scope in reversed(scopes):  # the process dies: nothing more is flushed or confirmed
+            scope.cancel()
+        await wait_for(lambda: intake.state == "stopped")
+
+        second_log = HandledLog(db=lambda: db, bot_id=h.bot.id, clock=clock, flush_every=0.05)
+        second = h.dispatcher(root=build_dispatcher([make_router()]), on_finished=[second_log.note])
+        await h.start(second_log.run)
+        await h.start(second.run)
+        successor = PollingIntake(bot=h.bot, dispatcher=second, log=second_log, settings=FAST)
+        await h.start(successor.run)
+        await wait_for(lambda: started.count("slow") == 2)
+        gate.set()
+        await wait_for(lambda: handled.count("slow") == 1)
+        await h.emulator.wait_until_delivered()  # the successor confirmed all five
+
+        assert sorted(handled) == sorted(texts)  # each handled once, the slow one by the successor
+        assert successor.skipped_recorded == 4 and second.duplicates == 0
+        for user, text in zip(users, texts, strict=True):
+            assert [r.text for r in user.chat_log()] == [f"done: {text}"]
+        await wait_for(lambda: second_log.recorded == 1)
+        assert await second_log.recorded_among(ids) == set(ids)
+
+
 async def test_the_advisory_lock_keeps_a_second_poller_on_standby(bridge: None, db: Database) -> None:
     router = Router()
     handled_by: list[tuple[str, str]] = []
@@ -228,6 +292,9 @@ async def test_the_advisory_lock_keeps_a_second_poller_on_standby(bridge: None, 
         assert handled_by == [("first", "to the first")]
         assert two.polls == 0 and two.state == "standby"
         assert db.budget_statistics().in_use >= 1  # the held lock is a borrowed connection
+        # Confirmed by the first poller's next getUpdates, once handled (issue 13); cancelled
+        # before that, the update would go to the second poller again, as after a SIGKILL.
+        await h.emulator.wait_until_delivered()
 
         one_scope.cancel()  # the polling process stops: the standby one takes over
         await wait_for(lambda: two.state == "polling")
@@ -275,7 +342,7 @@ async def test_hold_advisory_lock_counts_against_the_budget_and_notices_loss(
 # Webhook
 
 
-async def test_webhook_route_checks_the_secret_and_answers_503_when_full(bridge: None) -> None:
+async def test_webhook_route_answers_once_handled_and_503_when_full_or_slow(bridge: None) -> None:
     router = Router()
     gate = trio.Event()
     handled: list[str] = []
@@ -290,7 +357,8 @@ async def test_webhook_route_checks_the_secret_and_answers_503_when_full(bridge:
     async with harness(router) as h:
         alice = h.emulator.add_user(1001, "Alice")
         dispatch = h.dispatcher(DispatchSettings(max_pending=1, per_user_queue=1))
-        app = Starlette(routes=[telegram_webhook_route("/telegram/hook", SECRET, dispatch, h.bot)])
+        route = telegram_webhook_route("/telegram/hook", SECRET, dispatch, h.bot, answer_within=1.0)
+        app = Starlette(routes=[route])
         base = await h.nursery.start(serve_asgi, app)
         url = f"{base}/telegram/hook"
 
@@ -314,17 +382,26 @@ async def test_webhook_route_checks_the_secret_and_answers_503_when_full(bridge:
             assert await post({"update_id": "x"}) == 400
             assert await post(b"x" * (1024 * 1024 + 1)) == 413
 
-            assert await post(waiting) == 200
+            # Not handled within answer_within: 503, and it stays in hand (not handled twice).
+            assert await post(waiting) == 503
+            assert dispatch.statistics().pending == 1
             assert await post(following) == 503  # full: the first is still being handled
             assert dispatch.statistics().rejected == 1
-            gate.set()
-            with trio.fail_after(5):
-                await dispatch.join()
-            assert await post(following) == 200  # Telegram's retry is accepted
-            assert await post(waiting) == 200  # a duplicate is acknowledged and dropped
-            with trio.fail_after(5):
-                await dispatch.join()
-        assert handled == ["wait", "next"] and dispatch.duplicates == 1
+            answers: list[int] = []
+
+            async def post_again() -> None:
+                answers.append(await post(waiting))  # Telegram's re-send: waits for the same run
+
+            async with trio.open_nursery() as posting:
+                posting.start_soon(post_again)
+                await wait_for(lambda: dispatch.duplicates == 1)
+                assert answers == []  # not answered while it is being handled
+                gate.set()
+            assert answers == [200]
+            assert await post(following) == 200  # answered once handled
+            assert handled == ["wait", "next"]
+            assert await post(waiting) == 200  # a duplicate of a handled update: acknowledged, dropped
+        assert handled == ["wait", "next"] and dispatch.duplicates == 2
         assert [r.text for r in alice.chat_log()] == ["echo: wait", "echo: next"]
 
     with pytest.raises(ValueError, match="secret"):

@@ -2,7 +2,9 @@
 
 ``CrashReportPruner`` deletes crash reports older than the retention, in bounded batches, yielding
 and beating its heart between batches, with a time budget per tick (contract 3: every batch is
-bounded, a tick has a time budget).
+bounded, a tick has a time budget). ``HandledUpdatePruner`` does the same for the record of handled
+Telegram updates (``telegram_handled_updates``), which only matters while Telegram may still send
+an update again: it keeps unconfirmed updates for 24 hours, so two days are kept.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from atlas.actors.base import Actor
 from atlas.clock import Clock
 from atlas.storage import Database
 from atlas.storage.crash_reports import prune_crash_reports
+from atlas.storage.units.handled_updates import prune_handled_updates
 
 _log = logging.getLogger("atlas.actors.housekeeping")
 
@@ -57,3 +60,38 @@ class CrashReportPruner(Actor):
             await trio.lowlevel.checkpoint()
         if self.pruned:
             _log.info("crash reports pruned so far: %d", self.pruned)
+
+
+class HandledUpdatePruner(Actor):
+    """Deletes handled-update records older than ``retention``, ``batch`` rows at a time, every ``period``."""
+
+    def __init__(
+        self,
+        *,
+        db: Callable[[], Database],
+        clock: Clock,
+        rng: random.Random,
+        retention: dt.timedelta = dt.timedelta(days=2),
+        period: float = 3600.0,
+        batch: int = 5000,
+        tick_budget: float = 10.0,
+    ) -> None:
+        super().__init__("handled_update_pruner", period=period, first_tick=(5.0, 60.0), rng=rng)
+        self._db = db
+        self._clock = clock
+        self._retention = retention
+        self._batch = batch
+        self._tick_budget = tick_budget
+        self.pruned = 0
+
+    async def tick(self) -> None:
+        """Delete old records until none are left or the tick's time budget is spent."""
+        before = self._clock.now() - self._retention
+        deadline = trio.current_time() + self._tick_budget
+        while trio.current_time() < deadline:
+            deleted = await self._db().run(prune_handled_updates, before=before, limit=self._batch)
+            self.pruned += deleted
+            self.heartbeat()
+            if deleted < self._batch:
+                break
+            await trio.lowlevel.checkpoint()

@@ -38,7 +38,7 @@ import trio
 from atlas.actors.base import Actor
 from atlas.actors.broadcaster import Broadcaster
 from atlas.actors.expiry import ExpiryWorker
-from atlas.actors.housekeeping import CrashReportPruner
+from atlas.actors.housekeeping import CrashReportPruner, HandledUpdatePruner
 from atlas.actors.outbox_sender import OutboxSender
 from atlas.actors.payment_watcher import PaymentWatcher
 from atlas.actors.reminders import ReminderWorker
@@ -234,6 +234,7 @@ def worker_specs(services: Services) -> list[ChildSpec]:
             db=db, clock=clock, rng=rng("reminders"), currency=settings.currency, kind=SubscriptionKind.PAID
         ),
         CrashReportPruner(db=db, clock=clock, rng=rng("crash_report_pruner")),
+        HandledUpdatePruner(db=db, clock=clock, rng=rng("handled_update_pruner")),
     ]
     specs = [supervised(worker, stall_after=120.0) for worker in batch_workers]
     if services.bot is not None:

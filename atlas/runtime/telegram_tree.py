@@ -3,16 +3,19 @@
 ::
 
     root/telegram (rest_for_one)
-    ├── dispatch   per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
-    └── intake     getUpdates long polling, under a PostgreSQL advisory lock (one poller per fleet);
-                   absent in webhook mode, where the web server's /webhooks/telegram route feeds
-                   the dispatcher through a :class:`DispatcherSlot`
+    ├── handled_log  the ids of handled updates, written to PostgreSQL in batches (so that an
+    │                update Telegram sends again after a SIGKILL is not handled twice)
+    ├── dispatch     per-user ordered handling of updates (aiogram's Dispatcher.feed_update)
+    └── intake       getUpdates long polling, under a PostgreSQL advisory lock (one poller per
+                     fleet), confirming only handled updates; absent in webhook mode, where the
+                     web server's /webhooks/telegram route feeds the dispatcher through a
+                     :class:`DispatcherSlot` and answers once the update is handled
 
 ``rest_for_one`` because the intake hands updates to the dispatcher: a dispatcher restart must
-restart the intake too (it re-polls from the last confirmed offset). The outbox sender and the
-other bot-facing workers live under ``root/workers``. The ``Bot`` object itself is a process
-resource (its httpx session's connection pool is shared by every bot-facing task), created in
-``run_app``.
+restart the intake too (it re-polls from the last confirmed offset: the lowest unhandled update).
+The outbox sender and the other bot-facing workers live under ``root/workers``. The ``Bot``
+object itself is a process resource (its httpx session's connection pool is shared by every
+bot-facing task), created in ``run_app``.
 
 The subtree is built when it starts, not when the tree is defined, because it needs the bot's
 username (one ``getMe``) and the open database; both are there by then (storage starts first).
@@ -41,6 +44,7 @@ from atlas.telegram.commands import publish_commands
 from atlas.telegram.config import BotConfig
 from atlas.telegram.dispatch import DispatchNotRunning, UpdateDispatcher
 from atlas.telegram.fsm_storage import PostgresFsmStorage
+from atlas.telegram.handled_log import HandledLog
 from atlas.telegram.intake import PollingIntake, configure_webhook
 from atlas.telegram.routers import build_user_routers
 from atlas.telegram.routers.admin_ops import MaintenanceGate
@@ -103,16 +107,25 @@ class DispatcherSlot:
     The web server starts before the telegram subtree and outlives its restarts, so the route cannot
     hold the dispatcher itself. While no dispatcher runs, updates are refused with
     :class:`DispatchNotRunning`, which the route answers with 503 so Telegram retries later.
+    ``log`` is the subtree's handled-update log: an update Telegram sends again after another
+    process (or an earlier run of this one) handled it is answered without handling it twice.
     """
 
     def __init__(self) -> None:
         self.current: UpdateDispatcher | None = None
+        self.log: HandledLog | None = None
 
-    def submit_nowait(self, update: Update) -> bool:
-        """Hand ``update`` to the running dispatcher (see :meth:`UpdateDispatcher.submit_nowait`)."""
-        if self.current is None:
+    async def take(self, update: Update, within: float) -> bool:
+        """Have the running dispatcher handle ``update`` unless it is recorded as handled already
+        (see :meth:`UpdateDispatcher.take`); a failed lookup raises ``StorageError`` (503)."""
+        current, log = self.current, self.log
+        if current is None:
             raise DispatchNotRunning("the telegram subtree is not running")
-        return self.current.submit_nowait(update)
+        if current.is_done(update.update_id):
+            return True
+        if log is not None and await log.recorded_among([update.update_id]):
+            return True
+        return await current.take(update, within)
 
 
 # How long a person has to finish what they started (buy after typing a promo code, pay an
@@ -180,10 +193,15 @@ def telegram_child(
             **dependencies,
         )
         parent, _, _ = ctx.path.rpartition("/")
+        # Every completion is recorded (batched), so that whichever process Telegram sends an
+        # update to again after a SIGKILL recognises it as handled. Started first, stopped last:
+        # its final flush records what the dispatcher finished while stopping.
+        handled = HandledLog(db=db, bot_id=bot.id, clock=clock)
         updates = UpdateDispatcher(
-            dispatcher=dispatcher, bot=bot, reporter=reporter, path=f"{ctx.path}/dispatch"
-        )
-        children = [updates.child_spec("dispatch")]
+            dispatcher=dispatcher, bot=bot, reporter=reporter, path=f"{ctx.path}/dispatch",
+            on_finished=[handled.note],
+        )  # fmt: skip
+        children = [handled.child_spec("handled_log"), updates.child_spec("dispatch")]
         webhook = settings.telegram_webhook_url
         if webhook is not None and settings.telegram_webhook_secret is not None:
             await configure_webhook(bot, webhook, settings.telegram_webhook_secret.get_secret_value())
@@ -191,9 +209,10 @@ def telegram_child(
         else:
             # A webhook left over from an earlier configuration would make getUpdates answer 409.
             await bot.delete_webhook()
-            children.append(PollingIntake(bot=bot, dispatcher=updates, db=db, rng=rng).child_spec("intake"))
+            intake = PollingIntake(bot=bot, dispatcher=updates, db=db, log=handled, rng=rng)
+            children.append(intake.child_spec("intake"))
             mode = "long polling"
-        slot.current = updates
+        slot.current, slot.log = updates, handled
         subtree = Supervisor(
             "telegram",
             Strategy.REST_FOR_ONE,
@@ -208,6 +227,6 @@ def telegram_child(
         try:
             await subtree.run(parent, task_status=task_status)
         finally:
-            slot.current = None
+            slot.current, slot.log = None, None
 
     return ChildSpec(name="telegram", start=start, shutdown_timeout=20.0)

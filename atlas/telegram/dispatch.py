@@ -33,6 +33,12 @@ Duplicates (a webhook retried after we accepted it, a batch re-polled after the 
 are recognised by ``update_id`` while queued and for the last ``dedupe_window`` completed updates,
 and dropped.
 
+Completion reports: every update that ends (handled, or failed and apologised for) is reported,
+synchronously and in the order they end, to each ``on_finished`` listener: the polling intake
+confirms to Telegram only what was reported (:mod:`atlas.telegram.watermark`), the handled-update
+log records it (:mod:`atlas.telegram.handled_log`), and :meth:`UpdateDispatcher.take` (the webhook)
+waits for it. An update dropped because :meth:`UpdateDispatcher.run` ended is never reported.
+
 The error boundary: aiogram's own ``@router.errors(...)`` handlers see a failure first (errors are
 events). A failure nobody handled — or a handler that runs longer than ``handler_timeout`` — is
 caught here: the user gets a short apology in their language, sent directly and best effort, and a
@@ -57,7 +63,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +86,9 @@ LanguageResolver = Callable[[int], Awaitable[str | None]]
 """Given a user id, the language stored for them (None: unknown); used for the apology."""
 
 UpdateKey = int | str
+
+FinishListener = Callable[[int], None]
+"""Told the id of each update that ended (handled or failed); must not block or raise."""
 
 
 class DispatchError(Exception):
@@ -237,6 +246,7 @@ class UpdateDispatcher:
     ``bot`` the Bot the handlers answer with, ``reporter`` where failures are reported.
     ``language`` (optional) finds a user's stored language for the apology; without it (or when it
     fails) the client's ``language_code`` decides. ``feed_kwargs`` reach every handler.
+    ``on_finished`` listeners get each completion report (see the module docstring).
     Start it with :meth:`run` (a supervised child: :meth:`child_spec`) before submitting.
     """
 
@@ -251,8 +261,11 @@ class UpdateDispatcher:
         language: LanguageResolver | None = None,
         path: str = "root/telegram/dispatch",
         feed_kwargs: Mapping[str, Any] | None = None,
+        on_finished: Iterable[FinishListener] = (),
     ) -> None:
         self.settings = settings or DispatchSettings()
+        self._listeners: list[FinishListener] = list(on_finished)
+        self._finished_events: dict[int, trio.Event] = {}
         self._dp = dispatcher
         self._bot = bot
         self._reporter = reporter
@@ -293,8 +306,8 @@ class UpdateDispatcher:
         """Accept and handle updates until cancelled.
 
         Cancellation cancels the handlers in progress and drops what was queued: those updates
-        were confirmed to Telegram and are lost, which is why the intake hands over at most
-        ``max_pending``. Raises ``RuntimeError`` at once when no asyncio loop is
+        are never reported finished, so they were not confirmed to Telegram (polling) or answered
+        (webhook), and Telegram sends them again. Raises ``RuntimeError`` at once when no asyncio loop is
         visible from trio (the bridge is not open); otherwise only for a bug in the dispatcher.
         """
         if self._nursery is not None:
@@ -322,6 +335,9 @@ class UpdateDispatcher:
             self._pending = 0
             self._room.unpark_all()
             self._idle.unpark_all()
+            for event in self._finished_events.values():
+                event.set()  # the waiters see the update not done: answered 503
+            self._finished_events.clear()
             if dropped:
                 _log.warning("dispatcher stopped with %d updates queued or running: dropped", dropped)
 
@@ -376,6 +392,41 @@ class UpdateDispatcher:
             except DispatchFull:
                 await self._room.park()
 
+    def is_done(self, update_id: int) -> bool:
+        """True if ``update_id`` ended here (handled or failed), within the last ``dedupe_window``."""
+        return update_id in self._done
+
+    def add_finish_listener(self, listener: FinishListener) -> Callable[[], None]:
+        """Add a completion listener; returns the function that removes it again."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    async def take(self, update: Update, within: float) -> bool:
+        """Queue ``update`` (unless already here) and wait until it ended, at most ``within`` s.
+
+        True once it ended (now or earlier: a duplicate of a finished update); False when
+        ``within`` passed first or the dispatcher stopped with it unhandled — it stays queued or
+        running then, and a duplicate taken later waits for the same completion. Raises like
+        :meth:`submit_nowait` when it cannot be queued. For the webhook, which answers Telegram
+        only for what was handled.
+        """
+        update_id = update.update_id
+        if update_id in self._done:
+            self.duplicates += 1
+            return True
+        self.submit_nowait(update)  # a duplicate still in flight returns False: wait for it too
+        event = self._finished_events.get(update_id)
+        if event is None:
+            event = self._finished_events[update_id] = trio.Event()
+        with trio.move_on_after(within):
+            await event.wait()
+        return update_id in self._done
+
     async def join(self) -> None:
         """Wait until nothing is queued or running (tests, graceful drain)."""
         while self._pending:
@@ -388,28 +439,39 @@ class UpdateDispatcher:
         try:
             while queue:
                 item = queue[0]
+                ended = False
                 try:
                     await self._handle(item)
+                    ended = True
                 finally:
                     queue.popleft()
-                    self._finish(item.update.update_id)
+                    # Cancelled mid-way (the dispatcher stopping) is not finished: never reported,
+                    # so it is neither confirmed nor recorded, and Telegram sends it again.
+                    self._finish(item.update.update_id, ended=ended)
         finally:
             # Synchronously after the queue ran dry: a later submit starts a fresh task.
             if self._queues.get(key) is queue:
                 del self._queues[key]
 
-    def _finish(self, update_id: int) -> None:
+    def _finish(self, update_id: int, *, ended: bool) -> None:
         if update_id not in self._inflight:
             return  # run() ended and reset the books
         self._inflight.discard(update_id)
         self._pending -= 1
+        self._room.unpark_all()
+        if self._pending == 0:
+            self._idle.unpark_all()
+        if not ended:
+            return
         self._done.add(update_id)
         self._done_order.append(update_id)
         while len(self._done_order) > self.settings.dedupe_window:
             self._done.discard(self._done_order.popleft())
-        self._room.unpark_all()
-        if self._pending == 0:
-            self._idle.unpark_all()
+        event = self._finished_events.pop(update_id, None)
+        if event is not None:
+            event.set()
+        for listener in self._listeners:
+            listener(update_id)
 
     async def _handle(self, item: _Item) -> None:
         try:

@@ -3,10 +3,29 @@
 **Polling** (:class:`PollingIntake`). Atlas calls ``getUpdates`` itself instead of aiogram's
 ``start_polling``, which would spawn asyncio tasks nobody supervises and install its own signal
 handlers. Each batch is handed to :class:`~atlas.telegram.dispatch.UpdateDispatcher` update by
-update (waiting for room: back-pressure); only then is the next ``getUpdates`` sent with
-``offset = last handed-over id + 1``, which is what confirms the batch to Telegram. So an intake
-killed mid-batch confirms nothing of it: Telegram delivers the whole batch again, and the
-dispatcher drops the updates it already has by ``update_id``. A crash re-delivers; it never loses.
+update (waiting for room: back-pressure). The ``offset`` of the next ``getUpdates`` — what
+confirms updates to Telegram — is the **lowest update id not yet handled**, per the dispatcher's
+completion reports (:class:`~atlas.telegram.watermark.HandledWatermark`); one past the last when
+all are handled. So a process killed at any point (even SIGKILL) has confirmed only updates that
+were handled: Telegram sends the rest to the next poller. Nothing handed over is lost.
+
+What the next poller receives again may include updates the killed one had already handled
+(handled while a lower one was still running). Those are recorded in PostgreSQL at once
+(:class:`~atlas.telegram.handled_log.HandledLog`: one INSERT for all that finished meanwhile;
+the others every 0.25 s), and on taking the lock
+the intake reads the highest recorded id: updates of a batch at or below it are looked up (one
+query per such batch, only in the first rounds after a takeover) and skipped when recorded. An
+update replied to but neither recorded nor confirmed when the process died is handled again (the
+remaining window, milliseconds: see :mod:`atlas.telegram.handled_log`). Within one process, the
+dispatcher's own dedupe recognises re-sent updates after an intake restart.
+
+While updates are unhandled, ``getUpdates`` at the low offset answers at once with what the intake
+already has, so after a batch the intake waits until the offset moves (the lowest one finished),
+at most ``recheck_every`` (0.25 s), before it polls again: in the common case one ``getUpdates``
+per batch, as before, and a new update waits at most ``recheck_every`` behind a slow one. A batch
+holds at most ``limit`` (100) updates from the offset on, so at most about 100 updates past the
+oldest unhandled one are in hand: a handler stuck for its whole ``handler_timeout`` holds the
+intake back that far (the dispatcher's own bound, ``max_pending``, is larger).
 
 Only one process may poll a bot (Telegram answers 409 to the other). A PostgreSQL session advisory
 lock (:func:`atlas.storage.locks.hold_advisory_lock`) is held for as long as this intake polls; a
@@ -31,8 +50,20 @@ other 4xx                   :class:`IntakeRefused` (the request or API base is w
 
 **Webhook** (:func:`telegram_webhook_route`): a Starlette route that checks
 ``X-Telegram-Bot-Api-Secret-Token`` in constant time (401 on a bad or missing secret), parses the
-update (400 if malformed, 413 if too large) and hands it over without waiting: 200 when queued or a
-duplicate, 503 when the dispatcher is full or not running, so that Telegram retries later.
+update (400 if malformed, 413 if too large) and answers only once the update is **handled**: 200
+when the dispatcher reports it done (or it was done already: a duplicate, here or recorded in
+PostgreSQL by any process), 503 when the dispatcher is full or not running, or when it is not
+done within ``answer_within`` (25 s), so that Telegram sends it again later.
+
+Why answer after handling rather than record first: Telegram holds the update until it gets a 2xx
+and sends it again otherwise, so it is the durable queue already; recording "taken" first would
+need an inbox table and a recovery worker to handle what a killed process took and never handled.
+The cost is an open request per update being handled (Telegram allows ``max_connections``, 40, at
+once). A re-sent update is looked up in the handled-update log (one indexed query) before it is
+handled, because behind a load balancer it may reach another process than the one that handled
+it. Past ``answer_within`` the update stays in hand; the re-send, if it reaches the same process,
+waits for that same completion. The remaining window is the log's (an update handled and replied
+to whose answer and record were both cut by a SIGKILL is handled again).
 
 Errors::
 
@@ -68,10 +99,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from atlas.net.json_limits import loads_bounded
-from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable
+from atlas.storage import BudgetExhausted, Database, DatabaseUnavailable, StorageError
 from atlas.storage.locks import AdvisoryLock, AdvisoryLockBusy, AdvisoryLockLost, hold_advisory_lock
 from atlas.supervision import Backoff, ChildContext, ChildSpec, RestartType
 from atlas.telegram.dispatch import DispatchFull, DispatchNotRunning, UpdateDispatcher
+from atlas.telegram.handled_log import HandledLog
+from atlas.telegram.watermark import HandledWatermark
 
 _log = logging.getLogger("atlas.telegram.intake")
 
@@ -110,6 +143,8 @@ class PollingSettings:
     - ``backoff``: delays after consecutive failures (1 s doubling to 60 s, ±20 %).
     - ``standby_retry`` (5 s): how often a standby process tries to take the lock.
     - ``lock_check_every`` (30 s): how often the lock's session is probed while polling.
+    - ``recheck_every`` (0.25 s): while updates are unhandled, the longest wait for the offset to
+      move before polling again (how long a new update may wait behind a slow one).
     - ``lock_name``: the advisory lock's name; one per bot (the token's bot id is appended).
     """
 
@@ -121,6 +156,7 @@ class PollingSettings:
     )
     standby_retry: float = 5.0
     lock_check_every: float = 30.0
+    recheck_every: float = 0.25
     lock_name: str = "atlas.telegram.polling"
 
     def __post_init__(self) -> None:
@@ -128,7 +164,7 @@ class PollingSettings:
             raise ValueError(f"PollingSettings.limit must be an int in 1..100, got {self.limit!r}")
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, int) or not 0 <= self.timeout <= 50:
             raise ValueError(f"PollingSettings.timeout must be an int in 0..50 seconds, got {self.timeout!r}")
-        for name in ("standby_retry", "lock_check_every"):
+        for name in ("standby_retry", "lock_check_every", "recheck_every"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"PollingSettings.{name} must be a number > 0, got {value!r}")
@@ -144,14 +180,17 @@ class IntakeStatistics:
     failures: int
     conflicts: int
     offset: int | None
+    unhandled: int
+    skipped_recorded: int
 
 
 class PollingIntake:
-    """Long polling, supervised: ``getUpdates`` → :meth:`UpdateDispatcher.submit`, offset after hand-off.
+    """Long polling, supervised: ``getUpdates`` → :meth:`UpdateDispatcher.submit`, offset past the handled.
 
     ``db`` (a callable returning the open Database, as the runtime's services provide it) enables
-    the singleton lock; None polls without one (tests, a single-process demo). ``rng`` jitters the
-    backoff (seeded in tests).
+    the singleton lock; None polls without one (tests, a single-process demo). ``log`` (the
+    handled-update log) makes a new poller skip what a killed predecessor handled; None relies on
+    the dispatcher's memory only. ``rng`` jitters the backoff (seeded in tests).
     """
 
     def __init__(
@@ -160,6 +199,7 @@ class PollingIntake:
         bot: Bot,
         dispatcher: UpdateDispatcher,
         db: Callable[[], Database] | None = None,
+        log: HandledLog | None = None,
         settings: PollingSettings | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -167,6 +207,11 @@ class PollingIntake:
         self._bot = bot
         self._dispatcher = dispatcher
         self._db = db
+        self._log = log
+        self._watermark = HandledWatermark()
+        # Registered once: the completions of every incarnation's hand-overs reach the current one.
+        dispatcher.add_finish_listener(self._finished)
+        self.skipped_recorded = 0
         self._rng = rng or random.Random()
         self.state = "stopped"
         self.polls = 0
@@ -234,12 +279,22 @@ class PollingIntake:
         finally:
             self.state = "stopped"
 
+    def _finished(self, update_id: int) -> None:
+        watermark = self._watermark
+        watermark.handled(update_id)
+        offset = self.offset = watermark.offset
+        if self._log is not None and offset is not None and update_id > offset:
+            # Finished while a lower update still runs: not confirmable yet, so record it now.
+            self._log.hurry()
+
     async def _poll(self, lock: AdvisoryLock | None, ctx: ChildContext | None) -> None:
         settings = self.settings
-        # A fresh incarnation starts from Telegram's own record (the last confirmed offset): it may
-        # re-receive the last batch, and the dispatcher drops what it already has.
-        offset: int | None = None
+        # A fresh incarnation starts from Telegram's own record (the last confirmed offset: the
+        # lowest update not handled when the last poller stopped).
+        watermark = self._watermark = HandledWatermark()
         self.offset = None
+        # Updates up to the highest recorded id may have been handled by a predecessor.
+        horizon = await self._log.highest() if self._log is not None else None
         consecutive = 0
         checked_at = trio.current_time()
         allowed = list(settings.allowed_updates) if settings.allowed_updates is not None else None
@@ -250,6 +305,7 @@ class PollingIntake:
             self.state = "polling"
             if ctx is not None:
                 ctx.heartbeat()
+            offset = watermark.offset
             try:
                 with trio.fail_after(settings.timeout + 30):
                     updates = await self._bot.get_updates(
@@ -290,11 +346,35 @@ class PollingIntake:
                 raise IntakeRefused(refused) from exc
             consecutive = 0
             self.polls += 1
-            for update in updates:
-                await self._dispatcher.submit(update)
-                offset = update.update_id + 1
-                self.offset = offset
-                self.updates += 1
+            fresh = [update for update in updates if not watermark.knows(update.update_id)]
+            recorded = await self._recorded(fresh, horizon)
+            for update in fresh:  # in order: see HandledWatermark.handled
+                await self._hand_over(watermark, update, recorded)
+            self.offset = watermark.offset
+            if watermark.unhandled:
+                # getUpdates would answer at once with what we already hold: poll again when the
+                # offset has moved (confirming what finished), or after recheck_every for new ones.
+                await watermark.wait_moved(self.offset, settings.recheck_every)
+
+    async def _recorded(self, fresh: list[Update], horizon: int | None) -> set[int]:
+        """The ids of ``fresh`` a predecessor recorded as handled (looked up only up to ``horizon``)."""
+        if self._log is None or horizon is None:
+            return set()
+        candidates = [update.update_id for update in fresh if update.update_id <= horizon]
+        return await self._log.recorded_among(candidates) if candidates else set()
+
+    async def _hand_over(self, watermark: HandledWatermark, update: Update, recorded: set[int]) -> None:
+        update_id = update.update_id
+        if update_id in recorded:
+            self.skipped_recorded += 1
+            watermark.passed_over(update_id)
+            return
+        watermark.handed_over(update_id)
+        if not await self._dispatcher.submit(update) and self._dispatcher.is_done(update_id):
+            # Already handled by this process (an earlier incarnation of the intake handed it
+            # over); one still running reports its completion in time.
+            watermark.handled(update_id)
+        self.updates += 1
 
     async def _back_off(self, delay: float) -> None:
         self.state = "backoff"
@@ -309,6 +389,8 @@ class PollingIntake:
             failures=self.failures,
             conflicts=self.conflicts,
             offset=self.offset,
+            unhandled=self._watermark.unhandled,
+            skipped_recorded=self.skipped_recorded,
         )
 
 
@@ -319,8 +401,12 @@ class PollingIntake:
 class UpdateSink(Protocol):
     """What the webhook route hands updates to: an :class:`UpdateDispatcher`, or a stand-in for one."""
 
-    def submit_nowait(self, update: Update) -> bool:
-        """Queue ``update``; False for a duplicate; ``DispatchFull``/``DispatchNotRunning`` when it can't."""
+    async def take(self, update: Update, within: float) -> bool:
+        """Have ``update`` handled; True once it is (or was), False if not within ``within`` seconds.
+
+        ``DispatchFull``/``DispatchNotRunning`` when it cannot be queued (see
+        :meth:`UpdateDispatcher.take`).
+        """
         ...
 
 
@@ -331,13 +417,15 @@ def telegram_webhook_route(
     bot: Bot,
     *,
     max_body: int = 1024 * 1024,
+    answer_within: float = 25.0,
 ) -> Route:
     """A ``POST path`` route that feeds Telegram's webhook calls to ``dispatcher``.
 
     ``secret`` is the ``secret_token`` given to ``setWebhook`` (1-256 of ``A-Z a-z 0-9 _ -``);
     ``ValueError`` names a bad argument. Answers: 401 bad or missing secret (compared with
     ``hmac.compare_digest``), 413 body over ``max_body`` bytes, 400 not an update, 503 dispatcher
-    full or not running (``Retry-After: 1``; Telegram retries any non-2xx), 200 queued or duplicate.
+    full or not running, or the update not handled within ``answer_within`` seconds
+    (``Retry-After: 1``; Telegram retries any non-2xx), 200 handled (now, or earlier: a duplicate).
     """
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
@@ -345,6 +433,8 @@ def telegram_webhook_route(
         raise ValueError("secret must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule)")
     if max_body < 1:
         raise ValueError(f"max_body must be >= 1, got {max_body!r}")
+    if not 0 < answer_within < 3600:
+        raise ValueError(f"answer_within must be in (0, 3600) seconds, got {answer_within!r}")
     expected = secret.encode()
 
     async def webhook(request: Request) -> Response:
@@ -359,9 +449,13 @@ def telegram_webhook_route(
         except ValueError:  # bad or too deeply nested JSON, and pydantic's ValidationError: all ValueErrors
             return Response(status_code=400)
         try:
-            dispatcher.submit_nowait(update)
-        except (DispatchFull, DispatchNotRunning) as exc:
+            handled = await dispatcher.take(update, answer_within)
+        except (DispatchFull, DispatchNotRunning, StorageError) as exc:
             _log.warning("webhook update %s refused with 503: %s", update.update_id, exc)
+            return Response(status_code=503, headers={"Retry-After": "1"})
+        if not handled:
+            _log.warning("webhook update %s not handled within %gs (or the dispatcher stopped): 503, "
+                         "Telegram sends it again", update.update_id, answer_within)  # fmt: skip
             return Response(status_code=503, headers={"Retry-After": "1"})
         return Response(status_code=200)
 
