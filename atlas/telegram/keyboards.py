@@ -162,6 +162,11 @@ def reissue_confirm(lang: str) -> InlineKeyboardMarkup:
 
 def plans(lang: str, options: Sequence[tuple[str, str]]) -> InlineKeyboardMarkup:
     """One button per plan: ``(code, label)``."""
+    return _plans(lang, tuple(options))
+
+
+@_memoised
+def _plans(lang: str, options: tuple[tuple[str, str], ...]) -> InlineKeyboardMarkup:
     return _markup(
         *[
             [InlineKeyboardButton(text=label, callback_data=PlanCb(plan=code).pack())]
@@ -204,6 +209,11 @@ def pay_methods(
 
 def topup_amounts(lang: str, options: Sequence[tuple[int, str]]) -> InlineKeyboardMarkup:
     """One button per top-up amount: ``(amount_minor, label)``."""
+    return _topup_amounts(lang, tuple(options))
+
+
+@_memoised
+def _topup_amounts(lang: str, options: tuple[tuple[int, str], ...]) -> InlineKeyboardMarkup:
     pairs = [
         InlineKeyboardButton(text=label, callback_data=TopupCb(amount_minor=amount).pack())
         for amount, label in options
