@@ -21,6 +21,7 @@ Minor units come in, decimals go out through :class:`~decimal.Decimal` (never ``
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 import zoneinfo
 from collections.abc import Mapping
@@ -50,6 +51,13 @@ _DROP_ZERO_FRACTION: dict[str, bool] = {
     "en": False,  # "RUB 199.00": CLDR's English pattern as is
 }
 _DEFAULT_LANGUAGE = "en"
+
+# Babel's formatting is pure but slow (~0.1–0.2 ms per amount: it re-reads CLDR data and parses
+# the pattern on every call), and a shop shows the same few prices and the same expiry dates over
+# and over — a plan list is several prices on every press. The functions below are pure, so their
+# results are memoised per argument tuple; the bound keeps an unusual spread of values (balances)
+# from growing the caches without limit.
+_CACHE_SIZE = 4096
 
 _LETTER_BEFORE_DIGIT = re.compile(r"([^\W\d_])(\d)")
 _DIGIT_BEFORE_LETTER = re.compile(r"(\d)([^\W\d_])")
@@ -95,7 +103,7 @@ def format_moment(moment: dt.datetime, language: str | None, timezone: dt.tzinfo
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     lang = _language(language)
-    return str(_babel_datetime(moment, _MOMENT_PATTERN[lang], tzinfo=timezone, locale=lang))
+    return _babel_moment(moment, _MOMENT_PATTERN[lang], lang, timezone)
 
 
 def format_day(moment: dt.datetime, language: str | None, timezone: dt.tzinfo = dt.UTC) -> str:
@@ -103,7 +111,13 @@ def format_day(moment: dt.datetime, language: str | None, timezone: dt.tzinfo = 
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     lang = _language(language)
-    return str(_babel_datetime(moment, _DATE_PATTERN[lang], tzinfo=timezone, locale=lang))
+    return _babel_moment(moment, _DATE_PATTERN[lang], lang, timezone)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _babel_moment(moment: dt.datetime, pattern: str, lang: str, timezone: dt.tzinfo) -> str:
+    # Keyed on the exact aware moment (not truncated to the minute: a zone's offset may have seconds).
+    return str(_babel_datetime(moment, pattern, tzinfo=timezone, locale=lang))
 
 
 def format_money(amount_minor: int, currency: str, language: str | None) -> str:
@@ -114,11 +128,15 @@ def format_money(amount_minor: int, currency: str, language: str | None) -> str:
     """
     if currency == STARS:
         return f"{amount_minor}{_NBSP}⭐"
+    return _money(amount_minor, currency, _language(language))
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _money(amount_minor: int, currency: str, lang: str) -> str:
     try:
         exponent = Currency.of(currency).exponent
     except (DomainError, ValueError):
         return f"{amount_minor}{_NBSP}{currency}"
-    lang = _language(language)
     value = Decimal(amount_minor).scaleb(-exponent)
     if _DROP_ZERO_FRACTION[lang] and amount_minor % (10**exponent) == 0:
         text = _babel_currency(value, currency, locale=lang, currency_digits=False, format=_whole(lang))
@@ -127,6 +145,7 @@ def format_money(amount_minor: int, currency: str, language: str | None) -> str:
     return _space_letters_from_digits(str(text))
 
 
+@functools.cache  # one entry per language of _MOMENT_PATTERN
 def _whole(language: str) -> str:
     # The locale's own currency pattern with the fraction removed (keeps the symbol's side).
     pattern = Locale.parse(language).currency_formats["standard"].pattern

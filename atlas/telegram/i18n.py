@@ -190,6 +190,9 @@ def check_catalogs(catalogs: Mapping[str, Mapping[str, Text]]) -> list[CatalogPr
     return problems
 
 
+_PLAIN_TEXTS_KEPT = 4096  # rendered parameterless texts a Translator keeps (see Translator.t)
+
+
 class Translator:
     """The loaded catalogs, by language. Immutable after construction; share one per process."""
 
@@ -208,6 +211,11 @@ class Translator:
         self.default = default
         self.fallback = fallback
         self.formats = formats or Formats()
+        # Texts without parameters, rendered: (language as asked, key) -> text. A button label or a
+        # static screen is asked for on nearly every update; the catalogs never change, so its
+        # rendering (a regex pass, HTML escaping) is done once. Bounded: ``language`` comes from
+        # users (Telegram's language codes), so the keys are not a closed set.
+        self._plain: dict[tuple[str | None, str], str] = {}
 
     @classmethod
     def from_toml(cls, sources: Mapping[str, str], **options: Any) -> Translator:
@@ -256,6 +264,17 @@ class Translator:
         Raises :class:`MissingTranslation` for a key no locale has and :class:`MissingParameter`
         when a placeholder is not given: both are programming errors, never shown to users.
         """
+        if params:
+            return self._render(language, key, params)
+        memo = (language, key)
+        shown = self._plain.get(memo)
+        if shown is None:
+            shown = self._render(language, key, params)
+            if len(self._plain) < _PLAIN_TEXTS_KEPT:
+                self._plain[memo] = shown
+        return shown
+
+    def _render(self, language: str | None, key: str, params: Mapping[str, object]) -> str:
         lang = self.language_for(language)
         text = self._catalogs[lang].get(key) or self._catalogs[self.fallback].get(key)
         if text is None:
