@@ -6,6 +6,12 @@ TEMPLATE`` copy (tens of milliseconds), so tests never see each other's rows and
 order. Set ``ATLAS_TEST_DATABASE_URL`` to run against another PostgreSQL server instead (the user
 needs CREATEDB).
 
+Under pytest-xdist (``scripts/test`` passes ``-n``) every worker is a session of its own: its own
+embedded server in its own ``mkdtemp`` directory (a Unix socket there, no TCP port to share), its
+own template, its own scratch databases. Each worker also moves the ``slow`` tests to the front of
+its collection (every worker sorts alike, so the collections still agree): the scheduler hands
+them out first, and the minutes-long ones do not start last and leave the other workers idle.
+
 The server's data directory is a fresh ``mkdtemp`` directory of its own (not under pytest's
 ``tmp_path_factory``, whose base is 0700): when the suite runs as root the server runs as
 ``atlas-pg``, which must be able to reach its data directory, and Atlas opens no directory outside
@@ -34,6 +40,12 @@ from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, migrate
 
 TEMPLATE = "atlas_template"
 _counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the ``slow`` tests first (a stable sort: otherwise the collection's order)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @dataclass(frozen=True)
