@@ -32,6 +32,7 @@ ROUNDS = 3
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("realtime")  # p99 < 1 s: never beside the other real-time tests
 async def test_updates_are_answered_while_every_actor_is_busy_and_the_node_is_slow(
     bridge: None, fresh_database: str, tmp_path: Path
 ) -> None:
