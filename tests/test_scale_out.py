@@ -100,7 +100,7 @@ async def fleet(
             processes.append(await start_atlas(nursery, f"atlas-{index + 1}", env))
         try:
             for process in processes:
-                await process.wait_for_log("web server listening on", within=60)
+                await process.wait_for_log("web server listening on", within=120)  # a start, when busy
             yield Fleet(bot, nodes, cryptopay, processes, urls, nursery, atlas_env(database, **common))
         finally:
             with trio.CancelScope(shield=True):
