@@ -6,6 +6,14 @@ TEMPLATE`` copy (tens of milliseconds), so tests never see each other's rows and
 order. Set ``ATLAS_TEST_DATABASE_URL`` to run against another PostgreSQL server instead (the user
 needs CREATEDB).
 
+Under pytest-xdist (``scripts/test`` passes ``-n``) every worker is a session of its own: its own
+embedded server in its own ``mkdtemp`` directory (a Unix socket there, no TCP port to share), its
+own template, its own scratch databases. Each worker also moves the ``slow`` tests to the front of
+its collection (every worker sorts alike, so the collections still agree): the scheduler hands
+them out first, and the minutes-long ones do not start last and leave the other workers idle.
+A test marked ``alone`` (a proof that is a latency bound on this process's own CPU share) runs
+while no other test runs; those go last.
+
 The server's data directory is a fresh ``mkdtemp`` directory of its own (not under pytest's
 ``tmp_path_factory``, whose base is 0700): when the suite runs as root the server runs as
 ``atlas-pg``, which must be able to reach its data directory, and Atlas opens no directory outside
@@ -15,12 +23,13 @@ its own to make that so.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import itertools
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +43,53 @@ from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, migrate
 
 TEMPLATE = "atlas_template"
 _counter = itertools.count()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, the ``slow`` tests first and the ``alone`` ones last (otherwise as collected).
+
+    Last, because an ``alone`` test waits for every running test to end: at the end of the run
+    those are short ones, where at the start they are the minutes-long ``slow`` ones.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: (item.get_closest_marker("alone") is not None, not _is_slow(item)))
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None
+
+
+def _run_lock(name: str) -> int:
+    """A lock file shared by this run's xdist workers (and only them: the run's id is in the name)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "serial")
+    path = os.path.join(tempfile.gettempdir(), f"atlas-tests-{run}.{name}")
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Under xdist, an ``alone`` test runs while no other test does (set-up and tear-down included).
+
+    A readers-writer lock over two ``flock`` files: every test holds ``tests`` shared while it runs;
+    an ``alone`` test holds it exclusively. To take it, the ``alone`` test first closes the ``gate``
+    (exclusive), which new tests must pass (shared) before they start, so the workers that finish
+    wait at the gate instead of starving it.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return (yield)
+    alone = item.get_closest_marker("alone") is not None
+    gate, tests = _run_lock("gate"), _run_lock("tests")
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(tests, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        return (yield)
+    finally:
+        os.close(tests)  # closing releases the locks
+        os.close(gate)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from atlas.testing.botapi import DEFAULT_TOKEN, BotApiEmulator
@@ -105,6 +106,7 @@ async def test_unanswered_updates_count_as_infinitely_late() -> None:
     assert result["sustained"] is False
 
 
+@pytest.mark.alone  # 40 real sends inside one second of a 2-second window
 async def test_broadcast_sends_are_counted_per_second_and_over_rate_seconds_found() -> None:
     args = _args(users=2)
     async with trio.open_nursery() as nursery:

@@ -55,6 +55,7 @@ async def _seed(
     await add_subscriptions(tx, ids=expired, kind="paid", status="expired", expires_at=NOW - DAY, now=NOW)
 
 
+@pytest.mark.slow
 async def test_admin_broadcast_to_2000_users_under_429_and_403(db: Database) -> None:
     segment = list(range(100_001, 102_001))  # active subscription, reachable
     unreachable = list(range(103_001, 103_021))  # in the segment, but banned (10) or bot already blocked (10)

@@ -387,6 +387,7 @@ invoice_keys = list(valid_update()["payload"])
 header_values = st.none() | st.text(max_size=80) | st.from_regex(r"[0-9a-fA-F]{64}", fullmatch=True)
 
 
+@pytest.mark.slow
 @given(
     body=st.binary(max_size=512),
     signature=header_values,
@@ -408,6 +409,7 @@ def test_arbitrary_requests_raise_only_documented_errors(
         raise AssertionError("an unsigned body was accepted")
 
 
+@pytest.mark.slow
 @given(
     where=st.sampled_from([("payload", key) for key in invoice_keys] + [(k,) for k in valid_update()]),
     value=json_values | st.just(...),

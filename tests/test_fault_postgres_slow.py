@@ -65,6 +65,7 @@ async def _longest_lock_wait(conn: asyncpg.Connection) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("realtime")  # bounded answer times: never beside the other real-time tests
 async def test_a_table_locked_for_45_s_gets_users_an_apology_not_a_hang(
     bridge: None, fresh_database: str
 ) -> None:

@@ -14,6 +14,7 @@ import datetime as dt
 import random
 from collections import Counter
 
+import pytest
 import trio
 
 from atlas.actors.outbox_sender import OutboxSender, SenderSettings
@@ -53,6 +54,7 @@ async def _pending(tx: Tx) -> int:
     return int(await tx.fetchval("SELECT count(*) FROM outbox WHERE state = 'pending'"))
 
 
+@pytest.mark.slow
 async def test_a_429_storm_and_a_5xx_outage_pause_the_sender_and_lose_nothing(
     bridge: None, db: Database
 ) -> None:

@@ -356,6 +356,7 @@ def _unstorable(text: str) -> bool:
     return "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
+@pytest.mark.slow
 async def test_admin_texts_with_nul_surrogates_and_sql_get_a_clear_answer_and_store_nothing_half_way(
     db: Database,
 ) -> None:

@@ -25,6 +25,7 @@ import datetime as dt
 from collections import Counter
 from typing import Any
 
+import pytest
 import trio
 from _money_support import (
     ADMIN,
@@ -448,6 +449,7 @@ class Program:
             before = after
 
 
+@pytest.mark.slow
 async def test_random_programs_keep_the_money_invariants(db: Database) -> None:
     examples = 0
     seen: Counter[str] = Counter()

@@ -190,6 +190,7 @@ def accepted_texts(emulator: BotApiEmulator, chat_ids: Iterable[int]) -> dict[in
 # The broadcast under faults
 
 
+@pytest.mark.slow
 async def test_2000_messages_under_429_403_and_5xx_respect_the_limits(bridge: None, db: Database) -> None:
     ids = list(range(100_001, 102_001))
     blocked = set(ids[7::20])  # 100 users blocked the bot

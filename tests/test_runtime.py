@@ -11,6 +11,7 @@ import sys
 
 import asyncpg
 import httpx
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -172,6 +173,7 @@ def _assert_no_secret(text: str) -> None:
             assert fragment not in text, f"{name} leaked: {text}"
 
 
+@pytest.mark.slow
 async def test_a_rule_about_two_settings_names_them_and_prints_no_secret() -> None:
     env = {**_SECRETS, "ATLAS_TELEGRAM_WEBHOOK_URL": "https://bot.example/hook"}
     result = await _run_cli("check", env=env)
@@ -181,6 +183,7 @@ async def test_a_rule_about_two_settings_names_them_and_prints_no_secret() -> No
     _assert_no_secret(err)
 
 
+@pytest.mark.slow
 async def test_bad_secrets_and_a_bad_list_are_named_without_their_values() -> None:
     result = await _run_cli(
         "check",
@@ -380,6 +383,7 @@ sys.exit(main(["run"]))
 """
 
 
+@pytest.mark.slow
 async def test_atlas_run_stops_in_reverse_order_on_sigterm_and_exits_0(fresh_database: str) -> None:
     env = {
         **os.environ,

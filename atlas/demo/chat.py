@@ -98,7 +98,12 @@ class Chat:
         if self._over():
             return []
         before = len(self.user.chat_log())
-        self.user.press(button.data)
+        try:
+            self.user.press(button.data)
+        except ScriptError:
+            # The screen changed while the user thought (edited in place, or a newer message took
+            # the button away): gone, as it would be for a person, who then does something else.
+            return []
         return await self._replies(before)
 
     def button(self, match: str | re.Pattern[str]) -> Button | None:

@@ -22,7 +22,6 @@ from pydantic_settings import SettingsError as SourceError
 
 from atlas.domain import Currency, InvalidAmount, check_amount
 from atlas.domain.money import parse_amount
-from atlas.payments.cryptopay_fiats import DOCUMENTED_FIATS
 
 PREFIX = "ATLAS_"
 
@@ -159,8 +158,14 @@ class Settings(BaseSettings):
     def _cryptopay_prices_in_currency(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         # Every Crypto Pay invoice is priced in the balance currency (checked live at start too).
         # A field validator, so the error names this variable and never shows the token.
+        if value is None:
+            return value
+        # Imported here, not at the top: atlas.payments pulls in aiogram (seconds of CPU to import),
+        # which ``atlas crashes``, ``atlas check`` and ``atlas migrate`` never need.
+        from atlas.payments.cryptopay_fiats import DOCUMENTED_FIATS
+
         currency = info.data.get("currency")
-        if value is not None and isinstance(currency, str) and currency not in DOCUMENTED_FIATS:
+        if isinstance(currency, str) and currency not in DOCUMENTED_FIATS:
             raise ValueError(
                 f"ATLAS_CURRENCY={currency}: Crypto Pay cannot price invoices in it; "
                 f"use one of {', '.join(sorted(DOCUMENTED_FIATS))} or unset ATLAS_CRYPTOPAY_TOKEN"
