@@ -171,6 +171,33 @@ async def _settled(db: Database, fleet_: Fleet, workload: Workload, paid: set[in
     return audit.ok and audit.counts["outbox:sent"] >= len(workload.users) // 10
 
 
+def _classify_refusals(bot: BotApiEmulator, replies_to: set[int]) -> dict[str, int]:
+    """Why each 429 was answered: which limit, to whom, and what filled the window before it.
+
+    A refusal at ``t`` hit the per-chat limit when its chat had an accepted send in ``(t - 1, t]``
+    and the global one when 30 accepted sends were there; ``replies_to`` are the chats that get
+    handler replies (every other chat gets outbox sends only). A global refusal is "bunched" when
+    the outbox alone had 30 in the window (the sender's paced starts arrived closer than paced),
+    "on top" when replies made up the difference.
+    """
+    accepted = [s for s in bot.send_stamps if s.accepted]
+    found: dict[str, int] = {}
+    for refused in (s for s in bot.send_stamps if not s.accepted):
+        window = [s for s in accepted if refused.time - 1.0 < s.time <= refused.time]
+        who = "reply" if refused.chat_id in replies_to else "outbox"
+        causes = []
+        if any(s.chat_id == refused.chat_id for s in window):
+            before = max((s for s in window if s.chat_id == refused.chat_id), key=lambda s: s.time)
+            after = "reply" if before.chat_id in replies_to else "outbox"
+            causes.append(f"per-chat:{who}-after-{after}")
+        if len(window) >= 30:
+            outbox = sum(1 for s in window if s.chat_id not in replies_to)
+            causes.append(f"global:{who}:{'bunched' if outbox >= 30 else 'on-top'}")
+        for cause in causes or [f"other:{who}"]:
+            found[cause] = found.get(cause, 0) + 1
+    return found
+
+
 async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
     db: Database, fresh_database: str, tmp_path: Path
 ) -> None:
@@ -218,6 +245,12 @@ async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
         per_chat.setdefault(stamp.chat_id, []).append(stamp.time)
     worst_chat = max(max_in_window(times, 1.0) for times in per_chat.values())
     print(f"scale-out: {f.bot.served_429} 429s of {len(f.bot.send_stamps)} sends; {dict(audit.counts)}")
+    print(f"scale-out refusals: {_classify_refusals(f.bot, live | {ADMIN})}")
+    print(f"scale-out outbox max 1s offered: {max_in_window([s.time for s in outbox_sends], 1.0)}; "
+          f"all sends max 1s: {max_in_window([s.time for s in f.bot.send_stamps], 1.0)}")
+    arrivals = sorted(s.time for s in outbox_sends)
+    spans = sorted(b - a for a, b in zip(arrivals, arrivals[30:], strict=False))
+    print(f"scale-out: shortest spans of 31 outbox arrivals: {[round(x, 3) for x in spans[:8]]}")
     assert worst_chat <= 1, "the sender never offers a chat two messages within a second"
     assert f.bot.max_per_chat_rate(1.0, accepted_only=True) <= 1
     assert f.bot.max_global_rate(1.0, accepted_only=True) <= 30

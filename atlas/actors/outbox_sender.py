@@ -62,6 +62,7 @@ from atlas.storage.units.delivery import (
     record_deliveries,
 )
 from atlas.supervision import Backoff, ChildContext
+from atlas.telegram.chat_gate import chat_gate_of
 from atlas.telegram.i18n import Translator, bundled
 from atlas.telegram.pacing import ChatPacer, Pacer
 from atlas.telegram.session import writes_paced_by
@@ -114,7 +115,7 @@ class OutboxSender(Actor):
         self._jitter = rng
         self._translator = translator
         self.pacer = Pacer(s.rate)
-        self.chat_pacer = ChatPacer(s.per_chat_rate)
+        self.chat_pacer = _shared_chat_pacer(bot, s.per_chat_rate)
         self.buffer = ResultBuffer()
         self.recorder = Recorder(
             self.buffer, self._write_results, self._results_written, backoff=_RECORD_RETRY, rng=rng
@@ -254,8 +255,11 @@ class OutboxSender(Actor):
     ) -> Verdict:
         """Call ``sendMessage`` once and say what came of it (:func:`classify`; 401 raises)."""
         timeout = self.settings.send_timeout
+        # The write gate counts this send until its estimated arrival leaves the window: the slot
+        # must hear the answer, whatever it was (atlas.telegram.pacing, "Writes are not arrivals").
+        slot = self.pacer.write_slot()
         try:
-            with trio.fail_after(timeout + 1), writes_paced_by(self.pacer.before_write):
+            with trio.fail_after(timeout + 1), writes_paced_by(slot.before_write):
                 await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,
@@ -265,6 +269,8 @@ class OutboxSender(Actor):
                 )
         except (AiogramError, trio.TooSlowError) as exc:
             return classify(exc)
+        finally:
+            slot.answered()
         return Verdict(Answer.SENT)
 
     # -- used by a drain ---------------------------------------------------------------------------
@@ -307,6 +313,19 @@ class OutboxSender(Actor):
 
     def _set_role(self, role: str) -> None:
         self.role = role
+
+
+def _shared_chat_pacer(bot: Bot, per_chat_rate: float) -> ChatPacer:
+    """The per-chat pacer of ``bot``'s :class:`ChatGate` (the replies' too), else one of our own.
+
+    Shared, a chat that just got a handler's reply in this process is not ready for a notice
+    either (:mod:`atlas.telegram.chat_gate`). A gate with another interval is not shared: the
+    sender then keeps its own and its sends obey both (the stricter wins).
+    """
+    gate = chat_gate_of(bot)
+    if gate is not None and math.isclose(gate.pacer.interval, 1.0 / per_chat_rate):
+        return gate.pacer
+    return ChatPacer(per_chat_rate)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
