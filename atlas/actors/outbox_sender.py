@@ -10,7 +10,8 @@ module                      what it decides or does
 ``outbox.payloads``         payload → text, parse mode, keyboard (pure)
 ``outbox.outcomes``         Telegram's answer × the row's guarantee → what to record (pure table)
 ``outbox.queues``           which claimed row goes next: per-chat order, priority (synchronous)
-:mod:`atlas.telegram.pacing`  when a send may start: 30/s over starts, 1/s per chat after answers
+:mod:`atlas.telegram.pacing`  when a send may start: 30/s over starts and arrivals, 1/s per chat
+:mod:`atlas.telegram.chat_gate`  one per-chat turn shared with the handlers' replies (same pacer)
 ``outbox.recorder``         results → the table, as soon as known, kept through outages
 ``outbox.drain``            one drain: claim, stage (mark), start on the slot, hand over results
 :mod:`atlas.actors.election`  one sending process per bot (advisory lock), the others stand by
@@ -24,8 +25,9 @@ delivered **at most once** — its attempt is marked in the table before the sen
 whose sender vanished becomes ``unknown`` instead of being resent.
 
 Several processes: with ``SenderSettings.elected`` (the default) only the process holding the
-advisory lock ``outbox_sender:<bot id>`` sends; the others stand by. So the bot as a whole stays
-within ``rate`` and ``per_chat_rate`` however many processes run.
+advisory lock ``outbox_sender:<bot id>`` sends; the others stand by. So the bot's bulk sends stay
+within ``rate`` however many processes run, and ``per_chat_rate`` holds against this process's
+replies too (docs/architecture.md, "The send budget of a fleet").
 """
 
 from __future__ import annotations
