@@ -38,11 +38,18 @@ allows:
 * a send still **in the air** counts as arriving *now* (it may arrive at any moment), for as long
   as it is in the air;
 * an **answered** send counts at ``max(write, answer − fastest round trip)``, the fastest round
-  trip being the shortest of the last :data:`ROUND_TRIPS_KEPT` answers: a steady latency (a far
-  server, an emulator holding each answer 300 ms) is the same for every send and shifts nothing,
-  so the send counts at its write and the rate stays exactly ``rate``; a stall at the receiver
-  lengthens only the stalled sends' round trips, and those count at their answers, when the
-  receiver really saw them.
+  trip being the shortest answered in the last :data:`ROUND_TRIP_MEMORY` seconds: a steady
+  latency (a far server, an emulator holding each answer 300 ms) is the same for every send and
+  shifts nothing, so the send counts at its write and the rate stays exactly ``rate``; a stall at
+  the receiver lengthens only the stalled sends' round trips, and those count at their answers,
+  when the receiver really saw them.
+
+A *shorter* memory is not safer: a fastest round trip taken over the last couple of seconds rose
+during a slow spell of the receiver (every request read late), every estimate moved earlier than
+its arrival, and 45 arrivals came in one second again. A smaller fastest round trip only makes
+the estimates later (safe); its price is the rate: each send holds its place in the window for
+``1 s + (round trip − fastest)``, so the rate is ``limit / (window + mean excess round trip)``,
+exactly ``rate`` under a steady latency, a little under it when the round trips scatter.
 
 A write waits while ``limit`` sends count within the last ``window + write_margin`` seconds.
 Counting every send at its answer instead (sound whatever the latency) was the earlier pacer that
@@ -52,8 +59,10 @@ on trio's MockClock) the check never waits and the rate is exactly ``rate``. ``w
 (default 0) widens the window for jitter in the receiver's own part of the round trip, at a cost
 of ``margin / window`` of the rate.
 
-Memory: the global pacer keeps the last ``limit`` start times; the per-chat pacer forgets chats
-whose next slot is already in the past (they carry no information).
+Memory: the global pacer keeps the last ``limit`` start times, the sends in the air, the estimated
+arrivals still in the window (at most about ``limit``) and the ascending minima of the round trips
+of the last :data:`ROUND_TRIP_MEMORY` seconds (a monotonic deque: a handful); the per-chat pacer
+forgets chats whose next slot is already in the past (they carry no information).
 """
 
 from __future__ import annotations
@@ -70,8 +79,9 @@ DEFAULT_WRITE_MARGIN = 0.0
 _WINDOW_MARGIN = 1e-6
 """Seconds added to the sliding window: starts exactly ``window`` apart are never counted together."""
 
-ROUND_TRIPS_KEPT = 64
-"""Answered round trips the write gate remembers, to know the fastest (a couple of seconds' worth)."""
+ROUND_TRIP_MEMORY = 60.0
+"""Seconds over which the write gate takes the fastest round trip (module docstring): long enough
+that a slow spell of a few seconds does not raise it, short enough to learn a new steady latency."""
 
 
 def _positive(name: str, value: float) -> float:
@@ -102,7 +112,7 @@ class Pacer:
         self._starts: deque[float] = deque(maxlen=self.limit)
         self._in_air: set[_Flight] = set()
         self._arrivals: list[float] = []  # sorted estimated arrivals of answered sends, in the window
-        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
+        self._fastest: deque[tuple[float, float]] = deque()  # (answered at, round trip), rising
         self._answers = trio.lowlevel.ParkingLot()
         self._paused = -math.inf
         self._turn = trio.Lock()  # FIFO: waiters start in the order they asked
@@ -172,8 +182,17 @@ class Pacer:
     def _answered(self, flight: _Flight, now: float) -> None:
         if flight not in self._in_air:
             return
-        self._round_trips.append(now - flight.written)
-        self._settle(flight, max(flight.written, now - min(self._round_trips)))
+        self._settle(flight, max(flight.written, now - self._fastest_round_trip(now, now - flight.written)))
+
+    def _fastest_round_trip(self, now: float, round_trip: float) -> float:
+        # A sliding-window minimum: keep only round trips that may still be the fastest.
+        fastest = self._fastest
+        while fastest and fastest[-1][1] >= round_trip:
+            fastest.pop()
+        fastest.append((now, round_trip))
+        while fastest[0][0] < now - ROUND_TRIP_MEMORY:
+            fastest.popleft()
+        return fastest[0][1]
 
     def _settle(self, flight: _Flight, arrival: float) -> None:
         self._in_air.discard(flight)
