@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from atlas.telegram import pacing
 from atlas.telegram.pacing import ChatPacer, Pacer
 from atlas.testing.botapi import max_in_window
 
@@ -265,3 +266,40 @@ async def test_a_send_in_the_air_holds_its_place_until_answered(
     began = trio.current_time()
     await pacer.before_write()  # the fastest round trip is this one's: it counts at its write, long gone
     assert trio.current_time() == began and pacer.in_air == 1
+
+
+async def _through_a_slow_spell(pacer: Pacer, sends: int) -> list[float]:
+    """A receiver that, from 3 s to 9 s, reads every request 0.3-0.7 s late (seeded), else at once."""
+    rng = random.Random(3)
+    began = trio.current_time()
+    arrivals: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        slot = pacer.write_slot()
+        try:
+            await slot.before_write()
+            written = trio.current_time()
+            late = 0.3 + 0.4 * rng.random() if 3.0 <= written - began < 9.0 else 0.002
+            await trio.sleep(late)
+            arrivals.append(trio.current_time())
+            await trio.sleep(0.003)
+        finally:
+            slot.answered()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(sends):
+            nursery.start_soon(one)
+    return arrivals
+
+
+async def test_a_slow_spell_at_the_receiver_does_not_raise_the_fastest_round_trip(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "ROUND_TRIP_MEMORY", 2.0)  # a couple of seconds, as first written
+    short_memory = await _through_a_slow_spell(Pacer(30.0), 450)
+    assert max_in_window(short_memory, 1.0) > 30  # the fastest rose in the spell: estimates too early
+
+    monkeypatch.undo()
+    arrivals = await _through_a_slow_spell(Pacer(30.0), 450)
+    assert max_in_window(arrivals, 1.0) <= 30
