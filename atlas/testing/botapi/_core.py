@@ -324,7 +324,6 @@ class EmulatorCore:
         )
 
 
-
 def _chat_of_update(payload: dict[str, Any]) -> int | None:
     """The chat an update comes from: a message's chat, a pressed button's chat, else the sender's
     private chat (a pre-checkout query); None when the payload names none."""
