@@ -35,6 +35,7 @@ import trio
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
 from aiogram.methods.base import TelegramType
 
+from atlas.net.guard import ensure_no_connection_held
 from atlas.telegram.pacing import ChatPacer
 
 if TYPE_CHECKING:
@@ -101,7 +102,12 @@ class ChatGate(BaseRequestMiddleware):
         bot: Bot,
         method: TelegramMethod[TelegramType],
     ) -> Response[TelegramType]:
-        """Send ``method``, in its chat's turn when it creates a message."""
+        """Send ``method``, in its chat's turn when it creates a message.
+
+        Contract 1 first, as in the session: a call made inside a unit of work (which runs on the
+        storage loop, not in trio) raises ``ConnectionHeldAcrossIO`` before it waits for anything.
+        """
+        ensure_no_connection_held(f"Telegram {method.__api_method__}")
         chat_id = chat_of(method)
         if chat_id is None:
             return await make_request(bot, method)
