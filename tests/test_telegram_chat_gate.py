@@ -11,7 +11,7 @@ from aiogram.methods import EditMessageText, SendChatAction, SendMessage, SendPh
 
 from atlas.actors.outbox_sender import OutboxSender, SenderSettings
 from atlas.clock import Clock, seeded_random
-from atlas.telegram.chat_gate import ChatGate, chat_gate_of, chat_of
+from atlas.telegram.chat_gate import ChatGate, chat_gate_of, chat_of, waits_for_chat_slots
 from atlas.telegram.session import make_bot
 
 
@@ -48,9 +48,10 @@ async def test_sends_to_one_chat_take_turns_one_interval_after_each_answer(
     gate = ChatGate()
     answer = _Answering(latency=0.3)
     began = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        for chat in (1, 1, 1, 2):
-            nursery.start_soon(gate, answer, None, SendMessage(chat_id=chat, text="x"))
+    with waits_for_chat_slots():  # the outbox sender's sends
+        async with trio.open_nursery() as nursery:
+            for chat in (1, 1, 1, 2):
+                nursery.start_soon(gate, answer, None, SendMessage(chat_id=chat, text="x"))
     to_one = [(went - began, back - began) for chat, went, back in answer.calls if chat == 1]
     to_two = [went - began for chat, went, _ in answer.calls if chat == 2]
     # 0 → 0.3 answered; the next goes 1 s later (1.3), answered 1.6; the third at 2.6.
@@ -59,15 +60,29 @@ async def test_sends_to_one_chat_take_turns_one_interval_after_each_answer(
     assert gate.waits == 2 and not gate._turns  # nothing kept for chats with no send in the air
 
 
+async def test_a_reply_does_not_wait_for_the_slot_but_holds_it_for_the_next_notice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gate = ChatGate()
+    answer = _Answering(latency=0.1)
+    await gate(answer, None, SendMessage(chat_id=3, text="reply"))  # type: ignore[arg-type]
+    await gate(answer, None, SendMessage(chat_id=3, text="second reply"))  # type: ignore[arg-type]
+    assert answer.calls[1][1] == pytest.approx(answer.calls[0][2])  # at once after the first answer
+    with waits_for_chat_slots():
+        await gate(answer, None, SendMessage(chat_id=3, text="notice"))  # type: ignore[arg-type]
+    assert answer.calls[2][1] == pytest.approx(answer.calls[1][2] + 1.0)  # an interval after the reply
+
+
 async def test_a_call_cancelled_while_waiting_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
     gate = ChatGate()
     answer = _Answering(latency=0.1)
     await gate(answer, None, SendMessage(chat_id=5, text="first"))  # type: ignore[arg-type]
-    with trio.move_on_after(0.5):  # the chat is not ready before 1.1 s
+    with waits_for_chat_slots(), trio.move_on_after(0.5):  # the chat is not ready before 1.1 s
         await gate(answer, None, SendMessage(chat_id=5, text="given up"))  # type: ignore[arg-type]
     assert len(answer.calls) == 1 and not gate._turns
     ready = gate.pacer.ready_at(5)
-    await gate(answer, None, SendMessage(chat_id=5, text="third"))  # type: ignore[arg-type]
+    with waits_for_chat_slots():
+        await gate(answer, None, SendMessage(chat_id=5, text="third"))  # type: ignore[arg-type]
     assert answer.calls[-1][1] == pytest.approx(ready)  # the slot did not move for the cancelled one
 
 

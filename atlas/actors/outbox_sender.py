@@ -64,7 +64,7 @@ from atlas.storage.units.delivery import (
     record_deliveries,
 )
 from atlas.supervision import Backoff, ChildContext
-from atlas.telegram.chat_gate import chat_gate_of
+from atlas.telegram.chat_gate import chat_gate_of, waits_for_chat_slots
 from atlas.telegram.i18n import Translator, bundled
 from atlas.telegram.pacing import ChatPacer, Pacer
 from atlas.telegram.session import writes_paced_by
@@ -261,7 +261,7 @@ class OutboxSender(Actor):
         # must hear the answer, whatever it was (atlas.telegram.pacing, "Writes are not arrivals").
         slot = self.pacer.write_slot()
         try:
-            with trio.fail_after(timeout + 1), writes_paced_by(slot.before_write):
+            with trio.fail_after(timeout + 1), writes_paced_by(slot.before_write), waits_for_chat_slots():
                 await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,

@@ -3,17 +3,18 @@
 Telegram allows about one message per second in a chat, and counts every message: a handler's
 reply, the second message of a two-message answer, an outbox notice. The outbox sender has always
 kept its own sends one interval apart per chat (:class:`~atlas.telegram.pacing.ChatPacer`), but it
-did not see the handlers' replies, and the handlers saw nothing at all: a ``/start`` that answers
-with a greeting and then the menu was refused (429) on the menu, and a notice that came right after
-a reply was refused too. Both were then waited out (:mod:`atlas.telegram.throttling`, the
-sender's requeue), at the price of a 429 each.
+did not see the handlers' replies: a notice that came right after a reply was refused (429) and
+requeued.
 
 :class:`ChatGate` is a request middleware of the Bot's session, so that *every* call that puts a
-new message into a chat passes it: a call waits while another send to the same chat is in the air,
-and until one interval after the previous one's answer (the :class:`ChatPacer` rule), then goes;
-its answer moves the chat's slot on. The outbox sender reads the same pacer
-(:func:`chat_gate_of`), so a chat that just got a reply is not ready for a notice either; its
-own 429 pauses (``ChatPacer.pause_until``) hold the replies too, as Telegram meant.
+new message into a chat passes it: a call waits while another send to the same chat is in the air
+and — an outbox send, inside :func:`waits_for_chat_slots` — until one interval after the previous
+one's answer (the :class:`ChatPacer` rule), then goes; its answer moves the chat's slot on. A
+handler's reply does not wait for the slot (a user is not kept a second behind a notice, and a
+two-message answer such as ``/start``'s keeps its timing; a second message too soon is refused and
+waited out as before), but its answer holds the chat for the next notice: the outbox sender
+reads the same pacer (:func:`chat_gate_of`), so a chat that just got a reply is not ready for a
+notice either.
 
 What it does not cover: another *process* of the fleet. With long polling every reply comes from
 the polling process, with a webhook behind a load balancer from any; a notice sent by the elected
@@ -27,8 +28,9 @@ passed are forgotten (the pacer prunes them, the locks go with their last holder
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import trio
@@ -71,11 +73,15 @@ class ChatGate(BaseRequestMiddleware):
         """How many calls waited for their chat (for tests and metrics)."""
 
     @asynccontextmanager
-    async def turn(self, chat_id: int | str) -> AsyncIterator[None]:
+    async def turn(self, chat_id: int | str, *, wait_for_slot: bool = True) -> AsyncIterator[None]:
         """Wait for ``chat_id``'s turn, hold it for the call, then move the chat's slot on.
 
-        Cancelled while waiting: nothing is taken. The slot moves on however the call ends (an
-        error answer is an answer too; a cancelled call may have arrived).
+        ``wait_for_slot=False`` (a handler's reply) waits only for a send to the chat that is in
+        the air, not for the chat's slot: a reply is never held a second behind a notice (one
+        that comes too soon is refused and waited out, :mod:`atlas.telegram.throttling`), but its
+        answer still holds the chat for the next notice. Cancelled while waiting: nothing is
+        taken. The slot moves on however the call ends (an error answer is an answer too; a
+        cancelled call may have arrived).
         """
         lock = self._turns.get(chat_id)
         if lock is None:
@@ -83,7 +89,7 @@ class ChatGate(BaseRequestMiddleware):
         try:
             async with lock:
                 key = chat_id if isinstance(chat_id, int) else None
-                ready = self.pacer.ready_at(key) if key is not None else -1.0
+                ready = self.pacer.ready_at(key) if key is not None and wait_for_slot else -1.0
                 if ready > trio.current_time():
                     self.waits += 1
                     await trio.sleep_until(ready)
@@ -111,8 +117,21 @@ class ChatGate(BaseRequestMiddleware):
         chat_id = chat_of(method)
         if chat_id is None:
             return await make_request(bot, method)
-        async with self.turn(chat_id):
+        async with self.turn(chat_id, wait_for_slot=_takes_turns.get()):
             return await make_request(bot, method)
+
+
+_takes_turns: ContextVar[bool] = ContextVar("chat_gate_takes_turns", default=False)
+
+
+@contextmanager
+def waits_for_chat_slots() -> Iterator[None]:
+    """Message calls made inside this block wait for their chat's slot (the outbox sender's)."""
+    token = _takes_turns.set(True)
+    try:
+        yield
+    finally:
+        _takes_turns.reset(token)
 
 
 def chat_gate_of(bot: Bot) -> ChatGate | None:
