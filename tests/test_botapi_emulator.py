@@ -28,10 +28,13 @@ from starlette.routing import Route
 
 import atlas.testing.botapi as botapi
 from atlas.net import ConnectionHeldAcrossIO, holding_connection
+from atlas.telegram.chat_gate import chat_gate_of
 from atlas.telegram.session import GuardedHttpxSession, make_bot
 from atlas.testing.botapi import BotApiEmulator, PaymentOutcome, RateLimits, ScriptError, max_in_window
 from atlas.testing.botapi._validate import plain_text
 from atlas.testing.botapi.errors import ApiError
+from atlas.testing.botapi.rates import COUNTED_BY, Limit, kind_of_send
+from atlas.testing.botapi.records import SendKind
 from atlas.web.server import serve_asgi
 
 
@@ -477,8 +480,17 @@ def test_max_in_window_is_half_open() -> None:
     assert max_in_window([], 1.0) == 0
 
 
+def _ungated(bot: Bot) -> Bot:
+    """``bot`` without its per-chat gate: these tests drive the emulator's limits, not the bot's."""
+    gate = chat_gate_of(bot)
+    assert gate is not None
+    bot.session.middleware.unregister(gate)
+    return bot
+
+
 async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> None:
     async with running() as (emulator, bot):
+        _ungated(bot)
         alice, bob = emulator.add_user(1001, "Alice"), emulator.add_user(1002, "Bob")
         for i in range(5):
             await bot.send_message(alice.id, f"a{i}")
@@ -492,6 +504,7 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
 
     limits = RateLimits(global_per_window=3, per_chat_per_window=1, window=1.0)
     async with running(enforce_limits=True, limits=limits) as (emulator, bot):
+        _ungated(bot)
         users = [emulator.add_user(2000 + i, f"U{i}") for i in range(4)]
         await bot.send_message(users[0].id, "one")
         with pytest.raises(TelegramRetryAfter) as per_chat:
@@ -504,6 +517,41 @@ async def test_rates_measured_for_a_known_burst_and_enforced_when_asked() -> Non
         assert emulator.served_429 == 2
         assert emulator.max_global_rate(accepted_only=True) == 3
         assert emulator.max_per_chat_rate(accepted_only=True) == 1
+
+
+@pytest.mark.parametrize(
+    ("last_update_at", "now", "kind"),
+    [
+        (None, 100.0, SendKind.BULK),  # the chat never wrote to the bot: a notification
+        (95.0, 100.0, SendKind.REPLY),  # it wrote 5 s ago: the bot is answering it
+        (90.0, 100.0, SendKind.BULK),  # 10 s ago: bulk again (reply_window is 10 s)
+    ],
+)
+def test_a_send_is_a_reply_while_its_chat_talks_to_the_bot(
+    last_update_at: float | None, now: float, kind: SendKind
+) -> None:
+    assert kind_of_send(now, last_update_at, RateLimits().reply_window) is kind
+    assert Limit.PER_CHAT in COUNTED_BY[kind]  # every message counts in its chat
+    assert (Limit.GLOBAL in COUNTED_BY[kind]) is (kind is SendKind.BULK)  # only bulk counts in the 30/s
+
+
+async def test_replies_to_users_who_talk_to_the_bot_are_outside_the_bulk_limit() -> None:
+    limits = RateLimits(global_per_window=2, per_chat_per_window=1, window=1.0)
+    async with running(enforce_limits=True, limits=limits) as (emulator, bot):
+        _ungated(bot)
+        talker, *quiet = [emulator.add_user(4000 + i, f"T{i}") for i in range(4)]
+        talker.send_text("hi")
+        await bot.send_message(quiet[0].id, "bulk one")
+        await bot.send_message(quiet[1].id, "bulk two")
+        with pytest.raises(TelegramRetryAfter):
+            await bot.send_message(quiet[2].id, "bulk three: over the 2/s")
+        await bot.send_message(talker.id, "a reply is not bulk")  # accepted in the same second
+        with pytest.raises(TelegramRetryAfter):
+            await bot.send_message(talker.id, "but its chat's 1/s holds")
+        kinds = [(s.chat_id, s.kind, s.accepted) for s in emulator.send_stamps]
+        assert kinds[-2:] == [(talker.id, SendKind.REPLY, True), (talker.id, SendKind.REPLY, False)]
+        assert emulator.max_global_rate(accepted_only=True) == 2
+        assert emulator.max_global_rate(accepted_only=True, replies=True) == 3
 
 
 async def test_a_send_whose_body_arrives_late_is_stamped_and_limited_when_it_is_complete() -> None:

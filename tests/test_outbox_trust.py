@@ -164,6 +164,7 @@ async def test_a_cancel_mid_send_never_resends_a_broadcast_copy_and_resends_only
         assert {states[f"n:{i}"] for i in in_the_air & notice_chats} == {("pending", 1)}
 
         emulator.set_answer_latency("sendMessage", 0.0)
+        await trio.sleep(1.0)  # the cut-off sends hold their chats one interval (the bot's gate)
         later = Clock(anchor=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))  # past the retry backoff
         await _sender(lambda: db, bot, later, settings, 2).drain()
         copies = _copies(emulator, chats)
@@ -205,6 +206,7 @@ async def test_a_sender_killed_before_recording_never_resends_broadcast_copies(d
         assert len(delivered) <= settings.max_in_flight + 8  # sends stop once results cannot be written
         del doomed
 
+        await trio.sleep(1.0)  # the last sends hold their chats one interval (the bot's gate)
         await _sender(lambda: db, bot, _after_the_lease(settings), settings, 2).drain()
         copies = _copies(emulator, chats)
         assert max(copies[i] for i in broadcast_chats) == 1  # none twice, ever

@@ -5,9 +5,8 @@
   plus live bot traffic that a webhook load balancer spreads over both: the invariant audit holds,
   one process leads the outbox and the other stands by, and the fleet's outbox offers the bot's
   rate (not twice it) and never a chat two messages in a second, with the Bot API emulator
-  enforcing Telegram's 30 messages/s per bot and 1/s per chat. It does answer some 429s: live
-  replies are outside the sender's budget, and a sender at exactly 30/s bunches on a loaded
-  machine (see docs/architecture.md, "Shown with real processes"); those are bounded, not zero.
+  enforcing Telegram's 30 bulk messages/s per bot and 1/s per chat: it answers no 429 at all
+  (docs/architecture.md, "The send budget of a fleet").
 * SIGKILL of the process holding each singleton (the elected outbox sender, which is also the
   broadcast's one progress writer; long polling): the other takes over within 10 s; no broadcast
   copy is lost or doubled, and every numbered update is answered exactly once — including the
@@ -30,7 +29,7 @@ import pytest
 import trio
 
 from atlas.storage import Database, Tx
-from atlas.testing.botapi import BotApiEmulator, max_in_window
+from atlas.testing.botapi import BotApiEmulator, SendKind, max_in_window
 from atlas.testing.cryptopay_emulator import CryptoPayEmulator
 from atlas.testing.node_emulator import NodeEmulator
 from tests._fleet import (
@@ -125,11 +124,6 @@ def _stands_by(lock: str) -> Callable[[dict[str, Any]], bool]:
     return match
 
 
-def _answered_or_refused(bot: BotApiEmulator, chat_id: int) -> bool:
-    """The chat got a message, or the bot's reply was refused with 429 (a known gap, see the test)."""
-    return _answered(bot, chat_id) or any(e.code == 429 and e.chat_id == chat_id for e in bot.served_errors)
-
-
 def _answered(bot: BotApiEmulator, chat_id: int) -> bool:
     return any(record.kind == "message" for record in bot.chat_log(chat_id))
 
@@ -172,6 +166,34 @@ async def _settled(db: Database, fleet_: Fleet, workload: Workload, paid: set[in
     return audit.ok and audit.counts["outbox:sent"] >= len(workload.users) // 10
 
 
+def _classify_refusals(bot: BotApiEmulator, replies_to: set[int]) -> dict[str, int]:
+    """Why each 429 was answered: which limit, to whom, and what filled the window before it.
+
+    A refusal at ``t`` hit the per-chat limit when its chat had an accepted send in ``(t - 1, t]``
+    and the global one when 30 accepted bulk sends were there; ``replies_to`` are the chats that get
+    handler replies (every other chat gets outbox sends only). A global refusal is "bunched" when
+    the outbox alone had 30 in the window (the sender's paced starts arrived closer than paced),
+    "on top" when replies made up the difference.
+    """
+    accepted = [s for s in bot.send_stamps if s.accepted]
+    found: dict[str, int] = {}
+    for refused in (s for s in bot.send_stamps if not s.accepted):
+        window = [s for s in accepted if refused.time - 1.0 < s.time <= refused.time]
+        who = "reply" if refused.chat_id in replies_to else "outbox"
+        causes = []
+        if any(s.chat_id == refused.chat_id for s in window):
+            before = max((s for s in window if s.chat_id == refused.chat_id), key=lambda s: s.time)
+            after = "reply" if before.chat_id in replies_to else "outbox"
+            causes.append(f"per-chat:{who}-after-{after}")
+        bulk = [s for s in window if s.kind is SendKind.BULK]  # what the global limit counts
+        if len(bulk) >= 30:
+            outbox = sum(1 for s in bulk if s.chat_id not in replies_to)
+            causes.append(f"global:{who}:{'bunched' if outbox >= 30 else 'on-top'}")
+        for cause in causes or [f"other:{who}"]:
+            found[cause] = found.get(cause, 0) + 1
+    return found
+
+
 async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
     db: Database, fresh_database: str, tmp_path: Path
 ) -> None:
@@ -194,11 +216,13 @@ async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
             await trio.sleep(0.1)
         paid = await _pay_every_invoice(f, workload)
         await wait_until(lambda: _settled(db, f, workload, paid), 240, "the workload drained", every=1.0)
-        await wait_until(lambda: all(_answered_or_refused(f.bot, u.id) for u in talkers), 30, "live replies")
+        await wait_until(lambda: all(_answered(f.bot, u.id) for u in talkers), 30, "live replies")
         audit = await check_workload(db, workload, nodes=f.nodes, bot=f.bot, paid_invoices=paid,
                                      require_outbox_settled=True)  # fmt: skip
         delivered_to = {a.url for a in f.bot.webhook_attempts if a.status == 200}
         leaders = [p.name for p in f.processes if p.saw(_leads("outbox_sender"))]
+        lost = [p.name for p in f.processes
+                if p.saw(lambda e: "outbox_sender" in str(e.get("event")) and "away" in str(e.get("event")))]
         standby = [p.name for p in f.processes if p.saw(_stands_by("outbox_sender"))]
 
     assert audit.ok, audit.violations[:10]
@@ -207,27 +231,27 @@ async def test_two_processes_share_a_mixed_workload_within_the_bots_limits(
     assert all(_answered(f.bot, uid) for uid in workload.broadcast_recipients), "every copy delivered"
     assert delivered_to == {f"{url}{HOOK}" for url in f.urls}, "both processes took webhook updates"
     # The outbox of the whole fleet (every chat but the live ones) offers the bot's rate, not N
-    # times it: two senders pacing themselves each to 30/s would offer 60/s. Offered, not only
-    # accepted (under enforcement no accepted second can be over). Over 5 s windows: on this
-    # loaded machine a process stalled for a few hundred ms sends its paced starts in a bunch, so
-    # single seconds reach the limit early (those are the 429s bounded below).
+    # times it (two senders each pacing to 30/s would offer 60/s), and never over it in any sliding
+    # second of *arrivals* at the emulator — offered, not only accepted — even when a process of
+    # this loaded machine stalls (the sender counts each send up to its answer: atlas.telegram.pacing).
     live = {user.id for user in talkers}
-    outbox_sends = [stamp for stamp in f.bot.send_stamps if stamp.chat_id not in live]
-    assert max_in_window([s.time for s in outbox_sends], 5.0) <= 5 * 30 * 1.1
+    outbox_sends = [stamp for stamp in f.bot.send_stamps if stamp.chat_id not in live | {ADMIN}]
+    refusals = _classify_refusals(f.bot, live | {ADMIN})
+    arrivals = sorted(s.time for s in outbox_sends)
+    spans = sorted(b - a for a, b in zip(arrivals, arrivals[30:], strict=False))
+    print(f"scale-out: {f.bot.served_429} 429s of {len(f.bot.send_stamps)} sends, {refusals}; outbox most "
+          f"in 1 s {max_in_window(arrivals, 1.0)}, shortest span of 31 {spans[:1]}; leaders {leaders}, "
+          f"lost the lock {lost}; {dict(audit.counts)}")
+    assert len(leaders) == 1 and len(standby) == 1, (leaders, standby)  # one sender, all along
+    assert f.bot.served_429 == 0, refusals
+    assert max_in_window(arrivals, 1.0) <= 30
     per_chat: dict[int | str | None, list[float]] = {}
-    for stamp in outbox_sends:
+    for stamp in f.bot.send_stamps:
         per_chat.setdefault(stamp.chat_id, []).append(stamp.time)
     worst_chat = max(max_in_window(times, 1.0) for times in per_chat.values())
-    print(f"scale-out: {f.bot.served_429} 429s of {len(f.bot.send_stamps)} sends; {dict(audit.counts)}")
-    assert worst_chat <= 1, "the sender never offers a chat two messages within a second"
-    assert f.bot.max_per_chat_rate(1.0, accepted_only=True) <= 1
-    assert f.bot.max_global_rate(1.0, accepted_only=True) <= 30
-    # What does NOT hold (reported): replies to live messages are outside the sender's budget, and a
-    # sender at exactly 30/s sees arrival jitter; Telegram then answers some 429s. A handler's reply
-    # refused so is not retried. Seen: 5-15 % of sends, more under a heavier load. Two senders
-    # each at 30/s would have about half their sends refused; the bound is between.
-    assert f.bot.served_429 <= len(f.bot.send_stamps) // 3, f"{f.bot.served_429} 429s"
-    assert len(leaders) == 1 and len(standby) == 1, (leaders, standby)
+    assert worst_chat <= 1, "no chat, live or not, ever got two messages within a second"
+    assert f.bot.max_per_chat_rate(1.0) <= 1
+    assert f.bot.max_global_rate(1.0) <= 30  # the bulk sends, as Telegram counts them
 
 
 # ----------------------------------------------------------------------------- singletons

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from atlas.telegram import pacing
 from atlas.telegram.pacing import ChatPacer, Pacer
 from atlas.testing.botapi import max_in_window
 
@@ -172,3 +173,133 @@ async def test_a_write_margin_widens_the_window_and_a_cancelled_write_counts_not
     assert trio.current_time() - began == pytest.approx(1.5)
     with pytest.raises(ValueError, match="write_margin"):
         Pacer(30.0, write_margin=1.0)
+
+
+# -- the write gate counts each send up to its estimated arrival (issue 13) -----------------------
+
+STALLS = ((5.0, 6.5), (12.0, 12.8))
+"""Receiver stalls (seconds after the start): requests written meanwhile are read when it wakes."""
+
+
+def _stalled_arrival(written: float, began: float) -> float:
+    """When a receiver that stalls during :data:`STALLS` stamps a request written at ``written``."""
+    for start, end in STALLS:
+        if began + start <= written < began + end:
+            return began + end
+    return written + 0.002
+
+
+async def _through_a_stalling_receiver(pacer: Pacer, sends: int, *, report_answers: bool) -> list[float]:
+    """Send through the pacer to a receiver that stalls; return the arrival stamps it took."""
+    began = trio.current_time()
+    arrivals: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        slot = pacer.write_slot()
+        try:
+            if report_answers:
+                await slot.before_write()
+            else:
+                await pacer.before_write()  # counted at the write, as the previous gate did
+            arrival = _stalled_arrival(trio.current_time(), began)
+            await trio.sleep_until(arrival)
+            arrivals.append(trio.current_time())
+            await trio.sleep(0.003)  # the answer
+        finally:
+            slot.answered()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(sends):
+            nursery.start_soon(one)
+    return arrivals
+
+
+async def test_sends_counted_up_to_their_answers_never_bunch_at_a_receiver_that_stalls(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    at_writes = await _through_a_stalling_receiver(Pacer(30.0), 600, report_answers=False)
+    assert max_in_window(at_writes, 1.0) > 40  # what the 46 of issue 13 were: a stall's backlog at once
+
+    pacer = Pacer(30.0)
+    arrivals = await _through_a_stalling_receiver(pacer, 600, report_answers=True)
+    assert max_in_window(arrivals, 1.0) == 30 and pacer.in_air == 0
+    assert max(arrivals) - min(arrivals) <= 600 / 30 + 3.0  # a stall costs about its own length
+
+
+async def test_a_steady_answer_latency_costs_no_rate(autojump_clock: trio.testing.MockClock) -> None:
+    """300 ms answers (a far server): every round trip is the fastest, so sends count at their
+    writes and 30 go in every second — where counting at the answers gave 30 / 1.3 = 23."""
+    pacer = Pacer(30.0)
+    began = trio.current_time()
+    writes: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        slot = pacer.write_slot()
+        try:
+            await slot.before_write()
+            writes.append(trio.current_time())
+            await trio.sleep(0.3)
+        finally:
+            slot.answered()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(1800):
+            nursery.start_soon(one)
+    per_second = [sum(1 for t in writes if began + k <= t < began + k + 1) for k in range(60)]
+    assert per_second == [30] * 60
+
+
+async def test_a_send_in_the_air_holds_its_place_until_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pacer = Pacer(2.0)
+    first, second = pacer.write_slot(), pacer.write_slot()
+    await first.before_write()
+    await second.before_write()
+    with trio.move_on_after(5.0):  # both still in the air: they may arrive at any moment
+        await pacer.before_write()
+    assert pacer.writes == 2 and pacer.in_air == 2
+    first.answered()
+    first.answered()  # idempotent
+    began = trio.current_time()
+    await pacer.before_write()  # the fastest round trip is this one's: it counts at its write, long gone
+    assert trio.current_time() == began and pacer.in_air == 1
+
+
+async def _through_a_slow_spell(pacer: Pacer, sends: int) -> list[float]:
+    """A receiver that, from 3 s to 9 s, reads every request 0.3-0.7 s late (seeded), else at once."""
+    rng = random.Random(3)
+    began = trio.current_time()
+    arrivals: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        slot = pacer.write_slot()
+        try:
+            await slot.before_write()
+            written = trio.current_time()
+            late = 0.3 + 0.4 * rng.random() if 3.0 <= written - began < 9.0 else 0.002
+            await trio.sleep(late)
+            arrivals.append(trio.current_time())
+            await trio.sleep(0.003)
+        finally:
+            slot.answered()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(sends):
+            nursery.start_soon(one)
+    return arrivals
+
+
+async def test_a_slow_spell_at_the_receiver_does_not_raise_the_fastest_round_trip(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pacing, "ROUND_TRIP_MEMORY", 2.0)  # a couple of seconds, as first written
+    short_memory = await _through_a_slow_spell(Pacer(30.0), 450)
+    assert max_in_window(short_memory, 1.0) > 30  # the fastest rose in the spell: estimates too early
+
+    monkeypatch.undo()
+    arrivals = await _through_a_slow_spell(Pacer(30.0), 450)
+    assert max_in_window(arrivals, 1.0) <= 30

@@ -10,7 +10,8 @@ module                      what it decides or does
 ``outbox.payloads``         payload → text, parse mode, keyboard (pure)
 ``outbox.outcomes``         Telegram's answer × the row's guarantee → what to record (pure table)
 ``outbox.queues``           which claimed row goes next: per-chat order, priority (synchronous)
-:mod:`atlas.telegram.pacing`  when a send may start: 30/s over starts, 1/s per chat after answers
+:mod:`atlas.telegram.pacing`  when a send may start: 30/s over starts and arrivals, 1/s per chat
+:mod:`atlas.telegram.chat_gate`  one per-chat turn shared with the handlers' replies (same pacer)
 ``outbox.recorder``         results → the table, as soon as known, kept through outages
 ``outbox.drain``            one drain: claim, stage (mark), start on the slot, hand over results
 :mod:`atlas.actors.election`  one sending process per bot (advisory lock), the others stand by
@@ -24,8 +25,9 @@ delivered **at most once** — its attempt is marked in the table before the sen
 whose sender vanished becomes ``unknown`` instead of being resent.
 
 Several processes: with ``SenderSettings.elected`` (the default) only the process holding the
-advisory lock ``outbox_sender:<bot id>`` sends; the others stand by. So the bot as a whole stays
-within ``rate`` and ``per_chat_rate`` however many processes run.
+advisory lock ``outbox_sender:<bot id>`` sends; the others stand by. So the bot's bulk sends stay
+within ``rate`` however many processes run, and ``per_chat_rate`` holds against this process's
+replies too (docs/architecture.md, "The send budget of a fleet").
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from atlas.storage.units.delivery import (
     record_deliveries,
 )
 from atlas.supervision import Backoff, ChildContext
+from atlas.telegram.chat_gate import chat_gate_of, waits_for_chat_slots
 from atlas.telegram.i18n import Translator, bundled
 from atlas.telegram.pacing import ChatPacer, Pacer
 from atlas.telegram.session import writes_paced_by
@@ -114,7 +117,7 @@ class OutboxSender(Actor):
         self._jitter = rng
         self._translator = translator
         self.pacer = Pacer(s.rate)
-        self.chat_pacer = ChatPacer(s.per_chat_rate)
+        self.chat_pacer = _shared_chat_pacer(bot, s.per_chat_rate)
         self.buffer = ResultBuffer()
         self.recorder = Recorder(
             self.buffer, self._write_results, self._results_written, backoff=_RECORD_RETRY, rng=rng
@@ -254,8 +257,11 @@ class OutboxSender(Actor):
     ) -> Verdict:
         """Call ``sendMessage`` once and say what came of it (:func:`classify`; 401 raises)."""
         timeout = self.settings.send_timeout
+        # The write gate counts this send until its estimated arrival leaves the window: the slot
+        # must hear the answer, whatever it was (atlas.telegram.pacing, "Writes are not arrivals").
+        slot = self.pacer.write_slot()
         try:
-            with trio.fail_after(timeout + 1), writes_paced_by(self.pacer.before_write):
+            with trio.fail_after(timeout + 1), writes_paced_by(slot.before_write), waits_for_chat_slots():
                 await self._bot.send_message(
                     chat_id=message.chat_id,
                     text=text,
@@ -265,6 +271,8 @@ class OutboxSender(Actor):
                 )
         except (AiogramError, trio.TooSlowError) as exc:
             return classify(exc)
+        finally:
+            slot.answered()
         return Verdict(Answer.SENT)
 
     # -- used by a drain ---------------------------------------------------------------------------
@@ -307,6 +315,19 @@ class OutboxSender(Actor):
 
     def _set_role(self, role: str) -> None:
         self.role = role
+
+
+def _shared_chat_pacer(bot: Bot, per_chat_rate: float) -> ChatPacer:
+    """The per-chat pacer of ``bot``'s :class:`ChatGate` (the replies' too), else one of our own.
+
+    Shared, a chat that just got a handler's reply in this process is not ready for a notice
+    either (:mod:`atlas.telegram.chat_gate`). A gate with another interval is not shared: the
+    sender then keeps its own and its sends obey both (the stricter wins).
+    """
+    gate = chat_gate_of(bot)
+    if gate is not None and math.isclose(gate.pacer.interval, 1.0 / per_chat_rate):
+        return gate.pacer
+    return ChatPacer(per_chat_rate)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -24,19 +24,50 @@ Both err only on the slow side: a start that is granted and not used is simply l
 pooled connection; when the process is busy (a hundred updates a second of handlers), those steps
 take longer for some sends than for others, and sends started exactly ``1/rate`` apart reached the
 Bot API emulator bunched: 34 in one sliding second at 30/s. So the global pacer has a second check,
-:meth:`Pacer.before_write`, which the Bot session calls at the moment the request goes on the wire
-(:func:`atlas.telegram.session.writes_paced_by`): a write waits while ``limit`` writes already
-happened in the last ``window + write_margin`` seconds. On an idle scheduler (and on trio's
-MockClock) writes happen at their starts, so the check never waits and the rate stays exactly
-``rate``. ``write_margin`` (default 0) widens the window of writes for jitter *after* the write
-(the receiving side's own scheduling), at a cost of ``margin / window`` of the rate.
+:meth:`WriteSlot.before_write`, which the Bot session calls at the moment the request goes on the
+wire (:func:`atlas.telegram.session.writes_paced_by`).
 
-Memory: the global pacer keeps the last ``limit`` start times; the per-chat pacer forgets chats
-whose next slot is already in the past (they carry no information).
+**Writes are not arrivals either.** With two ``atlas run`` processes on a loaded machine the
+emulator's own process stalled for a second at a time; the requests written meanwhile waited in
+its sockets, were stamped together when it woke, and a gate that had counted them at their
+*writes* (over a second ago by then) let a second's worth more through at once: 46 arrivals in one
+sliding second, 31 within 182 ms (issue 13). What the sender knows of an arrival is that it lies
+between the write and the answer. So the gate counts each send at the latest arrival its answer
+allows:
+
+* a send still **in the air** counts as arriving *now* (it may arrive at any moment), for as long
+  as it is in the air;
+* an **answered** send counts at ``max(write, answer − fastest round trip)``, the fastest round
+  trip being the shortest answered in the last :data:`ROUND_TRIP_MEMORY` seconds: a steady
+  latency (a far server, an emulator holding each answer 300 ms) is the same for every send and
+  shifts nothing, so the send counts at its write and the rate stays exactly ``rate``; a stall at
+  the receiver lengthens only the stalled sends' round trips, and those count at their answers,
+  when the receiver really saw them.
+
+A *shorter* memory is not safer: a fastest round trip taken over the last couple of seconds rose
+during a slow spell of the receiver (every request read late), every estimate moved earlier than
+its arrival, and 45 arrivals came in one second again. A smaller fastest round trip only makes
+the estimates later (safe); its price is the rate: each send holds its place in the window for
+``1 s + (round trip − fastest)``, so the rate is ``limit / (window + mean excess round trip)``,
+exactly ``rate`` under a steady latency, a little under it when the round trips scatter.
+
+A write waits while ``limit`` sends count within the last ``window + write_margin`` seconds.
+Counting every send at its answer instead (sound whatever the latency) was the earlier pacer that
+capped the rate at ``limit / (window + latency)``, 23/s with 300 ms answers; counting at the write
+(the previous gate) was exact on an idle machine and let stalls through. On an idle scheduler (and
+on trio's MockClock) the check never waits and the rate is exactly ``rate``. ``write_margin``
+(default 0) widens the window for jitter in the receiver's own part of the round trip, at a cost
+of ``margin / window`` of the rate.
+
+Memory: the global pacer keeps the last ``limit`` start times, the sends in the air, the estimated
+arrivals still in the window (at most about ``limit``) and the ascending minima of the round trips
+of the last :data:`ROUND_TRIP_MEMORY` seconds (a monotonic deque: a handful); the per-chat pacer
+forgets chats whose next slot is already in the past (they carry no information).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -47,6 +78,10 @@ DEFAULT_WRITE_MARGIN = 0.0
 
 _WINDOW_MARGIN = 1e-6
 """Seconds added to the sliding window: starts exactly ``window`` apart are never counted together."""
+
+ROUND_TRIP_MEMORY = 60.0
+"""Seconds over which the write gate takes the fastest round trip (module docstring): long enough
+that a slow spell of a few seconds does not raise it, short enough to learn a new steady latency."""
 
 
 def _positive(name: str, value: float) -> float:
@@ -75,7 +110,10 @@ class Pacer:
         self.limit = max(1, math.floor(self.rate * self.window))
         self.interval = 1.0 / self.rate
         self._starts: deque[float] = deque(maxlen=self.limit)
-        self._writes: deque[float] = deque(maxlen=self.limit)
+        self._in_air: set[_Flight] = set()
+        self._arrivals: list[float] = []  # sorted estimated arrivals of answered sends, in the window
+        self._fastest: deque[tuple[float, float]] = deque()  # (answered at, round trip), rising
+        self._answers = trio.lowlevel.ParkingLot()
         self._paused = -math.inf
         self._turn = trio.Lock()  # FIFO: waiters start in the order they asked
         self.granted = 0
@@ -103,19 +141,63 @@ class Pacer:
             self._starts.append(trio.current_time())
             self.granted += 1
 
-    async def before_write(self) -> None:
-        """Wait until a started send may go on the wire, and count it.
+    def write_slot(self) -> WriteSlot:
+        """A gate for one send's write (:meth:`WriteSlot.before_write`) and its answer."""
+        return WriteSlot(self)
 
-        At most ``limit`` writes happen in any ``window + write_margin`` seconds, whatever delayed
-        some sends between their start and their write. Unordered on purpose: whoever is ready to
-        write goes first (they all started within their slots already). Cancelled while waiting:
-        nothing is counted.
+    async def before_write(self) -> None:
+        """Wait until a write may happen, and count it at its write (as answered at once).
+
+        For callers that do not report answers; the outbox sender uses :meth:`write_slot`.
         """
+        flight = await self._write()
+        self._settle(flight, flight.written)
+
+    @property
+    def in_air(self) -> int:
+        """Writes whose answer has not been reported yet."""
+        return len(self._in_air)
+
+    def _counted(self, now: float, span: float) -> int:
+        # The same sum as the wake-up time in _write (not now - span): floats must agree on
+        # when an arrival has left the window, or the waiter would spin.
+        arrivals = self._arrivals
+        while arrivals and arrivals[0] + span <= now:
+            del arrivals[0]
+        return len(self._in_air) + len(arrivals)
+
+    async def _write(self) -> _Flight:
+        # Unordered on purpose: whoever is ready to write goes first (they all started within
+        # their slots already). Cancelled while waiting: nothing is counted.
         span = self.window + self.write_margin + _WINDOW_MARGIN
-        while len(self._writes) == self.limit and (at := self._writes[0] + span) > trio.current_time():  # noqa: ASYNC110
-            await trio.sleep_until(at)
-        self._writes.append(trio.current_time())
+        while self._counted(trio.current_time(), span) >= self.limit:
+            ages_out = self._arrivals[0] + span if self._arrivals else math.inf
+            with trio.move_on_at(ages_out):
+                await self._answers.park()  # or an answer makes room
+        flight = _Flight(trio.current_time())
+        self._in_air.add(flight)
         self.writes += 1
+        return flight
+
+    def _answered(self, flight: _Flight, now: float) -> None:
+        if flight not in self._in_air:
+            return
+        self._settle(flight, max(flight.written, now - self._fastest_round_trip(now, now - flight.written)))
+
+    def _fastest_round_trip(self, now: float, round_trip: float) -> float:
+        # A sliding-window minimum: keep only round trips that may still be the fastest.
+        fastest = self._fastest
+        while fastest and fastest[-1][1] >= round_trip:
+            fastest.pop()
+        fastest.append((now, round_trip))
+        while fastest[0][0] < now - ROUND_TRIP_MEMORY:
+            fastest.popleft()
+        return fastest[0][1]
+
+    def _settle(self, flight: _Flight, arrival: float) -> None:
+        self._in_air.discard(flight)
+        bisect.insort(self._arrivals, arrival)
+        self._answers.unpark_all()
 
     def pause_until(self, when: float) -> None:
         """No send starts before trio time ``when`` (Telegram said "retry after" to the whole bot)."""
@@ -125,6 +207,44 @@ class Pacer:
     def paused_until(self) -> float:
         """The trio time before which nothing starts (``-inf``: never paused)."""
         return self._paused
+
+
+class _Flight:
+    """One write: when it happened (identity matters, not value)."""
+
+    __slots__ = ("written",)
+
+    def __init__(self, written: float) -> None:
+        self.written = written
+
+
+class WriteSlot:
+    """One send's passage through the write gate: :meth:`before_write`, then :meth:`answered`.
+
+    The session awaits :meth:`before_write` just before the request's bytes go out; the sender
+    calls :meth:`answered` once the call is over, however it ended (an error answer, a timeout, a
+    cancellation: the send no longer counts as in the air, it counts at its estimated arrival).
+    A second write through the same slot (a request sent again) first settles the previous one.
+    Forgetting :meth:`answered` keeps the send in the air for good and costs the pacer one send
+    of its window, so call it in a ``finally``.
+    """
+
+    __slots__ = ("_flight", "_pacer")
+
+    def __init__(self, pacer: Pacer) -> None:
+        self._pacer = pacer
+        self._flight: _Flight | None = None
+
+    async def before_write(self) -> None:
+        """Wait until the write may happen (cancelled while waiting: nothing is counted)."""
+        self.answered()
+        self._flight = await self._pacer._write()
+
+    def answered(self) -> None:
+        """The answer came (or the call is over without one). Idempotent; nothing if never written."""
+        if self._flight is not None:
+            self._pacer._answered(self._flight, trio.current_time())
+            self._flight = None
 
 
 class ChatPacer:

@@ -58,6 +58,7 @@ from aiogram.types import FSInputFile, InputFile
 
 from atlas.net import http11
 from atlas.net.guard import ensure_no_connection_held
+from atlas.telegram.chat_gate import ChatGate
 from atlas.telegram.throttling import WaitOutThrottling
 
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -76,8 +77,9 @@ _before_write: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("bo
 def writes_paced_by(gate: Callable[[], Awaitable[None]]) -> Iterator[None]:
     """Bot calls made inside this block await ``gate()`` just before their request is written.
 
-    The outbox sender wraps its ``sendMessage`` in it with :meth:`atlas.telegram.pacing.Pacer.before_write`,
-    so that its global rate is counted at the wire, not at the start slot (a context variable: it
+    The outbox sender wraps its ``sendMessage`` in it with a
+    :meth:`atlas.telegram.pacing.WriteSlot.before_write`, so that its global rate is counted at the
+    wire (and up to the answer), not at the start slot (a context variable: it
     reaches through aiogram's ``Bot`` to the session without a parameter aiogram does not have;
     it is the calling task's alone).
     """
@@ -300,6 +302,9 @@ def make_bot(token: str, api_base: str | None = None, *, default: DefaultBotProp
         session = GuardedHttpxSession()
     else:
         session = GuardedHttpxSession(api=TelegramAPIServer.from_base(api_base.rstrip("/")))
-    # A handler's reply refused with 429 waits and goes again (atlas.telegram.throttling).
+    # Outermost first. A handler's reply refused with 429 waits and goes again
+    # (atlas.telegram.throttling); every attempt then takes its chat's turn (atlas.telegram.chat_gate),
+    # which replies and the outbox sender share, so that they do not earn that 429 in one process.
     session.middleware(WaitOutThrottling())
+    session.middleware(ChatGate())
     return Bot(token, session=session, default=default)

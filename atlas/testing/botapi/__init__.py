@@ -33,6 +33,7 @@ from atlas.testing.botapi.records import PaymentOutcome as PaymentOutcome
 from atlas.testing.botapi.records import PreCheckoutAnswer as PreCheckoutAnswer
 from atlas.testing.botapi.records import RecordKind as RecordKind
 from atlas.testing.botapi.records import Refund as Refund
+from atlas.testing.botapi.records import SendKind as SendKind
 from atlas.testing.botapi.records import SendStamp as SendStamp
 from atlas.testing.botapi.records import ServedError as ServedError
 from atlas.testing.botapi.records import WebhookAttempt as WebhookAttempt

@@ -2,7 +2,8 @@
 
 Order of checks for one call, as on Telegram: the path (404), the token (401), the method name
 (404 ``Not Found``), the body (400/413), then an injected fault, then the flood limits (429) for
-``send*`` methods, then the method itself. Every error answer is Telegram's envelope
+``send*`` methods (the per-chat one for every send, the global one for bulk sends only:
+:mod:`.rates`), then the method itself. Every error answer is Telegram's envelope
 ``{"ok": false, "error_code": N, "description": ..., "parameters": {"retry_after": s}}`` with N as
 the HTTP status, which is what aiogram maps to its exception classes.
 """
@@ -134,24 +135,25 @@ def build_app(core: EmulatorCore, extra_routes: Sequence[BaseRoute] = ()) -> Sta
         arrived = core.now()
         chat_id = _chat_key(core, params)
         sends = method.lower() in SEND_METHODS
+        kind = core.rates.kind(arrived, chat_id)  # bulk, or a reply to a chat talking to the bot
         stamp: SendStamp | None = None
         try:
             fault = core.faults.answer(method, chat_id)
             if fault is not None:
                 raise fault
             if sends and core.enforce_limits:
-                wait = core.rates.retry_after(arrived, chat_id)
+                wait = core.rates.retry_after(arrived, chat_id, kind)
                 if wait is not None:
                     raise ApiError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
             if sends:
-                stamp = SendStamp(arrived, method, chat_id, accepted=True)
+                stamp = SendStamp(arrived, method, chat_id, accepted=True, kind=kind)
                 core.rates.record(stamp)
             result = await handler(core, params)
         except ApiError as error:
             if stamp is not None:
                 core.rates.withdraw(stamp)
             elif sends:
-                core.rates.record(SendStamp(arrived, method, chat_id, accepted=False))
+                core.rates.record(SendStamp(arrived, method, chat_id, accepted=False, kind=kind))
             core.served(method, chat_id, error)
             await _answer_latency(core, method)
             return _error_response(error)

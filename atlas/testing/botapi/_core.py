@@ -290,6 +290,9 @@ class EmulatorCore:
         update_id = self._next_update_id
         self._next_update_id += 1
         self.updates.append({"update_id": update_id, kind: copy.deepcopy(payload)})
+        chat_id = _chat_of_update(payload)
+        if chat_id is not None:
+            self.rates.note_update(chat_id, self.now())  # the bot's sends to it are replies now
         self.changed.fire()
         return update_id
 
@@ -320,3 +323,14 @@ class EmulatorCore:
             ServedError(self.now(), method, chat_id, error.code, error.description, error.retry_after)
         )
 
+
+def _chat_of_update(payload: dict[str, Any]) -> int | None:
+    """The chat an update comes from: a message's chat, a pressed button's chat, else the sender's
+    private chat (a pre-checkout query); None when the payload names none."""
+    chat = payload.get("chat") or (payload.get("message") or {}).get("chat")
+    if isinstance(chat, dict) and isinstance(chat.get("id"), int):
+        return int(chat["id"])
+    sender = payload.get("from")
+    if isinstance(sender, dict) and isinstance(sender.get("id"), int):
+        return int(sender["id"])
+    return None

@@ -80,7 +80,8 @@ class BotApiEmulator:
       are the bot's user id.
     - ``bot_username`` / ``bot_first_name``: what ``getMe`` answers.
     - ``enforce_limits``: answer 429 with ``retry_after`` when a ``send*`` call would exceed
-      ``limits`` (default off, so that tests measure rather than shape; on for ``atlas demo``).
+      ``limits`` (per chat every send; globally only bulk sends, not replies: :mod:`.rates`);
+      default off, so that tests measure rather than shape; on for ``atlas demo``.
     - ``limits``: :class:`RateLimits` (30/s global, 1/s per chat).
     - ``pre_checkout_timeout``: how long a scripted Stars payment waits for the bot (10 s).
     - ``webhook_first_retry`` / ``webhook_max_retry``: the webhook retry backoff in seconds.
@@ -426,9 +427,13 @@ class BotApiEmulator:
         """Every ``send*`` call with its trio time, chat and whether it was accepted."""
         return self._core.rates.stamps
 
-    def max_global_rate(self, window: float = 1.0, *, accepted_only: bool = False) -> int:
-        """The most ``send*`` calls in any ``window`` seconds, over all chats."""
-        return self._core.rates.max_global(window, accepted_only=accepted_only)
+    def max_global_rate(
+        self, window: float = 1.0, *, accepted_only: bool = False, replies: bool = False
+    ) -> int:
+        """The most bulk ``send*`` calls in any ``window`` seconds, over all chats: what the global
+        limit counts (:mod:`.rates`: replies to a chat talking to the bot are not bulk).
+        ``replies=True`` counts every send."""
+        return self._core.rates.max_global(window, accepted_only=accepted_only, replies=replies)
 
     def max_per_chat_rate(self, window: float = 1.0, *, accepted_only: bool = False) -> int:
         """The most ``send*`` calls to a single chat in any ``window`` seconds (worst chat)."""

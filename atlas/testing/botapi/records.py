@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Literal
 
 RecordKind = Literal["message", "photo", "document", "invoice", "edit_text", "edit_markup", "delete"]
@@ -179,6 +180,15 @@ class WebhookAttempt:
         return self.status is not None and 200 <= self.status < 300
 
 
+class SendKind(Enum):
+    """What Telegram's flood limits see in a send (:mod:`atlas.testing.botapi.rates`)."""
+
+    BULK = "bulk"
+    """A notification: counts against the chat's limit and the bot's 30/s."""
+    REPLY = "reply"
+    """To a chat that sent the bot an update just now: counts against the chat's limit only."""
+
+
 @dataclass(frozen=True, slots=True)
 class SendStamp:
     """One ``send*`` call as it reached the emulator (accepted or not)."""
@@ -188,6 +198,9 @@ class SendStamp:
     chat_id: int | str | None
     accepted: bool
     """False when the call was answered with an error (injected, rate limit, validation, 403)."""
+    kind: SendKind = SendKind.BULK
+    """Bulk, or a reply to a chat that talked to the bot just now (:mod:`.rates`): only bulk sends
+    count against the global limit."""
 
 
 @dataclass(frozen=True, slots=True)
