@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -24,9 +24,55 @@ from atlas.storage.units.handled_updates import prune_handled_updates
 
 _log = logging.getLogger("atlas.actors.housekeeping")
 
+PruneUnit = Callable[..., Awaitable[int]]
+"""``async def prune(tx, *, before, limit) -> int``: delete at most ``limit`` rows older than
+``before``; return how many were deleted."""
 
-class CrashReportPruner(Actor):
-    """Deletes crash reports older than ``retention``, ``batch`` rows at a time, every ``period``."""
+
+class RetentionPruner(Actor):
+    """Deletes rows older than ``retention`` with ``prune``, ``batch`` rows at a time, every ``period``."""
+
+    def __init__(
+        self,
+        name: str,
+        prune: PruneUnit,
+        *,
+        what: str,
+        db: Callable[[], Database],
+        clock: Clock,
+        rng: random.Random,
+        retention: dt.timedelta,
+        period: float,
+        batch: int,
+        tick_budget: float,
+    ) -> None:
+        super().__init__(name, period=period, first_tick=(5.0, 60.0), rng=rng)
+        self._prune = prune
+        self._what = what
+        self._db = db
+        self._clock = clock
+        self._retention = retention
+        self._batch = batch
+        self._tick_budget = tick_budget
+        self.pruned = 0
+
+    async def tick(self) -> None:
+        """Delete old rows until none are left or the tick's time budget is spent."""
+        before = self._clock.now() - self._retention
+        deadline = trio.current_time() + self._tick_budget
+        while trio.current_time() < deadline:
+            deleted = await self._db().run(self._prune, before=before, limit=self._batch)
+            self.pruned += deleted
+            self.heartbeat()
+            if deleted < self._batch:
+                break
+            await trio.lowlevel.checkpoint()
+        if self.pruned:
+            _log.info("%s pruned so far: %d", self._what, self.pruned)
+
+
+class CrashReportPruner(RetentionPruner):
+    """Deletes crash reports older than ``retention`` (30 days by default)."""
 
     def __init__(
         self,
@@ -39,31 +85,22 @@ class CrashReportPruner(Actor):
         batch: int = 500,
         tick_budget: float = 10.0,
     ) -> None:
-        super().__init__("crash_report_pruner", period=period, first_tick=(5.0, 60.0), rng=rng)
-        self._db = db
-        self._clock = clock
-        self._retention = retention
-        self._batch = batch
-        self._tick_budget = tick_budget
-        self.pruned = 0
-
-    async def tick(self) -> None:
-        """Delete old reports until none are left or the tick's time budget is spent."""
-        before = self._clock.now() - self._retention
-        deadline = trio.current_time() + self._tick_budget
-        while trio.current_time() < deadline:
-            deleted = await self._db().run(prune_crash_reports, before=before, limit=self._batch)
-            self.pruned += deleted
-            self.heartbeat()
-            if deleted < self._batch:
-                break
-            await trio.lowlevel.checkpoint()
-        if self.pruned:
-            _log.info("crash reports pruned so far: %d", self.pruned)
+        super().__init__(
+            "crash_report_pruner",
+            prune_crash_reports,
+            what="crash reports",
+            db=db,
+            clock=clock,
+            rng=rng,
+            retention=retention,
+            period=period,
+            batch=batch,
+            tick_budget=tick_budget,
+        )
 
 
-class HandledUpdatePruner(Actor):
-    """Deletes handled-update records older than ``retention``, ``batch`` rows at a time, every ``period``."""
+class HandledUpdatePruner(RetentionPruner):
+    """Deletes handled-update records older than ``retention`` (two days by default)."""
 
     def __init__(
         self,
@@ -76,22 +113,15 @@ class HandledUpdatePruner(Actor):
         batch: int = 5000,
         tick_budget: float = 10.0,
     ) -> None:
-        super().__init__("handled_update_pruner", period=period, first_tick=(5.0, 60.0), rng=rng)
-        self._db = db
-        self._clock = clock
-        self._retention = retention
-        self._batch = batch
-        self._tick_budget = tick_budget
-        self.pruned = 0
-
-    async def tick(self) -> None:
-        """Delete old records until none are left or the tick's time budget is spent."""
-        before = self._clock.now() - self._retention
-        deadline = trio.current_time() + self._tick_budget
-        while trio.current_time() < deadline:
-            deleted = await self._db().run(prune_handled_updates, before=before, limit=self._batch)
-            self.pruned += deleted
-            self.heartbeat()
-            if deleted < self._batch:
-                break
-            await trio.lowlevel.checkpoint()
+        super().__init__(
+            "handled_update_pruner",
+            prune_handled_updates,
+            what="handled-update records",
+            db=db,
+            clock=clock,
+            rng=rng,
+            retention=retention,
+            period=period,
+            batch=batch,
+            tick_budget=tick_budget,
+        )
