@@ -21,7 +21,7 @@ real sockets and PostgreSQL in flight the clock may only jump once everything is
 "Tests"); during start-up it does not jump at all and during shutdown only after a full idle second
 (their only timers are timeouts). Each distinct wake-up (a tick, a pacing slot) costs one cushion of
 wall time; the rest is PostgreSQL round trips and the tree's own work. Measured (docs/architecture.md,
-"The thirty-day test"): 7,240 ticks and ~14,700 jumps for the month. The tests take ``month_clock``
+"The thirty-day test"): ~8,000 ticks and ~17,800 jumps for the month. The tests take ``month_clock``
 themselves: pytest-trio runs a test on a clock fixture only if the test function asks for it (through
 another fixture, the test would silently run on the real clock; the driver refuses to).
 
