@@ -18,6 +18,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+import trio.testing
 
 from atlas.net import http11
 from tests.test_vpn_agent_tls import self_signed
@@ -97,6 +98,24 @@ async def test_an_idle_connection_the_server_closed_is_not_reused() -> None:
         second = await pool.request(b"POST", b"/two", body=b"2")
         assert (first.status, first.body, second.body) == (200, b"echo:1", b"echo:2")
         assert pool.connections_opened == server.connections == 2
+        await pool.aclose()
+
+
+async def test_a_connection_idle_past_its_keepalive_expiry_is_not_reused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server keeps it open, but a server's keep-alive timeout may close it just as the next
+    # request goes out (that request then fails, never sent twice): the pool retires it first.
+    server = RawServer()
+    async with serving(server) as origin:
+        pool = http11.Http11Pool(origin, limit=4, max_response_bytes=1000, keepalive_expiry=4.0)
+        await pool.request(b"POST", b"/", body=b"1")
+        await trio.sleep(3.9)
+        await pool.request(b"POST", b"/", body=b"2")  # within the expiry: the same connection
+        assert pool.connections_opened == 1
+        await trio.sleep(4.1)
+        answer = await pool.request(b"POST", b"/", body=b"3")
+        assert (answer.body, pool.connections_opened, server.connections) == (b"echo:3", 2, 2)
         await pool.aclose()
 
 

@@ -17,7 +17,10 @@ What it guarantees:
   idle connection that is readable has been closed, or holds bytes nobody asked for), and is
   closed instead of used. A request is never sent twice: if the server closes a kept-alive
   connection just as a request goes out, that request fails with :class:`ReadError` (aiohttp
-  retries only idempotent methods in that case, and a Bot API ``POST`` is not one);
+  retries only idempotent methods in that case, and a Bot API ``POST`` is not one). To keep that
+  race away, a connection idle for ``keepalive_expiry`` seconds (default 4, under the common 5 s
+  of servers' keep-alive timeouts, Hypercorn's and httpx's included) is closed instead of reused:
+  a server closing it at the moment a request goes out turned an outbox send into ``unknown``;
 * answers are bounded: ``max_response_bytes`` is checked against ``Content-Length`` before
   reading and against the bytes read while reading.
 
@@ -83,10 +86,11 @@ class Answer:
 class _Connection:
     """One kept-alive connection: a trio stream and its h11 state machine."""
 
-    __slots__ = ("fileno", "h11", "stream")
+    __slots__ = ("fileno", "h11", "idle_since", "stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
+        self.idle_since = 0.0  # trio time the connection went back to the pool
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=64 * 1024)
         inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         self.fileno = inner.socket.fileno() if isinstance(inner, trio.SocketStream) else -1
@@ -127,12 +131,16 @@ class Http11Pool:
         headers: Sequence[Header] = (),
         open_stream: OpenStream | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry: float = 4.0,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"origin must be http(s)://host[:port], got {origin!r}")
         if limit < 1 or max_response_bytes < 1:
             raise ValueError("limit and max_response_bytes must be >= 1")
+        if not keepalive_expiry > 0:
+            raise ValueError(f"keepalive_expiry must be > 0 seconds, got {keepalive_expiry!r}")
+        self.keepalive_expiry = keepalive_expiry
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = parts.scheme == "https"
@@ -183,6 +191,7 @@ class Http11Pool:
                 raise
             if connection.h11.our_state is h11.DONE and connection.h11.their_state is h11.DONE:
                 connection.h11.start_next_cycle()
+                connection.idle_since = trio.current_time()
                 self._idle.append(connection)
             else:  # the server asked to close (``Connection: close``, HTTP/1.0)
                 await connection.aclose()
@@ -200,9 +209,10 @@ class Http11Pool:
             await connection.aclose()
 
     async def _checkout(self) -> _Connection:
+        expired_before = trio.current_time() - self.keepalive_expiry
         while self._idle:
             connection = self._idle.pop()  # the most recently used is the likeliest still open
-            if not connection.closed_by_peer():
+            if connection.idle_since > expired_before and not connection.closed_by_peer():
                 return connection
             await connection.aclose()
         return await self._connect()
