@@ -137,8 +137,10 @@ async def add_user(db: Database, user_id: int, *, ref_of: str | None = None) -> 
     return reg.user.referral_code
 
 
-async def topup_intent(db: Database, user_id: int, amount: int, *, now: dt.datetime = NOW) -> PaymentIntent:
-    """Create (not apply) a Crypto Pay top-up intent of ``amount`` in RUB."""
+async def topup_intent(
+    db: Database, user_id: int, amount: int, *, now: dt.datetime = NOW, promo_code: str | None = None
+) -> PaymentIntent:
+    """Create (not apply) a Crypto Pay top-up intent of ``amount`` in RUB (with ``promo_code``, if any)."""
     intent: PaymentIntent = await db.run(
         create_payment_intent,
         user_id=user_id,
@@ -146,6 +148,7 @@ async def topup_intent(db: Database, user_id: int, amount: int, *, now: dt.datet
         purpose="topup",
         amount_minor=amount,
         currency=RUB,
+        promo_code=promo_code,
         balance_currency=RUB,
         ttl=TTL,
         now=now,

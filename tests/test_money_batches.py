@@ -95,18 +95,7 @@ async def test_a_mixed_batch_gives_every_request_its_own_outcome(db: Database) -
     await add_promo(db, "BONUS", PromoKind.BALANCE_BONUS, 250)
     first = await topup_intent(db, 1, 1_000)  # the referrer's own top-up
     second_of_referrer = await topup_intent(db, 1, 2_000)  # same payer: a second round
-    referred = await db.run(
-        create_payment_intent,
-        user_id=2,
-        provider="cryptopay",
-        purpose="topup",
-        amount_minor=10_000,
-        currency=RUB,
-        promo_code="BONUS",
-        balance_currency=RUB,
-        ttl=TTL,
-        now=NOW,
-    )
+    referred = await topup_intent(db, 2, 10_000, promo_code="BONUS")
     mismatched = await topup_intent(db, 3, 5_000)
     requests = [
         _request(first),
