@@ -154,21 +154,25 @@ async def _bench_apply(db: Database, *, first: int, count: int, concurrency: int
     return count / (time.perf_counter() - started)
 
 
+def topup_request(n: int) -> PaymentToApply:
+    """The request paying seeded top-up ``n`` (see ``_seed_payments``), as Crypto Pay reports it."""
+    return PaymentToApply.of(
+        provider="cryptopay",
+        external_id=f"inv-{n}",
+        paid_amount_minor=5000,
+        paid_currency="RUB",
+        referral_policy=POLICY,
+        balance_currency="RUB",
+        now=NOW,
+    )
+
+
 async def _bench_grouped(db: Database, *, first: int, count: int, concurrency: int) -> float:
     ids = iter(range(first, first + count))
 
     async def worker() -> None:
         for n in ids:
-            request = PaymentToApply.of(
-                provider="cryptopay",
-                external_id=f"inv-{n}",
-                paid_amount_minor=5000,
-                paid_currency="RUB",
-                referral_policy=POLICY,
-                balance_currency="RUB",
-                now=NOW,
-            )
-            await apply_combined(db, request)
+            await apply_combined(db, topup_request(n))
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:

@@ -44,6 +44,7 @@ from atlas.storage.units import (
     apply_payments,
     create_payment_intent,
 )
+from atlas.storage.units._apply_sql import APPLY_EFFECTS, TOPUP_EFFECTS
 
 
 def _request(intent: PaymentIntent, **overrides: Any) -> PaymentToApply:
@@ -64,7 +65,7 @@ def _request(intent: PaymentIntent, **overrides: Any) -> PaymentToApply:
 async def _counted(tx: Tx, *, requests: list[PaymentToApply]) -> tuple[list[PaymentResult], list[str]]:
     counting = CountingTx(tx)
     results = await apply_payments(counting, requests=requests)
-    return results, counting.statements
+    return results, counting.queries
 
 
 async def _users_with_topups(db: Database, first: int, count: int, amount: int) -> list[PaymentIntent]:
@@ -81,10 +82,49 @@ async def test_a_batch_of_ten_top_ups_takes_the_round_trips_of_one(db: Database)
     assert [r.outcome for r in results] == [ApplyOutcome.APPLIED] * 10
     assert [r.payment_id for r in results] == [i.payment_id for i in intents]
     assert len(statements) == 2, statements  # lock-and-read, write: 4 round trips with BEGIN/COMMIT
+    assert statements[1] == TOPUP_EFFECTS  # plain top-ups: the short write
     assert await scalar(db, "SELECT count(*) FROM ledger") == 10
     assert await scalar(db, "SELECT count(*) FROM outbox WHERE kind = 'payment.applied.topup'") == 10
     assert await scalar(db, "SELECT sum(balance_minor) FROM users") == 10_000
     assert await ledger_consistent(db) == []
+
+
+async def test_plain_top_ups_take_the_short_write_and_a_promo_or_a_plan_the_full_one(db: Database) -> None:
+    await setup_catalog(db)
+    await add_promo(db, "BONUS", PromoKind.BALANCE_BONUS, 250)
+    plain = await _users_with_topups(db, 1, 3, 1_000)
+    results, queries = await db.run(_counted, requests=[_request(i) for i in plain])
+    assert [r.outcome for r in results] == [ApplyOutcome.APPLIED] * 3
+    assert TOPUP_EFFECTS in queries and APPLY_EFFECTS not in queries
+    assert await scalar(db, "SELECT count(*) FROM users WHERE first_paid_at IS NOT NULL") == 3
+
+    more = await _users_with_topups(db, 11, 2, 1_000)
+    await add_user(db, 20)
+    with_promo = await topup_intent(db, 20, 2_000, promo_code="BONUS")
+    results, queries = await db.run(_counted, requests=[_request(i) for i in (*more, with_promo)])
+    assert [r.outcome for r in results] == [ApplyOutcome.APPLIED] * 3
+    assert APPLY_EFFECTS in queries and TOPUP_EFFECTS not in queries
+    assert await scalar(db, "SELECT balance_minor FROM users WHERE id = 20") == 2_250
+    assert await scalar(db, "SELECT sum(balance_minor) FROM users") == 5 * 1_000 + 2_250
+    assert await ledger_consistent(db) == []
+
+
+async def test_callers_woken_together_form_one_batch(db: Database) -> None:
+    # Ten callers, three payments each, one after the other: each batch's end wakes all ten, and
+    # each comes back with its next payment; the next batch must take all ten, not whoever ran first.
+    intents = await _users_with_topups(db, 1, 30, 100)
+    combiner: UnitCombiner[PaymentToApply, PaymentResult] = UnitCombiner(db, apply_payments, max_in_flight=1)
+
+    async def caller(mine: list[PaymentIntent]) -> None:
+        for intent in mine:
+            assert (await combiner.submit(_request(intent))).outcome is ApplyOutcome.APPLIED
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(caller, intents[n::10])
+    stats = combiner.statistics()
+    assert (stats.requests, stats.batches, stats.largest_batch) == (30, 3, 10), stats
+    assert await scalar(db, "SELECT sum(balance_minor) FROM users") == 30 * 100
 
 
 async def test_a_mixed_batch_gives_every_request_its_own_outcome(db: Database) -> None:

@@ -51,14 +51,16 @@ BEGIN_AND_COMMIT = 2
 class CountingTx(Tx):
     """A ``Tx`` that records every statement it sends (one round trip each)."""
 
-    __slots__ = ("statements",)
+    __slots__ = ("queries", "statements")
 
     def __init__(self, inner: Tx) -> None:
         super().__init__(inner._conn, inner.unit_name)
         self.statements: list[str] = []
+        self.queries: list[str] = []
 
     def _note(self, query: str) -> None:
         self.statements.append(" ".join(query.split())[:60])
+        self.queries.append(query)
 
     async def execute(self, query: str, *args: Any) -> str:
         self._note(query)

@@ -22,6 +22,7 @@ from atlas.storage import (
     UnboundedFetch,
     bundled_migrations,
     migrate,
+    transaction_settings,
 )
 from atlas.storage.migrations import Migration
 
@@ -156,6 +157,44 @@ async def test_unit_cancelled_mid_query_leaves_no_transaction_and_budget_whole(
     async with trio.open_nursery() as nursery:
         for _ in range(db.budget.total):
             nursery.start_soon(db.run, _count_scratch)
+
+
+async def _without_settings(tx: Tx) -> tuple[str, str]:
+    return (
+        str(await tx.fetchval("SELECT current_setting('plan_cache_mode')")),
+        str(await tx.fetchval("SELECT current_setting('lock_timeout')")),
+    )
+
+
+@transaction_settings(plan_cache_mode="force_generic_plan", lock_timeout="250")
+async def _with_settings(tx: Tx) -> tuple[str, str]:
+    return await _without_settings(tx)
+
+
+async def test_transaction_settings_hold_for_their_unit_only(bridge: None, fresh_database: str) -> None:
+    # One connection, so the second unit runs on the connection the first one set.
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1))
+    try:
+        assert await db.run(_with_settings) == ("force_generic_plan", "250ms")
+        assert await db.run(_count_noop) == 1
+        assert await db.run(_without_settings) == ("auto", "0")
+        with pytest.raises(ValueError, match="values identifiers or numbers"):
+            transaction_settings(lock_timeout="1; DROP TABLE users")
+    finally:
+        await db.close()
+
+
+async def test_a_unit_with_settings_that_raises_rolls_back(db: Database) -> None:
+    await db.run(_create_scratch)
+
+    @transaction_settings(lock_timeout="1000")
+    async def insert_then_fail(tx: Tx) -> None:
+        await tx.execute("INSERT INTO scratch (note) VALUES ('rolled back')")
+        raise LookupError("the unit's own error")
+
+    with pytest.raises(LookupError, match="own error"):
+        await db.run(insert_then_fail)
+    assert await db.run(_count_scratch) == 0
 
 
 async def test_budget_deadline_gives_a_clear_error(bridge: None, fresh_database: str) -> None:

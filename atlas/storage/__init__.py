@@ -24,3 +24,4 @@ from atlas.storage.errors import UnboundedFetch as UnboundedFetch
 from atlas.storage.migrations import bundled_migrations as bundled_migrations
 from atlas.storage.migrations import migrate as migrate
 from atlas.storage.tx import Tx as Tx
+from atlas.storage.tx import transaction_settings as transaction_settings

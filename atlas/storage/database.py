@@ -13,9 +13,14 @@ Contract 1 of DESIGN.md, by construction:
   client raises :class:`atlas.net.ConnectionHeldAcrossIO`: a unit of work cannot do I/O.
 * The ``tx`` handle is invalidated when the unit ends (:class:`TxClosed` afterwards).
 
-Cancellation: cancelling the caller cancels the asyncio task running the unit; asyncpg rolls the
-transaction back (or, if the connection is mid-query, the pool terminates and replaces it), and only
-*then* does the trio side resume and return the token (:meth:`StorageLoop.call` waits for the task).
+Transactions: ``db.run`` sends ``BEGIN`` itself (with the unit's
+:func:`~atlas.storage.tx.transaction_settings` in the same message, when it has any), then
+``COMMIT``, or ``ROLLBACK`` when the unit raised.
+
+Cancellation: cancelling the caller cancels the asyncio task running the unit; ``db.run`` rolls the
+transaction back once asyncpg has cancelled the query in progress (or, if the connection broke, the
+pool terminates and replaces it), and only *then* does the trio side resume and return the token
+(:meth:`StorageLoop.call` waits for the task).
 
 Conflicts: a unit has no I/O, so re-running it is safe. Serialization failures and deadlocks are
 retried up to ``conflict_retries`` times before :class:`TransactionConflict` is raised.
@@ -39,7 +44,7 @@ from atlas.net.guard import holding_connection
 from atlas.storage.budget import BudgetStatistics, ConnectionBudget
 from atlas.storage.errors import DatabaseUnavailable, TransactionConflict
 from atlas.storage.loop import StorageLoop
-from atlas.storage.tx import Tx
+from atlas.storage.tx import Tx, begin_statement
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,6 +103,23 @@ async def _no_session_state_to_reset(conn: asyncpg.Connection) -> None:
     use transaction-scoped locks only (``pg_advisory_xact_lock``), and the one session-level user,
     :mod:`atlas.storage.locks`, unlocks its lock or terminates the connection when it cannot.
     """
+
+
+async def _roll_back(conn: asyncpg.Connection, name: str) -> None:
+    """Roll back after a unit failed; the unit's own error is what the caller must see.
+
+    If the connection broke, or a cancelled query is still being cancelled and the ``ROLLBACK``
+    fails, the pool's release finds the connection closed (and replaces it) or still inside the
+    transaction (and rolls it back before anyone else gets it): no transaction stays open.
+    """
+    if conn.is_closed():
+        return
+    try:
+        await conn.execute("ROLLBACK")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        _log.info(
+            "unit %s: ROLLBACK failed (%s: %s); the pool resets the connection", name, type(exc).__name__, exc
+        )
 
 
 def _unit_name(unit: Callable[..., Any]) -> str:
@@ -202,12 +224,21 @@ class Database:
 
     async def _in_transaction(self, unit: UnitOfWork[..., T], name: str, kwargs: dict[str, Any]) -> T:
         # Runs on the storage loop. The connection and the guard live exactly as long as this.
+        # BEGIN is ours, not asyncpg's `conn.transaction()`: it carries the unit's settings in the
+        # same message (`transaction_settings`), which asyncpg's BEGIN cannot.
+        begin = begin_statement(unit)
         async with self._pool.acquire() as conn:
             tx = Tx(conn, name)
             try:
                 with holding_connection(name):
-                    async with conn.transaction():
-                        return await unit(tx, **kwargs)
+                    await conn.execute(begin)
+                    try:
+                        result = await unit(tx, **kwargs)
+                    except BaseException:
+                        await _roll_back(conn, name)
+                        raise
+                    await conn.execute("COMMIT")
+                    return result
             finally:
                 tx.close()
 

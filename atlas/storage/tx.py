@@ -12,8 +12,8 @@ two mistakes the predecessor made are impossible to make quietly:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -23,6 +23,40 @@ _LIMIT = re.compile(r"\blimit\s+(\$\d+|\d+)", re.IGNORECASE)
 
 # Rows are asyncpg Records; typed as read-only mappings so units index them by column name.
 Record: TypeAlias = Mapping[str, Any]
+
+U = TypeVar("U", bound=Callable[..., Any])
+
+_SETTING_NAME = re.compile(r"[a-z_][a-z0-9_.]*")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.]+")
+_BEGIN_WITH = "__atlas_begin__"
+
+
+def transaction_settings(**settings: str) -> Callable[[U], U]:
+    """Give a unit of work's transaction these settings (``SET LOCAL``), sent with its ``BEGIN``.
+
+    ``db.run`` sends ``BEGIN; SET LOCAL name = value; ...`` as one message, so the settings cost no
+    round trip, and they end with the transaction: the next unit on the connection has the server's
+    defaults again. Names are identifiers and values identifiers or numbers, written in code (checked
+    here, never quoted from input), e.g. ``@transaction_settings(plan_cache_mode="force_generic_plan")``.
+    """
+    for name, value in settings.items():
+        if not _SETTING_NAME.fullmatch(name) or not _SETTING_VALUE.fullmatch(value):
+            raise ValueError(
+                f"transaction setting {name}={value!r}: names are identifiers, values identifiers or numbers"
+            )
+    begin = "; ".join(["BEGIN", *(f"SET LOCAL {name} = {value}" for name, value in settings.items())])
+
+    def mark(unit: U) -> U:
+        setattr(unit, _BEGIN_WITH, begin)
+        return unit
+
+    return mark
+
+
+def begin_statement(unit: Callable[..., Any]) -> str:
+    """What ``db.run`` sends to open ``unit``'s transaction: ``BEGIN`` and its settings, if any."""
+    begin: str = getattr(unit, _BEGIN_WITH, "BEGIN")
+    return begin
 
 
 class Tx:

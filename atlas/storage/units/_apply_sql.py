@@ -27,10 +27,24 @@ applied`` change), so a payment whose change matches no row writes nothing else.
 has no ``ON CONFLICT``: a key already posted would mean a second application, and the unique
 violation rolls everything back. Data-modifying CTEs run to completion whether or not the final
 ``SELECT`` reads them, so only what the unit checks is returned (no ``RETURNING`` on the ledger,
-the outbox, keys, promo counts or referral rows).
+the outbox, keys, promo counts or referral rows). **TOPUP_EFFECTS** is the same for the common
+case, a round of plain top-ups, without the CTEs that would write nothing.
 """
 
 from __future__ import annotations
+
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
+"""The transaction settings of ``apply_payments`` (sent with its ``BEGIN``): both statements run on
+their cached generic plan.
+
+Without it PostgreSQL re-plans them on most executions: it compares each statement's generic plan,
+costed for arrays of unknown length (``unnest`` of a parameter: 100 rows assumed), with the custom
+plans it made for the arrays actually passed (a few elements), finds the custom ones cheaper, and
+keeps planning — ~0.7 ms for the write and more for the read, more than executing them. Measured
+with 10 callers through the combiner (docs/benchmarks.md, "Generic plans"): 1,000–1,200 payments/s
+with custom plans forced, 1,700–2,200 with generic ones, and either, by connection, when left to
+PostgreSQL. For this unit only, as ``SET LOCAL``: other units' parameters do change their best
+plans (a sweep's bound, a ``LIMIT``)."""
 
 PAYMENT_COLUMNS = (
     "id, user_id, provider, external_id, purpose, plan_code, amount_minor, currency, credit_minor, "
@@ -233,6 +247,65 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM applied) AS applied_ids,
        (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM balances) AS balance_ids,
        (SELECT coalesce(array_agg(balance_minor ORDER BY id), '{}') FROM balances) AS balances,
        (SELECT coalesce(array_agg(user_id), '{}') FROM granted) AS granted_users
+"""
+
+# The common case, top-ups that bring no promo bonus and no referral reward, written without the
+# subscription, key, promo and referral CTEs of APPLY_EFFECTS: every CTE of a prepared statement is
+# initialised and every table it writes is locked and has its indexes opened on each execution,
+# even when it writes nothing, and that is most of the statement's cost for a small batch.
+# $1 now; one element per payment: $2 payment ids, $3 external ids, $4 payer ids, $5 the payer's
+# subscription id or NULL, $6..$11 what the provider says was paid (as in APPLY_EFFECTS);
+# ledger rows: $12..$17 and notices: $18..$22 (as $22..$32 of APPLY_EFFECTS)
+TOPUP_EFFECTS = """
+WITH pay AS (
+    SELECT * FROM unnest($2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                         $7::numeric[], $8::numeric[], $9::numeric[], $10::text[], $11::numeric[])
+        AS b(id, external_id, payer_id, s_id, paid_asset, paid_amount, paid_fiat_rate, paid_usd_rate,
+             fee_asset, fee_amount)
+),
+applied AS (
+    UPDATE payments p SET status = 'applied', applied_at = $1,
+        external_id = coalesce(p.external_id, b.external_id),
+        paid_asset = b.paid_asset, paid_amount = b.paid_amount, paid_fiat_rate = b.paid_fiat_rate,
+        paid_usd_rate = b.paid_usd_rate, fee_asset = b.fee_asset, fee_amount = b.fee_amount
+    FROM pay b
+    WHERE p.id = b.id AND p.status IN ('pending', 'expired')
+    RETURNING p.id
+),
+entries AS (
+    SELECT e.* FROM unnest($12::bigint[], $13::bigint[], $14::bigint[], $15::text[], $16::text[],
+                           $17::text[]) AS e(payment_id, user_id, amount_minor, kind, reference,
+                                             idempotency_key)
+    JOIN applied a ON a.id = e.payment_id
+),
+posted AS (
+    INSERT INTO ledger (user_id, amount_minor, kind, reference, idempotency_key, created_at)
+    SELECT e.user_id, e.amount_minor, e.kind, e.reference, e.idempotency_key, $1 FROM entries e
+),
+balances AS (
+    UPDATE users u SET balance_minor = u.balance_minor + d.delta,
+                       first_paid_at = coalesce(u.first_paid_at, $1)
+    FROM (SELECT user_id, sum(amount_minor)::bigint AS delta FROM entries GROUP BY user_id) d
+    WHERE u.id = d.user_id
+    RETURNING u.id, u.balance_minor
+),
+renewal_unblocked AS (
+    UPDATE subscriptions s SET renew_next_try_at = NULL
+    FROM pay b JOIN applied a ON a.id = b.id
+    WHERE s.id = b.s_id AND s.renew_next_try_at IS NOT NULL
+),
+notices AS (
+    INSERT INTO outbox (chat_id, kind, payload, dedupe_key, priority, next_attempt_at, created_at)
+    SELECT m.chat_id, m.kind, m.payload::jsonb, m.dedupe_key, 0, $1, $1
+    FROM unnest($18::bigint[], $19::bigint[], $20::text[], $21::text[], $22::text[])
+             AS m(payment_id, chat_id, kind, payload, dedupe_key)
+    JOIN applied a ON a.id = m.payment_id
+    ON CONFLICT (dedupe_key) DO NOTHING
+)
+SELECT (SELECT coalesce(array_agg(id), '{}') FROM applied) AS applied_ids,
+       (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM balances) AS balance_ids,
+       (SELECT coalesce(array_agg(balance_minor ORDER BY id), '{}') FROM balances) AS balances,
+       '{}'::bigint[] AS granted_users
 """
 
 # one element per flagged payment: $1 payment id, $2 reason, $3 external id, $4..$9 what the

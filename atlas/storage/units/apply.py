@@ -23,10 +23,12 @@ together are batched by :class:`~atlas.storage.combiner.UnitCombiner` (group com
    a present key, the cached balances, the promo redemption, the referral reward,
    ``users.first_paid_at``, and the notices (outbox, dedupe keys ``payment-applied:<id>`` and
    ``referral-reward:<id>``). All or nothing. The balances it returns are checked against the
-   domain's.
+   domain's. A round of plain top-ups (no plan, no promo code, no reward) uses the shorter
+   :data:`~._apply_sql.TOPUP_EFFECTS`.
 
 With ``BEGIN`` and ``COMMIT`` that is four round trips (a refusal or a replay: three or four), for a
-batch as for one payment; a batch mixing applies with mismatches or second charges adds one
+batch as for one payment (``BEGIN`` also carries ``plan_cache_mode = force_generic_plan``, see
+:data:`~._apply_sql.GENERIC_PLANS`); a batch mixing applies with mismatches or second charges adds one
 statement for each kind. One request's refusal is its own outcome, never an exception that would
 roll back the others. Requests of a batch that touch the same payment, payer or promo code as an
 earlier one go to a further round of the same statements in the same transaction (it sees the
@@ -64,12 +66,14 @@ from atlas.domain import (
     grant_paid,
     referral_reward,
 )
-from atlas.storage.tx import Record, Tx
+from atlas.storage.tx import Record, Tx, transaction_settings
 from atlas.storage.units._apply_sql import (
     APPLY_EFFECTS,
     FLAG_MISMATCHES,
+    GENERIC_PLANS,
     LOCK_AND_READ,
     RECORD_SECOND_CHARGES,
+    TOPUP_EFFECTS,
 )
 from atlas.storage.units._rows import check_now, from_json, to_json
 from atlas.storage.units.errors import SnapshotMoved
@@ -137,6 +141,7 @@ class PaymentToApply:
         )
 
 
+@transaction_settings(**GENERIC_PLANS)
 async def apply_payment(
     tx: Tx,
     *,
@@ -175,6 +180,7 @@ async def apply_payment(
     return result
 
 
+@transaction_settings(**GENERIC_PLANS)
 async def apply_payments(tx: Tx, *, requests: Sequence[PaymentToApply]) -> list[PaymentResult]:
     """Apply every request in one transaction; return each one's own outcome, in order.
 
@@ -216,6 +222,8 @@ class _Round:
     decided: dict[int, PaymentResult] = field(default_factory=dict)
     second_charge_of: dict[tuple[str, str], int] = field(default_factory=dict)
     plan_payers: dict[int, int] = field(default_factory=dict)
+    # Only plain top-ups (no plan, no promo code found, no referral reward): TOPUP_EFFECTS will do.
+    only_plain_topups: bool = True
 
     async def run(self, results: list[PaymentResult | None]) -> list[int]:
         """Read, decide, write; fill ``results``; return the indices left for another round."""
@@ -343,6 +351,8 @@ class _Round:
         if reward > 0:
             reward_key = f"referral:payment:{payment_id}"
             self._credit(payment_id, referrer_id, reward, LedgerKind.REFERRAL_REWARD, reward_key, reward_key)
+        if is_plan or reward > 0 or payment["promo_found"] is not None:
+            self.only_plain_topups = False
         self._notice(
             payment_id,
             payer_id,
@@ -411,13 +421,26 @@ class _Round:
             await self.tx.execute(FLAG_MISMATCHES, *_columns(self.flags, 9))
         if not self.applies:
             return
-        done = await self.tx.fetchrow(
-            APPLY_EFFECTS,
-            self.now,
-            *_columns(self.applies, 20),
-            *_columns(self.entries, 6),
-            *_columns(self.notices, 5),
-        )
+        if self.only_plain_topups:
+            # every ledger row is then a payer's: TOPUP_EFFECTS sets first_paid_at on each
+            columns = _columns(self.applies, 20)
+            done = await self.tx.fetchrow(
+                TOPUP_EFFECTS,
+                self.now,
+                *columns[0:3],
+                columns[4],
+                *columns[14:20],
+                *_columns(self.entries, 6),
+                *_columns(self.notices, 5),
+            )
+        else:
+            done = await self.tx.fetchrow(
+                APPLY_EFFECTS,
+                self.now,
+                *_columns(self.applies, 20),
+                *_columns(self.entries, 6),
+                *_columns(self.notices, 5),
+            )
         assert done is not None
         if len(done["applied_ids"]) != len(self.applies):
             # Cannot happen under the locks: a payment changed state after it was read locked.
