@@ -197,6 +197,36 @@ async def test_a_unit_with_settings_that_raises_rolls_back(db: Database) -> None
     assert await db.run(_count_scratch) == 0
 
 
+async def test_a_commit_that_fails_raises_and_leaves_the_connection_clean(
+    bridge: None, fresh_database: str
+) -> None:
+    # A deferred constraint is checked at COMMIT: db.run's own COMMIT must raise it, and the one
+    # connection must come back outside any transaction (the next unit starts a fresh one).
+    db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1))
+    try:
+
+        async def create(tx: Tx) -> None:
+            await tx.execute(
+                "CREATE TABLE deferred (id int PRIMARY KEY, parent int REFERENCES deferred (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+
+        async def orphan(tx: Tx) -> None:
+            await tx.execute("INSERT INTO deferred (id, parent) VALUES (1, 99)")
+
+        async def rows(tx: Tx) -> int:
+            return int(await tx.fetchval("SELECT count(*) FROM deferred"))
+
+        await db.run(create)
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await db.run(orphan)
+        # On the same connection: no "current transaction is aborted", and nothing committed.
+        assert await db.run(rows) == 0
+        assert await db.run(_count_noop) == 1
+    finally:
+        await db.close()
+
+
 async def test_budget_deadline_gives_a_clear_error(bridge: None, fresh_database: str) -> None:
     db = await Database.open(DatabaseSettings(dsn=fresh_database, pool_size=1, acquire_timeout=0.2))
     try:
