@@ -89,7 +89,7 @@ async def test_a_batch_of_ten_top_ups_takes_the_round_trips_of_one(db: Database)
     assert await ledger_consistent(db) == []
 
 
-async def test_plain_top_ups_take_the_short_write_and_a_promo_or_a_plan_the_full_one(db: Database) -> None:
+async def test_plain_top_ups_take_the_short_write_and_a_batch_with_a_promo_the_full_one(db: Database) -> None:
     await setup_catalog(db)
     await add_promo(db, "BONUS", PromoKind.BALANCE_BONUS, 250)
     plain = await _users_with_topups(db, 1, 3, 1_000)

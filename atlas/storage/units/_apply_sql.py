@@ -37,14 +37,14 @@ GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 """The transaction settings of ``apply_payments`` (sent with its ``BEGIN``): both statements run on
 their cached generic plan.
 
-Without it PostgreSQL re-plans them on most executions: it compares each statement's generic plan,
+Without it PostgreSQL may re-plan them on every execution: it compares each statement's generic plan,
 costed for arrays of unknown length (``unnest`` of a parameter: 100 rows assumed), with the custom
 plans it made for the arrays actually passed (a few elements), finds the custom ones cheaper, and
 keeps planning — ~0.7 ms for the write and more for the read, more than executing them. Measured
-with 10 callers through the combiner (docs/benchmarks.md, "Generic plans"): 1,000–1,200 payments/s
-with custom plans forced, 1,700–2,200 with generic ones, and either, by connection, when left to
-PostgreSQL. For this unit only, as ``SET LOCAL``: other units' parameters do change their best
-plans (a sweep's bound, a ``LIMIT``)."""
+with 10 callers through the combiner (docs/benchmarks.md, session 5, "The plan choice"): custom
+plans cost the server 2–2.5× per payment, and the same code ran at either rate, by connection,
+when the choice was left to PostgreSQL. For this unit only, as ``SET LOCAL``: other units'
+parameters do change their best plans (a sweep's bound, a ``LIMIT``)."""
 
 PAYMENT_COLUMNS = (
     "id, user_id, provider, external_id, purpose, plan_code, amount_minor, currency, credit_minor, "
@@ -252,7 +252,8 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM applied) AS applied_ids,
 # The common case, top-ups that bring no promo bonus and no referral reward, written without the
 # subscription, key, promo and referral CTEs of APPLY_EFFECTS: every CTE of a prepared statement is
 # initialised and every table it writes is locked and has its indexes opened on each execution,
-# even when it writes nothing, and that is most of the statement's cost for a small batch.
+# even when it writes nothing, and that is most of the statement's cost for a small batch (1.35×
+# the payments per second of APPLY_EFFECTS on generic plans: docs/benchmarks.md, session 5).
 # $1 now; one element per payment: $2 payment ids, $3 external ids, $4 payer ids, $5 the payer's
 # subscription id or NULL, $6..$11 what the provider says was paid (as in APPLY_EFFECTS);
 # ledger rows: $12..$17 and notices: $18..$22 (as $22..$32 of APPLY_EFFECTS)
