@@ -136,16 +136,7 @@ async def _bench_apply(db: Database, *, first: int, count: int, concurrency: int
 
     async def worker() -> None:
         for n in ids:
-            await db.run(
-                apply_payment,
-                provider="cryptopay",
-                external_id=f"inv-{n}",
-                paid_amount_minor=5000,
-                paid_currency="RUB",
-                referral_policy=POLICY,
-                balance_currency="RUB",
-                now=NOW,
-            )
+            await db.run(apply_payments, requests=[topup_request(n)])  # what apply_payment runs
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:

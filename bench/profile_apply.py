@@ -31,17 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_money import (
     CATALOG,
     NOW,
-    POLICY,
     _bench_apply,
     _bench_grouped,
     _pgbench,
     _pgbench_init,
     _seed_payments,
+    topup_request,
 )
 
 from atlas.runtime.bridge import open_bridge
 from atlas.storage import Database, DatabaseSettings, EmbeddedPostgres, Tx, migrate
-from atlas.storage.units import PaymentToApply
 from atlas.storage.units._apply_sql import APPLY_EFFECTS, LOCK_AND_READ
 from atlas.storage.units.apply import _Round
 from atlas.storage.units.plans import sync_plans
@@ -77,18 +76,7 @@ async def _statements(tx: Tx, *, database: str) -> list[Any]:
 
 async def _explain_write(tx: Tx, *, first: int, count: int) -> str:
     # Decide as the unit does, then EXPLAIN ANALYZE the write instead of running it; rolled back.
-    requests = [
-        PaymentToApply.of(
-            provider="cryptopay",
-            external_id=f"inv-{n}",
-            paid_amount_minor=5000,
-            paid_currency="RUB",
-            referral_policy=POLICY,
-            balance_currency="RUB",
-            now=NOW,
-        )
-        for n in range(first, first + count)
-    ]
+    requests = [topup_request(n) for n in range(first, first + count)]
     batch = _Round(tx, requests, list(range(count)), NOW)
     rows = await tx.fetch(
         LOCK_AND_READ,
