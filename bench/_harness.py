@@ -1,6 +1,7 @@
 """What the benchmark harnesses share: the embedded server, the machine line, CPU of a process.
 
-Imported by the harness scripts only (``bench_db_run.py``, ``bench_bot_load.py``), never by a
+Imported by the harness and profile scripts only (``bench_db_run.py``, ``bench_bot_load.py``,
+``bench_money.py``, ``profile_apply*.py``), never by a
 baseline: a baseline process must not import ``atlas`` or ``trio_asyncio`` (importing
 ``trio_asyncio`` replaces asyncio's default loop with trio-asyncio's). Nothing here runs asyncio.
 """
@@ -13,12 +14,16 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
 from atlas.storage import EmbeddedPostgres
+
+T = TypeVar("T")
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -37,6 +42,26 @@ def embedded_server(data_dir: Path, *, with_statements: bool = False) -> Embedde
     """The embedded PostgreSQL for a benchmark (fsync off), optionally with pg_stat_statements."""
     settings = dict(STAT_SETTINGS) if with_statements else {}
     return EmbeddedPostgres(data_dir, durable=False, extra_settings=settings)
+
+
+def run_on_embedded_server(
+    main: Callable[[EmbeddedPostgres], Awaitable[T]],
+    *,
+    prefix: str,
+    settings: Mapping[str, str] | None = None,
+) -> T:
+    """Run ``main(server)`` under trio on a fresh embedded server (fsync off), then stop the server.
+
+    The server lives in a new temporary directory, opened for traversal (not listing) so that the
+    server's own user (atlas-pg, when we run as root) can reach its data directory inside.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        os.chmod(tmp, 0o711)
+        server = EmbeddedPostgres(Path(tmp), durable=False, extra_settings=dict(settings or {}))
+        try:
+            return trio.run(main, server)
+        finally:
+            trio.run(server.stop)
 
 
 def start_server(server: EmbeddedPostgres) -> str:
@@ -80,7 +105,12 @@ def load_line() -> str:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` and its waited-for children (``/proc/<pid>/stat``)."""
-    with open(f"/proc/{pid}/stat") as stat:
+    return stat_cpu_seconds(f"/proc/{pid}/stat")
+
+
+def stat_cpu_seconds(stat_path: str) -> float:
+    """User + system CPU seconds from a ``/proc`` stat file (a process's or one thread's, ``task/<tid>``)."""
+    with open(stat_path) as stat:
         # The command name (field 2) may hold spaces; the fields after its closing paren are fixed.
         fields = stat.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])

@@ -40,11 +40,11 @@ import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import cast
 
+import _harness as h
 import trio
 import trio_asyncio
 
@@ -63,7 +63,7 @@ from atlas.storage import (
 )
 from atlas.storage.embedded import SUPERUSER, postgres_bin_dir
 from atlas.storage.units._apply_sql import APPLY_EFFECTS, LOCK_AND_READ
-from atlas.storage.units.apply import PaymentToApply, apply_payment, apply_payments
+from atlas.storage.units.apply import PaymentToApply, apply_payments
 from atlas.storage.units.plans import sync_plans
 from atlas.storage.units.renewals import claim_and_renew
 
@@ -493,16 +493,7 @@ def _plain_asyncio_apply(dsn: str, first: int, count: int, concurrency: int) -> 
         async def worker() -> None:
             for n in ids:
                 async with pool.acquire() as conn, conn.transaction():
-                    await apply_payment(
-                        Tx(conn, "apply_payment"),
-                        provider="cryptopay",
-                        external_id=f"inv-{n}",
-                        paid_amount_minor=5000,
-                        paid_currency="RUB",
-                        referral_policy=POLICY,
-                        balance_currency="RUB",
-                        now=NOW,
-                    )
+                    await apply_payments(Tx(conn, "apply_payment"), requests=[topup_request(n)])
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -542,16 +533,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="atlas-bench-money-") as tmp:
-        # Our own fresh directory: open it for traversal (not listing) so the embedded server's user
-        # (atlas-pg, when we run as root) can reach its data directory inside.
-        os.chmod(tmp, 0o711)
-        settings = dict(PLAN_STAT_SETTINGS) if args.plan_stats else {}
-        server = EmbeddedPostgres(Path(tmp), durable=False, extra_settings=settings)
-        try:
-            r = trio.run(_main, args, server)
-        finally:
-            trio.run(server.stop)
+    settings = PLAN_STAT_SETTINGS if args.plan_stats else None
+    r = h.run_on_embedded_server(
+        lambda server: _main(args, server), prefix="atlas-bench-money-", settings=settings
+    )
     load_after = os.getloadavg()
     pgbench = cast(list[float], r["pgbench"])
     apply = cast(list[float], r["apply"])

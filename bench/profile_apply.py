@@ -20,14 +20,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import trio
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _harness as h
 from bench_money import (
     CATALOG,
     NOW,
@@ -194,14 +192,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()}")
-    with tempfile.TemporaryDirectory(prefix="atlas-profile-apply-") as tmp:
-        os.chmod(tmp, 0o711)
-        settings = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.max": "1000"}
-        server = EmbeddedPostgres(Path(tmp), durable=False, extra_settings=settings)
-        try:
-            trio.run(_main, args, server)
-        finally:
-            trio.run(server.stop)
+    settings = {"shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.max": "1000"}
+    h.run_on_embedded_server(
+        lambda server: _main(args, server), prefix="atlas-profile-apply-", settings=settings
+    )
     print(f"\nload average after: {os.getloadavg()}")
 
 

@@ -24,7 +24,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _harness as h
 from bench_money import CATALOG, NOW, _seed_payments, topup_request
 
 from atlas.runtime.bridge import open_bridge
@@ -44,7 +44,6 @@ from atlas.storage.embedded import SUPERUSER
 from atlas.storage.units import PaymentResult, PaymentToApply, apply_payments
 from atlas.storage.units.plans import sync_plans
 
-TICKS = os.sysconf("SC_CLK_TCK")
 CALLERS = 10
 
 
@@ -64,12 +63,6 @@ VARIANTS: dict[str, Callable[..., Any]] = {
 }
 
 
-def _cpu_seconds(stat_path: str) -> float:
-    with open(stat_path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _postgres_cpu() -> dict[str, float]:
     """CPU seconds so far of every PostgreSQL process, summed by kind."""
     kinds: dict[str, float] = {}
@@ -80,7 +73,7 @@ def _postgres_cpu() -> dict[str, float]:
                     continue
             with open(f"/proc/{pid}/cmdline") as f:
                 title = f.read().replace("\0", " ").strip()
-            seconds = _cpu_seconds(f"/proc/{pid}/stat")
+            seconds = h.cpu_seconds(int(pid))
         except OSError:  # ended between the listing and the read
             continue
         role = title.split(":", 1)[1].strip() if ":" in title else "postmaster"
@@ -94,7 +87,7 @@ def _thread_cpu(names: dict[int, str]) -> dict[str, float]:
     spent: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
         name = names.get(int(tid), "other")
-        spent[name] = spent.get(name, 0.0) + _cpu_seconds(f"/proc/self/task/{tid}/stat")
+        spent[name] = spent.get(name, 0.0) + h.stat_cpu_seconds(f"/proc/self/task/{tid}/stat")
     return spent
 
 
@@ -187,13 +180,7 @@ def main() -> None:
         parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     print(f"load average before: {os.getloadavg()}")
     print(f"command: .venv/bin/python bench/profile_apply_cpu.py {' '.join(sys.argv[1:])}\n")
-    with tempfile.TemporaryDirectory(prefix="atlas-profile-apply-cpu-") as tmp:
-        os.chmod(tmp, 0o711)
-        server = EmbeddedPostgres(Path(tmp), durable=False)
-        try:
-            trio.run(_main, args, server)
-        finally:
-            trio.run(server.stop)
+    h.run_on_embedded_server(lambda server: _main(args, server), prefix="atlas-profile-apply-cpu-")
     print(f"\nload average after: {os.getloadavg()}")
 
 
